@@ -44,7 +44,9 @@ class PathGradients(Result):
     lengths:      path lengths k measured, e.g. 0..n.
     counts:       C(n, k), the number of paths of each length (float, exact below 2^53).
     total:        gradient magnitude carried by all paths of length k.
-    per_path:     gradient magnitude of one path of length k.
+    per_path:     gradient magnitude of one path of length k: sampled, the mean norm of one
+                  path's gradient; exact, ||G_k|| / C(n, k), the norm of the *mean* path
+                  gradient (smaller: the paths' gradients partly cancel).
     per_path_se:  standard error of per_path (sampled; NaN for exact).
     samples:      measurements per length (sampled; 0 for exact).
     components:   (len(lengths), N, *x_shape) tensors on request: exact, G_k itself; sampled,
