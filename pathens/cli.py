@@ -175,9 +175,12 @@ def _gradients(args) -> int:
     write_text(out / f"gradients_{args.method}.json", res.to_json())
     from .plots import plot_gradient_by_length, plot_per_path
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-    plot_gradient_by_length({args.arch: res}, ax=a, quantity="magnitude")
-    plot_per_path({args.arch: res}, ax=b)
+    sampled = args.method == "sampled"
+    fig, axes = plt.subplots(1, 1 + sampled, figsize=(6 + 6 * sampled, 4.5), layout="constrained")
+    axes = np.atleast_1d(axes)
+    plot_gradient_by_length({args.arch: res}, ax=axes[0], quantity="magnitude")
+    if sampled:  # single paths are measured only by the sampled protocol
+        plot_per_path({args.arch: res}, ax=axes[1])
     fig.savefig(out / f"gradients_{args.method}.png", dpi=120)
     plt.close(fig)
     if not args.quiet:
