@@ -115,7 +115,8 @@ def path_gradients(view, inputs: torch.Tensor, targets, *, method: str = "exact"
                 (1e-6 makes the sweep nearly linear in n); 0 = exact.
     components: also return the gradient vectors by length (memory: (n+1) x inputs).
     parameters: exact only: also split each block's branch-parameter gradient by length.
-    batch_size: exact: examples per sweep (bounds memory; the result does not depend on it).
+    batch_size: exact: examples per sweep (default 128; bounds memory, the stack holds n+1
+                gradients of that many examples; the result does not depend on it).
                 sampled: each measurement uses a random batch of this many examples
                 (None: all examples every time).
     samples_per_length, lengths, seed: sampled only (lengths default 0..n).
@@ -126,6 +127,8 @@ def path_gradients(view, inputs: torch.Tensor, targets, *, method: str = "exact"
         raise PathensError(f"method must be 'exact' or 'sampled', got {method!r}")
     if tol < 0:
         raise PathensError(f"tol must be >= 0, got {tol}")
+    if method == "exact":
+        batch_size = 128 if batch_size is None else batch_size
     config = dict(method=method, num_examples=len(inputs), batch_size=batch_size,
                   dtype=str(view.param.dtype), device=str(view.param.device),
                   loss="mean cross-entropy", batchnorm="eval (running statistics)")
@@ -177,7 +180,7 @@ def _exact(view, x, y, tol, want_components, want_params, batch_size, progress, 
         sq += torch.stack([c.double().pow(2).sum().cpu() for c in G])
         g0 = _autograd_gradient(view, x[sl], y[sl], 1.0 / N).double()
         full_sq += float(g0.pow(2).sum())
-        err_sq += float((torch.stack(G).sum(0).double() - g0).pow(2).sum())
+        err_sq += float((sum(G).double() - g0).pow(2).sum())
         if want_components:
             comps.append(torch.stack(G))
         if want_params:
