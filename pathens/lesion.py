@@ -1,0 +1,273 @@
+"""Lesion and reordering experiments (Veit et al. 2016): how a residual network's test error
+changes when blocks are deleted or moved.
+
+    r = pathens.lesion.delete_each(view, (x, y))                # every block deleted alone
+    r = pathens.lesion.delete_random(view, loader, ks=range(1, 10), trials=20, out="del.csv")
+    r = pathens.lesion.reorder(view, loader, swaps=[1, 2, 3], trials=20)
+    r.table(), r.summary(), r.to_csv("rows.csv")
+
+Deleting block i keeps post_i(shortcut_i(x)) and drops its branch. Reordering swaps random
+disjoint pairs of blocks of the same input and output shape. BatchNorm runs on the running
+statistics the model was trained with (eval mode) unless `recalibrate=` gives a calibration set:
+then, for every condition including the intact network, a deep copy of the model has its
+BatchNorm statistics re-estimated on that set under the lesion (an extension; the paper did not).
+
+Each condition is evaluated on the whole dataset: error = misclassified / n with its 95% Wilson
+interval, loss = mean cross-entropy. A condition whose logits are NaN or infinite on some
+examples is recorded with error and loss NaN and the count in `nonfinite`; the sweep goes on.
+The engine (sharing the intact network's activations, resumable output files) is in
+lesion_sweep.py.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import stats
+
+from .errors import PathensError
+from .lesion_sweep import Condition, Data, calibration_batches, fingerprint, run_conditions, wilson
+from .results import Result
+from .view import wrap
+
+__all__ = ["LesionResult", "evaluate", "delete_each", "delete_random", "reorder", "wilson"]
+
+
+@dataclass(frozen=True)
+class LesionResult(Result):
+    """A lesion or reordering sweep: one row per condition, the intact network first.
+
+    rows: dicts with
+        condition      index of the condition in the sweep (0: the intact network)
+        kind           "intact", "delete" or "reorder"
+        k, trial       blocks deleted (or swaps made) and the trial number for that k
+        deleted        indices of the blocks whose branch was removed
+        order          the block order (a permutation) for reorderings, else None
+        downsampling   whether a deleted block is a downsampling block
+        tau            Kendall tau of `order` against the original order (reorder only)
+        error          misclassified fraction, with error_lo, error_hi its 95% Wilson interval
+        loss           mean cross-entropy
+        errors, n      misclassified examples and examples evaluated
+        nonfinite      examples with NaN/inf logits (then error and loss are NaN)
+        seed           the sweep's seed
+    sweep: "evaluate", "delete_each", "delete_random" or "reorder".
+    config: the sweep's configuration (as written in an output file's first line).
+    """
+
+    sweep: str
+    rows: list
+    intact_error: float
+    intact_loss: float
+    num_examples: int
+    block_names: tuple
+    downsampling_blocks: tuple
+    config: dict = field(default_factory=dict)
+
+    def table(self) -> list[dict]:
+        return [dict(r) for r in self.rows]
+
+    @property
+    def errors(self) -> np.ndarray:
+        """Error of every condition but the intact one, in row order."""
+        return np.array([r["error"] for r in self.rows if r["kind"] != "intact"], float)
+
+    def summary(self, level: float = 0.95) -> list[dict]:
+        """Per k (deleted blocks or swaps): trials, mean error and a `level` band for it across
+        trials (mean +- t * sd / sqrt(trials); with a single trial, that trial's Wilson
+        interval), mean loss, mean Kendall tau, and trials with non-finite outputs (left out of
+        the means)."""
+        out = []
+        for k in sorted({r["k"] for r in self.rows if r["kind"] != "intact"}):
+            rs = [r for r in self.rows if r["kind"] != "intact" and r["k"] == k]
+            ok = [r for r in rs if not r["nonfinite"]]
+            e = np.array([r["error"] for r in ok], float)
+            mean = float(e.mean()) if len(e) else math.nan
+            sd = float(e.std(ddof=1)) if len(e) > 1 else math.nan
+            if len(e) > 1:
+                half = stats.t.ppf(0.5 + level / 2, len(e) - 1) * sd / math.sqrt(len(e))
+                lo, hi = mean - half, mean + half
+            elif len(e) == 1:
+                lo, hi = ok[0]["error_lo"], ok[0]["error_hi"]
+            else:
+                lo = hi = math.nan
+            taus = [r["tau"] for r in ok if not math.isnan(r["tau"])]
+            out.append(dict(k=k, trials=len(rs), error_mean=mean, error_lo=lo, error_hi=hi,
+                            error_sd=sd,
+                            loss_mean=float(np.mean([r["loss"] for r in ok])) if ok else math.nan,
+                            tau_mean=float(np.mean(taus)) if taus else math.nan,
+                            nonfinite_trials=len(rs) - len(ok),
+                            intact_error=self.intact_error))
+        return out
+
+    def __repr__(self) -> str:
+        return (f"LesionResult({self.sweep}, {len(self.rows) - 1} conditions on "
+                f"{self.num_examples} examples, intact error {self.intact_error:.4f})")
+
+
+# ---- the generic evaluation -----------------------------------------------------------------
+
+def evaluate(view, data, *, deleted: Sequence[int] = (), order: Optional[Sequence[int]] = None,
+             batch_size: Optional[int] = 256, progress: bool = False) -> dict:
+    """Error and loss of the view on `data` with the branches of `deleted` removed and/or the
+    blocks run in `order`. Returns one row (see LesionResult): error, error_lo, error_hi,
+    loss, errors, n, nonfinite, ...
+
+    data: an (inputs, targets) pair (cut into batches of batch_size) or a DataLoader (or any
+    re-iterable) of (inputs, targets) batches; moved to the model's device and dtype.
+    """
+    view = wrap(view)
+    deleted = tuple(sorted(set(view.check_indices(deleted, "deleted"))))
+    order = None if order is None else tuple(view.check_order(order))
+    kind = "reorder" if order is not None and list(order) != sorted(order) else (
+        "delete" if deleted else "intact")
+    tau = _tau(order) if order is not None else math.nan
+    cond = Condition(kind, len(deleted), 0, deleted, order, tau)
+    return run_conditions(view, Data(view, data, batch_size), [cond], config={}, seed=None,
+                          progress=progress, desc="evaluate")[0]
+
+
+def _sweep(view, data, sweep: str, conds: list, config: dict, *, seed, out, progress,
+           recalibrate, batch_size, group_size, cache: bool = True) -> LesionResult:
+    d = Data(view, data, batch_size)
+    cal = calibration_batches(view, recalibrate, batch_size) if recalibrate is not None else None
+    config = dict(sweep=sweep, **config, num_blocks=view.num_blocks,
+                  num_examples=d.num_examples, model=fingerprint(view.model),
+                  dtype=str(view.param.dtype),
+                  recalibrate=None if cal is None else sum(len(x) for x in cal),
+                  batchnorm="recalibrated per condition" if cal is not None else
+                  "eval (running statistics)")
+    rows = run_conditions(view, d, [Condition("intact", 0, 0)] + conds, config=config, seed=seed,
+                          out=out, group_size=group_size, recalibrate=cal, progress=progress,
+                          cache=cache, desc=sweep)
+    intact = rows[0]
+    return LesionResult(sweep, rows, intact["error"], intact["loss"], intact["n"],
+                        tuple(b.name for b in view.blocks),
+                        tuple(b.index for b in view.blocks if b.downsample), config)
+
+
+_COMMON = """
+    data:        an (inputs, targets) pair or a DataLoader of (inputs, targets) batches.
+    out:         a .csv or .jsonl file: each finished condition is appended as it completes;
+                 re-running the same sweep with the same out resumes (conditions on disk are
+                 not recomputed); a file from a different sweep (settings, data size or model)
+                 is refused.
+    group_size:  with out, conditions evaluated per pass over the data before being written
+                 (default 16; None without out: all in one pass).
+    recalibrate: calibration inputs (a tensor, pair or loader): re-estimate BatchNorm
+                 statistics under each condition on a copy of the model (default: off).
+    batch_size:  examples per batch when data is a pair; progress: a tqdm bar (conditions).
+"""
+
+
+def delete_each(view, data, *, out=None, progress: bool = True, recalibrate=None,
+                batch_size: Optional[int] = 256, group_size: Optional[int] = None,
+                cache: bool = True) -> LesionResult:
+    """Every block deleted alone (Veit et al., Fig. 3): rows k=1, trial=0, deleted=[i], with
+    downsampling marking the downsampling blocks."""
+    view = wrap(view)
+    conds = [Condition("delete", 1, 0, (i,)) for i in range(view.num_blocks)]
+    return _sweep(view, data, "delete_each", conds, {}, seed=None, out=out, progress=progress,
+                  recalibrate=recalibrate, batch_size=batch_size, group_size=group_size,
+                  cache=cache)
+
+
+def delete_random(view, data, *, ks: Optional[Sequence[int]] = None, trials: int = 10,
+                  seed: int = 0, exclude_downsampling: bool = True, out=None,
+                  progress: bool = True, recalibrate=None, batch_size: Optional[int] = 256,
+                  group_size: Optional[int] = None) -> LesionResult:
+    """k blocks drawn at random (without replacement) and deleted together, `trials` draws per
+    k (Veit et al., Fig. 5a). ks default: 1 .. the number of deletable blocks. Downsampling
+    blocks are never drawn unless exclude_downsampling=False. Trial t of k is drawn from
+    numpy's generator seeded with (seed, k, t): the same seed gives the same conditions."""
+    view = wrap(view)
+    pool = [b.index for b in view.blocks if not (exclude_downsampling and b.downsample)]
+    ks = list(range(1, len(pool) + 1)) if ks is None else _counts(ks, "ks")
+    trials = _positive(trials, "trials")
+    for k in ks:
+        if k > len(pool):
+            raise PathensError(
+                f"k={k} is more than the {len(pool)} blocks that can be deleted"
+                + (" (downsampling blocks excluded; pass exclude_downsampling=False to include "
+                   "them)" if exclude_downsampling else ""))
+    conds = []
+    for k in ks:
+        for t in range(trials):
+            rng = np.random.default_rng([seed, k, t])
+            conds.append(Condition("delete", k, t, tuple(sorted(int(i) for i in
+                                                                rng.choice(pool, k, replace=False)))))
+    config = dict(ks=ks, trials=trials, seed=seed, exclude_downsampling=exclude_downsampling)
+    return _sweep(view, data, "delete_random", conds, config, seed=seed, out=out,
+                  progress=progress, recalibrate=recalibrate, batch_size=batch_size,
+                  group_size=group_size)
+
+
+def reorder(view, data, *, swaps: Optional[Sequence[int]] = None, trials: int = 10,
+            seed: int = 0, out=None, progress: bool = True, recalibrate=None,
+            batch_size: Optional[int] = 256, group_size: Optional[int] = None) -> LesionResult:
+    """k random swaps of disjoint pairs of blocks with the same input and output shape
+    (Veit et al., Fig. 5b), `trials` per k; each row carries the Kendall tau of the new order
+    against the original. swaps default: 1 .. the most disjoint swaps possible. Trial t of k
+    is drawn from numpy's generator seeded with (seed, k, t)."""
+    view = wrap(view)
+    groups = {}
+    for b in view.blocks:
+        groups.setdefault((b.in_shape, b.out_shape), []).append(b.index)
+    most = sum(len(g) // 2 for g in groups.values())
+    swaps = list(range(1, most + 1)) if swaps is None else _counts(swaps, "swaps")
+    trials = _positive(trials, "trials")
+    for k in swaps:
+        if k > most:
+            raise PathensError(f"{k} swaps are more than possible: the blocks of equal shape "
+                               f"allow at most {most} disjoint swaps")
+    conds = []
+    for k in swaps:
+        for t in range(trials):
+            order = _random_swaps(view.num_blocks, list(groups.values()), k,
+                                  np.random.default_rng([seed, k, t]))
+            conds.append(Condition("reorder", k, t, (), order, _tau(order)))
+    config = dict(swaps=swaps, trials=trials, seed=seed)
+    return _sweep(view, data, "reorder", conds, config, seed=seed, out=out, progress=progress,
+                  recalibrate=recalibrate, batch_size=batch_size, group_size=group_size)
+
+
+for _f in (delete_each, delete_random, reorder):
+    _f.__doc__ += _COMMON
+
+
+def _random_swaps(n: int, groups: list, k: int, rng) -> tuple:
+    """The identity order with k disjoint pairs of same-shape blocks swapped: each pair drawn
+    uniformly among the pairs of still-unmoved blocks (never stuck: a swap uses two blocks of
+    one group, lowering the number of possible swaps by exactly one)."""
+    order, free = list(range(n)), [list(g) for g in groups]
+    for _ in range(k):
+        pairs = [(gi, a, b) for gi, g in enumerate(free) for a in range(len(g))
+                 for b in range(a + 1, len(g))]
+        gi, a, b = pairs[rng.integers(len(pairs))]
+        i, j = free[gi][a], free[gi][b]
+        order[i], order[j] = j, i
+        free[gi] = [v for v in free[gi] if v not in (i, j)]
+    return tuple(order)
+
+
+def _tau(order) -> float:
+    if list(order) == sorted(order):
+        return 1.0
+    return float(stats.kendalltau(list(order), list(range(len(order))))[0])
+
+
+def _counts(ks, what: str) -> list:
+    ks = list(ks)
+    if not ks:
+        raise PathensError(f"{what} is empty: give at least one count")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise PathensError(f"{what} must be non-negative integers, got {k!r}")
+    return [int(k) for k in ks]
+
+
+def _positive(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise PathensError(f"{what} must be a positive integer, got {v!r}")
+    return int(v)

@@ -1,0 +1,413 @@
+"""The engine behind pathens.lesion: evaluate many variants (conditions) of a view on a dataset,
+sharing what they share with the intact network, and keep every finished condition on disk.
+
+Sharing. A condition (some branches deleted and/or the blocks reordered) first differs from the
+intact network at position p; everything before p is the same. For each data batch the stem and
+the blocks run once, keeping the input of every position (memory: n+1 activations of the
+batch), and each condition runs only from its own p: `view.run_from(h[p], p, ...)`. Batches are
+the outer loop and conditions the inner one, so each batch is loaded once per *group* of
+conditions. Single-block deletions then cost about half of a naive loop.
+
+Groups and files. Without an output file all conditions form one group (one pass over the data).
+With `out=` the conditions run in groups of `group_size`: each group makes one pass over the
+data and its rows are appended to the file (one line each, flushed) when the group ends, so an
+interrupted sweep loses at most one group. The file's first line records the sweep's
+configuration; a re-run with the same configuration skips the conditions already on disk, a
+different configuration is refused. With BatchNorm recalibration every condition changes the
+whole network's statistics, so each condition is its own group and nothing is shared.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batches import check_batch, chunks
+from .errors import PathensError
+from .modes import eval_mode
+from .results import _plain
+
+Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
+
+# The columns of a condition's row, in order (also the CSV header of an output file).
+COLUMNS = ("condition", "kind", "k", "trial", "deleted", "order", "downsampling", "tau",
+           "error", "error_lo", "error_hi", "loss", "errors", "n", "nonfinite", "seed")
+_INT = ("condition", "k", "trial", "errors", "n", "nonfinite")
+_FLOAT = ("tau", "error", "error_lo", "error_hi", "loss")
+
+
+def wilson(errors: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion errors / n (95% by default)."""
+    if n <= 0:
+        return math.nan, math.nan
+    p, z2 = errors / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One variant of the network: branches of `deleted` removed, blocks run in `order`."""
+
+    kind: str                         # "intact", "delete" or "reorder"
+    k: int                            # blocks deleted, or swaps made
+    trial: int
+    deleted: tuple = ()
+    order: Optional[tuple] = None     # None: the original order
+    tau: float = math.nan             # Kendall tau of order against the original
+
+    def start(self, n: int) -> int:
+        """The first position at which this condition differs from the intact network."""
+        order = self.order or tuple(range(n))
+        moved = [p for p in range(n) if order[p] != p]
+        where = [order.index(i) for i in self.deleted]
+        return min(moved + where, default=n)
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+class Data:
+    """An (inputs, targets) pair (cut into batches of batch_size) or a re-iterable loader of
+    (inputs, targets) batches, e.g. a DataLoader; every batch checked by check_batch."""
+
+    def __init__(self, view, data, batch_size: Optional[int] = 256):
+        self.view, self.batch_size = view, batch_size
+        if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)):
+            x = data[0] if torch.is_tensor(data[0]) else torch.as_tensor(np.asarray(data[0]))
+            self.pair = check_batch(view, x, data[1])
+            self.loader, self.num_examples = None, len(self.pair[1])
+            self.num_batches = len(list(chunks(self.num_examples, batch_size)))
+            return
+        if data is None or isinstance(data, torch.Tensor) or not hasattr(data, "__iter__"):
+            raise PathensError(f"data must be an (inputs, targets) pair or a DataLoader of "
+                               f"(inputs, targets) batches, got {type(data).__name__}")
+        if iter(data) is data:
+            raise PathensError("data is a one-shot iterator (e.g. a generator); pass a DataLoader, "
+                               "a list of (inputs, targets) batches or an (inputs, targets) pair")
+        self.pair, self.loader = None, data
+        self.num_batches = _length(data)
+        if self.num_batches == 0:
+            raise PathensError("data is empty: the loader yields no batches")
+        dataset = getattr(data, "dataset", None)
+        if dataset is not None:
+            self.num_examples = _length(dataset)
+        elif isinstance(data, (list, tuple)):
+            self.num_examples = sum(len(b[1]) for b in data)
+        else:
+            self.num_examples = None
+
+    def __iter__(self):
+        if self.pair is not None:
+            x, y = self.pair
+            for sl in chunks(len(y), self.batch_size):
+                yield x[sl], y[sl]
+            return
+        for b in self.loader:
+            if not isinstance(b, (tuple, list)) or len(b) < 2:
+                raise PathensError(f"each batch of data must be (inputs, targets), got "
+                                   f"{type(b).__name__}")
+            yield check_batch(self.view, b[0], b[1])
+
+
+def _length(obj) -> Optional[int]:
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
+def calibration_batches(view, data, batch_size: Optional[int]) -> list:
+    """The inputs of a calibration set (a tensor, an (inputs, targets) pair or a loader), in
+    batches on the model's device."""
+    p = view.param
+    if torch.is_tensor(data):
+        out = [data[sl] for sl in chunks(len(data), batch_size)]
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
+        out = [data[0][sl] for sl in chunks(len(data[0]), batch_size)]
+    elif hasattr(data, "__iter__"):
+        out = [b[0] if isinstance(b, (tuple, list)) else b for b in data]
+    else:
+        raise PathensError(f"recalibrate= must be calibration inputs (a tensor), an (inputs, "
+                           f"targets) pair or a DataLoader, got {type(data).__name__}")
+    out = [x.to(device=p.device, dtype=p.dtype) for x in out if len(x)]
+    if not out:
+        raise PathensError("recalibrate= holds no examples: pass a non-empty calibration set")
+    return out
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+
+def block_inputs(view, x: torch.Tensor, upto: int) -> list:
+    """[h_0, ..., h_upto]: h_p is the input of position p of the intact network (h_n its last
+    block's output)."""
+    h = view.stem(x)
+    hs = [h]
+    for b in view.blocks[:upto]:
+        h = b(h)
+        hs.append(h)
+    return hs
+
+
+@torch.no_grad()
+def evaluate_group(view, data: Data, conds: list, *, cache: bool = True, bar=None) -> np.ndarray:
+    """Per condition: [errors, summed cross-entropy, examples, examples with non-finite logits],
+    over all of `data` (one pass)."""
+    n = view.num_blocks
+    starts = [c.start(n) for c in conds]
+    acc = np.zeros((len(conds), 4))
+    step = len(conds) / data.num_batches if data.num_batches else 0
+    for x, y in data:
+        hs = block_inputs(view, x, max(starts)) if cache else None
+        for j, (c, p) in enumerate(zip(conds, starts)):
+            if cache:
+                logits = view.run_from(hs[p], p, deleted=c.deleted, order=c.order)
+            else:
+                logits = view.run(x, deleted=c.deleted, order=c.order)
+            finite = torch.isfinite(logits).all(dim=1)
+            acc[j, 0] += int((logits.argmax(dim=1) != y).sum())
+            acc[j, 1] += float(F.cross_entropy(logits, y, reduction="sum"))
+            acc[j, 2] += len(y)
+            acc[j, 3] += int((~finite).sum())
+        del hs
+        if bar is not None and step:
+            bar.update(step)
+    if bar is not None and not step:
+        bar.update(len(conds))
+    if acc.size and acc[0, 2] == 0:
+        raise PathensError("data is empty: it yielded no examples")
+    return acc
+
+
+def make_row(index: int, c: Condition, stats, seed, downsampling: bool) -> dict:
+    errors, loss_sum, n, nonfinite = (float(v) for v in stats)
+    ok = nonfinite == 0
+    lo, hi = wilson(int(errors), int(n)) if ok else (math.nan, math.nan)
+    return dict(condition=index, kind=c.kind, k=c.k, trial=c.trial, deleted=list(c.deleted),
+                order=None if c.order is None else list(c.order), downsampling=downsampling,
+                tau=c.tau, error=errors / n if ok else math.nan, error_lo=lo, error_hi=hi,
+                loss=loss_sum / n if ok else math.nan, errors=int(errors), n=int(n),
+                nonfinite=int(nonfinite), seed=seed)
+
+
+class Recalibrator:
+    """A deep copy of the model, re-wrapped, whose BatchNorm statistics are reset and re-estimated
+    on calibration inputs for each condition (the user's model is never changed)."""
+
+    def __init__(self, view, batches: list):
+        from .view import wrap  # the view module imports nothing from here; avoids a cycle
+        model = copy.deepcopy(view.model)
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not self.norms:
+            raise PathensError("recalibrate= needs BatchNorm layers, but the model has none")
+        with eval_mode(model):
+            self.view = wrap(model, example_input=batches[0])
+        self.batches = batches
+
+    @torch.no_grad()
+    def __call__(self, c: Condition):
+        saved = [m.momentum for m in self.norms]
+        self.view.model.eval()
+        for m in self.norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+            m.train()
+        try:
+            for x in self.batches:
+                self.view.run(x, deleted=c.deleted, order=c.order)
+        finally:
+            for m, momentum in zip(self.norms, saved):
+                m.momentum = momentum
+            self.view.model.eval()
+        return self.view
+
+
+def run_conditions(view, data: Data, conds: list, *, config: dict, seed, out=None,
+                   group_size: Optional[int] = None, recalibrate=None, progress: bool = True,
+                   cache: bool = True, desc: str = "lesion") -> list:
+    """Rows of all conditions, computing only those not already in `out`."""
+    down = {b.index for b in view.blocks if b.downsample}
+    store = SweepFile(out, config) if out is not None else None
+    rows = store.load(conds) if store is not None else [None] * len(conds)
+    todo = [i for i, r in enumerate(rows) if r is None]
+    recal = Recalibrator(view, recalibrate) if recalibrate is not None and todo else None
+    if recal is not None:
+        size = 1
+    elif group_size is not None:
+        if group_size < 1:
+            raise PathensError(f"group_size must be a positive integer, got {group_size}")
+        size = group_size
+    else:
+        size = 16 if store is not None else max(1, len(todo))
+    bar = tqdm(total=len(conds), initial=len(conds) - len(todo), desc=desc, unit="cond",
+               disable=not progress, leave=False)
+    try:
+        with eval_mode(view.model):
+            for g in range(0, len(todo), size):
+                group = todo[g:g + size]
+                cs = [conds[i] for i in group]
+                net = recal(cs[0]) if recal is not None else view
+                stats = evaluate_group(net, data, cs, cache=cache, bar=bar)
+                new = [make_row(i, c, s, seed, bool(down & set(c.deleted)))
+                       for i, c, s in zip(group, cs, stats)]
+                if store is not None:
+                    store.append(new)
+                for i, r in zip(group, new):
+                    rows[i] = r
+    finally:
+        bar.close()
+    bad = [r for r in rows if r["nonfinite"]]
+    if bad:
+        warnings.warn(f"{len(bad)} of {len(rows)} conditions gave non-finite logits (NaN/inf); "
+                      f"their error and loss are recorded as NaN (see the nonfinite column)",
+                      RuntimeWarning, stacklevel=3)
+    return rows
+
+
+# ---- the output file ------------------------------------------------------------------------
+
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of the model's state_dict (names, shapes, sums and absolute sums)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        if torch.is_tensor(t):
+            t = t.detach()
+            s = t.double().sum().item() if t.numel() else 0.0
+            a = t.double().abs().sum().item() if t.numel() else 0.0
+            h.update(f"{name}:{tuple(t.shape)}:{s:.9g}:{a:.9g};".encode())
+    return h.hexdigest()[:16]
+
+
+_CSV_TAG = "# pathens lesion sweep "
+_JSON_TAG = "pathens_lesion_sweep"
+
+
+class SweepFile:
+    """A CSV (.csv) or JSON-lines (other suffixes, e.g. .jsonl) file of finished conditions.
+
+    CSV: line 1 `# pathens lesion sweep {config as JSON}`, line 2 the column names, then one
+    row per condition. JSONL: line 1 `{"pathens_lesion_sweep": {config}}`, then one object per
+    condition (NaN written as null).
+    """
+
+    def __init__(self, path, config: dict):
+        self.path = Path(path)
+        self.csv = self.path.suffix.lower() == ".csv"
+        self.config = json.loads(json.dumps(_plain(config)))  # as it reads back from disk
+
+    def _refuse(self, why: str):
+        raise PathensError(f"{self.path} {why}; to start fresh delete it or choose another out= path")
+
+    def load(self, conds: list) -> list:
+        """Rows already on disk, by condition index (None where missing); refuses a file from
+        another sweep, and drops a line torn by a crash in the middle of writing it."""
+        rows = [None] * len(conds)
+        if self.path.is_dir():
+            raise PathensError(f"out={self.path} is a folder: pass a file path (.csv or .jsonl)")
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return rows
+        text = self.path.read_text()
+        lines = text.splitlines()
+        stored = self._read_config(lines[0] if "\n" in text else "")
+        if stored != self.config:
+            keys = list(self.config) + [k for k in stored if k not in self.config]
+            key = next(k for k in keys if stored.get(k) != self.config.get(k))
+            self._refuse(f"holds a different lesion sweep ({key}: {stored.get(key)!r} there, "
+                         f"{self.config.get(key)!r} now)")
+        if not text.endswith("\n"):  # a line torn by a crash: drop it (its condition reruns)
+            text = text[:text.rfind("\n") + 1]
+            with open(self.path, "r+") as f:
+                f.truncate(len(text.encode()))
+            lines = text.splitlines()
+        body = lines[1:]
+        if self.csv:
+            if not body:
+                return rows
+            if body[0].split(",") != list(COLUMNS):
+                self._refuse("has an unexpected CSV header")
+            records = [_from_csv(r) for r in csv.DictReader(io.StringIO("\n".join(body) + "\n"))]
+        else:
+            records = [_from_json(json.loads(line)) for line in body if line.strip()]
+        for r in records:
+            i = r["condition"]
+            c = conds[i] if isinstance(i, int) and 0 <= i < len(conds) else None
+            if c is None or (r["kind"], r["k"], r["trial"], tuple(r["deleted"])) != (
+                    c.kind, c.k, c.trial, c.deleted) or (r["order"] and tuple(r["order"])) != (
+                    c.order and tuple(c.order)):
+                self._refuse(f"has a row (condition {i}) that is not part of this sweep")
+            rows[i] = r
+        return rows
+
+    def _read_config(self, first: str) -> dict:
+        try:
+            if self.csv:
+                if not first.startswith(_CSV_TAG):
+                    raise ValueError
+                return json.loads(first[len(_CSV_TAG):])
+            return json.loads(first)[_JSON_TAG]
+        except (ValueError, KeyError, TypeError):
+            self._refuse("is not a pathens lesion sweep file (its first line lacks the "
+                         "configuration header)")
+
+    def append(self, rows: list):
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        buf = io.StringIO()
+        if self.csv:
+            writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+            if fresh:
+                buf.write(_CSV_TAG + json.dumps(self.config) + "\n")
+                writer.writeheader()
+            writer.writerows({k: _plain(v) for k, v in r.items()} for r in rows)
+        else:
+            if fresh:
+                buf.write(json.dumps({_JSON_TAG: self.config}) + "\n")
+            for r in rows:
+                buf.write(json.dumps(_plain(r)) + "\n")
+        if fresh:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _from_csv(r: dict) -> dict:
+    out = {}
+    for k in COLUMNS:
+        v = r.get(k, "")
+        if k in _INT:
+            out[k] = int(v)
+        elif k in _FLOAT:
+            out[k] = float(v) if v != "" else math.nan
+        elif k in ("deleted", "order"):
+            out[k] = json.loads(v) if v != "" else None
+        elif k == "downsampling":
+            out[k] = v == "True"
+        elif k == "seed":
+            out[k] = int(v) if v not in ("", "None") else None
+        else:
+            out[k] = v
+    out["deleted"] = out["deleted"] or []
+    return out
+
+
+def _from_json(r: dict) -> dict:
+    out = {k: r.get(k) for k in COLUMNS}
+    for k in _FLOAT:
+        out[k] = math.nan if out[k] is None else float(out[k])
+    out["deleted"] = out["deleted"] or []
+    return out
