@@ -3,10 +3,11 @@ sharing what they share with the intact network, and keep every finished conditi
 
 Sharing. A condition (some branches deleted and/or the blocks reordered) first differs from the
 intact network at position p; everything before p is the same. For each data batch the stem and
-the blocks run once, keeping the input of every position (memory: n+1 activations of the
-batch), and each condition runs only from its own p: `view.run_from(h[p], p, ...)`. Batches are
-the outer loop and conditions the inner one, so each batch is loaded once per *group* of
-conditions. Single-block deletions then cost about half of a naive loop.
+the intact blocks run once, position by position, and each condition runs from the intact
+activation h_p entering its own p: `view.run_from(h_p, p, ...)` (memory: one activation of the
+batch besides the condition's own run, instead of keeping all n+1). Batches are the outer loop
+and conditions the inner one, so each batch is loaded once per *group* of conditions.
+Single-block deletions then cost about half of a naive loop.
 
 Groups and files. Without an output file all conditions form one group (one pass over the data).
 With `out=` the conditions run in groups of `group_size`: each group makes one pass over the
@@ -152,38 +153,37 @@ def calibration_batches(view, data, batch_size: Optional[int]) -> list:
 
 # ---- evaluation ----------------------------------------------------------------------------
 
-def block_inputs(view, x: torch.Tensor, upto: int) -> list:
-    """[h_0, ..., h_upto]: h_p is the input of position p of the intact network (h_n its last
-    block's output)."""
-    h = view.stem(x)
-    hs = [h]
-    for b in view.blocks[:upto]:
-        h = b(h)
-        hs.append(h)
-    return hs
-
-
 @torch.no_grad()
 def evaluate_group(view, data: Data, conds: list, *, cache: bool = True, bar=None) -> np.ndarray:
     """Per condition: [errors, summed cross-entropy, examples, examples with non-finite logits],
-    over all of `data` (one pass)."""
+    over all of `data` (one pass).
+
+    cache=True walks the intact network once per batch, h = stem(x), h = block_p(h), ..., and
+    runs each condition from h at its first changed position p; cache=False re-runs every
+    condition from the input (the naive loop, for benchmarks). Both give the same numbers.
+    """
     n = view.num_blocks
-    starts = [c.start(n) for c in conds]
+    starts = [c.start(n) for c in conds] if cache else [0] * len(conds)
+    at = {}  # position -> indices of the conditions that start there
+    for j, p in enumerate(starts):
+        at.setdefault(p, []).append(j)
     acc = np.zeros((len(conds), 4))
     step = len(conds) / data.num_batches if data.num_batches else 0
+    last = max(at)
     for x, y in data:
-        hs = block_inputs(view, x, max(starts)) if cache else None
-        for j, (c, p) in enumerate(zip(conds, starts)):
-            if cache:
-                logits = view.run_from(hs[p], p, deleted=c.deleted, order=c.order)
-            else:
-                logits = view.run(x, deleted=c.deleted, order=c.order)
-            finite = torch.isfinite(logits).all(dim=1)
-            acc[j, 0] += int((logits.argmax(dim=1) != y).sum())
-            acc[j, 1] += float(F.cross_entropy(logits, y, reduction="sum"))
-            acc[j, 2] += len(y)
-            acc[j, 3] += int((~finite).sum())
-        del hs
+        h = view.stem(x) if cache else x
+        for p in range(last + 1):
+            for j in at.get(p, ()):
+                c = conds[j]
+                logits = (view.run_from(h, p, deleted=c.deleted, order=c.order) if cache
+                          else view.run(x, deleted=c.deleted, order=c.order))
+                finite = torch.isfinite(logits).all(dim=1)
+                acc[j, 0] += int((logits.argmax(dim=1) != y).sum())
+                acc[j, 1] += float(F.cross_entropy(logits, y, reduction="sum"))
+                acc[j, 2] += len(y)
+                acc[j, 3] += int((~finite).sum())
+            if p < last:
+                h = view.blocks[p](h)  # the intact network's input to position p + 1
         if bar is not None and step:
             bar.update(step)
     if bar is not None and not step:
@@ -253,8 +253,9 @@ def run_conditions(view, data: Data, conds: list, *, config: dict, seed, out=Non
         size = group_size
     else:
         size = 16 if store is not None else max(1, len(todo))
-    bar = tqdm(total=len(conds), initial=len(conds) - len(todo), desc=desc, unit="cond",
-               disable=not progress, leave=False)
+    bar = tqdm(total=len(conds), initial=len(conds) - len(todo), desc=desc, disable=not progress,
+               leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} "
+                                       "conditions [{elapsed}<{remaining}]")
     try:
         with eval_mode(view.model):
             for g in range(0, len(todo), size):

@@ -320,3 +320,45 @@ def test_nonfinite_outputs_are_recorded_not_fatal(tmp_path):
     with pytest.warns(RuntimeWarning):  # read back from the file, NaN stays NaN
         back = lesion.delete_each(view, (x, y), out=tmp_path / "nan.csv", progress=False)
     assert math.isnan(back.rows[1]["error"]) and back.rows[1]["nonfinite"] == first["nonfinite"]
+
+
+# ---- files, loaders and the progress bar --------------------------------------------------------
+
+def test_out_file_rows_equal_result_table_and_json(view, data, tmp_path):
+    x, y = data
+    out = tmp_path / "each.csv"
+    r = lesion.delete_each(view, (x, y), out=out, progress=False)
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("# pathens lesion sweep {") and '"sweep": "delete_each"' in lines[0]
+    assert lines[1:] == r.to_csv().splitlines()
+    import json
+    d = json.loads(r.to_json())
+    assert d["sweep"] == "delete_each" and len(d["rows"]) == 10 and d["num_examples"] == 30
+    shuffled = DataLoader(TensorDataset(x, y), batch_size=7, shuffle=True,
+                          generator=torch.Generator().manual_seed(0))
+    other = lesion.delete_each(view, shuffled, progress=False)
+    assert [a["errors"] for a in other.rows] == [a["errors"] for a in r.rows]
+    assert [a["loss"] for a in other.rows] == pytest.approx([a["loss"] for a in r.rows], rel=1e-12)
+
+
+def test_progress_bar_counts_conditions(view, data, capsys):
+    x, y = data
+    lesion.delete_each(view, (x, y), batch_size=10, progress=True)
+    err = capsys.readouterr().err
+    assert "/10 conditions" in err and "delete_each" in err
+    lesion.delete_each(view, (x, y), progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_bad_settings_refused(view, data, tmp_path):
+    x, y = data
+    with pytest.raises(PathensError, match="group_size must be a positive integer"):
+        lesion.delete_each(view, (x, y), out=tmp_path / "a.csv", group_size=0, progress=False)
+    with pytest.raises(PathensError, match="needs BatchNorm layers"):
+        skip = pathens.wrap(small_resnet(20, **VARIANTS[4][1]))
+        lesion.delete_each(skip, (x, y), recalibrate=x, progress=False)
+    with pytest.raises(PathensError, match="is a folder"):
+        lesion.delete_each(view, (x, y), out=tmp_path, progress=False)
+    with pytest.raises(PathensError, match="ks must be non-negative integers"):
+        lesion.delete_random(view, (x, y), ks=[1.5], progress=False)
+    assert not (tmp_path / "a.csv").exists()
