@@ -20,8 +20,11 @@ lesion_sweep.py.
 """
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -29,7 +32,7 @@ from scipy import stats
 
 from .errors import PathensError
 from .lesion_sweep import Condition, Data, calibration_batches, fingerprint, run_conditions, wilson
-from .results import Result
+from .results import Result, _plain
 from .view import wrap
 
 __all__ = ["LesionResult", "evaluate", "delete_each", "delete_random", "reorder", "wilson"]
@@ -87,19 +90,30 @@ class LesionResult(Result):
             sd = float(e.std(ddof=1)) if len(e) > 1 else math.nan
             if len(e) > 1:
                 half = stats.t.ppf(0.5 + level / 2, len(e) - 1) * sd / math.sqrt(len(e))
-                lo, hi = mean - half, mean + half
+                lo, hi = max(0.0, mean - half), min(1.0, mean + half)
             elif len(e) == 1:
                 lo, hi = ok[0]["error_lo"], ok[0]["error_hi"]
             else:
                 lo = hi = math.nan
             taus = [r["tau"] for r in ok if not math.isnan(r["tau"])]
-            out.append(dict(k=k, trials=len(rs), error_mean=mean, error_lo=lo, error_hi=hi,
-                            error_sd=sd,
+            out.append(dict(k=k, trials=len(rs), error_mean=mean, error_lo=float(lo),
+                            error_hi=float(hi), error_sd=sd,
                             loss_mean=float(np.mean([r["loss"] for r in ok])) if ok else math.nan,
                             tau_mean=float(np.mean(taus)) if taus else math.nan,
                             nonfinite_trials=len(rs) - len(ok),
                             intact_error=self.intact_error))
         return out
+
+    def summary_csv(self, path=None, level: float = 0.95) -> str:
+        """summary() as CSV text (written to `path` if given)."""
+        rows = [{k: _plain(v) for k, v in r.items()} for r in self.summary(level)]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        if path is not None:
+            Path(path).write_text(buf.getvalue())
+        return buf.getvalue()
 
     def __repr__(self) -> str:
         return (f"LesionResult({self.sweep}, {len(self.rows) - 1} conditions on "
@@ -165,7 +179,8 @@ def delete_each(view, data, *, out=None, progress: bool = True, recalibrate=None
                 batch_size: Optional[int] = 256, group_size: Optional[int] = None,
                 cache: bool = True) -> LesionResult:
     """Every block deleted alone (Veit et al., Fig. 3): rows k=1, trial=0, deleted=[i], with
-    downsampling marking the downsampling blocks."""
+    downsampling marking the downsampling blocks. cache=False re-runs every condition from the
+    input instead of sharing the intact activations (the naive loop; for benchmarks)."""
     view = wrap(view)
     conds = [Condition("delete", 1, 0, (i,)) for i in range(view.num_blocks)]
     return _sweep(view, data, "delete_each", conds, {}, seed=None, out=out, progress=progress,

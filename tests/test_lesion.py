@@ -132,7 +132,9 @@ def test_delete_random_draws_and_summary(view, data):
     half = stats.t.ppf(0.975, 3) * e.std(ddof=1) / 2
     assert s[1]["k"] == 3 and s[1]["error_mean"] == pytest.approx(e.mean())
     assert (s[1]["error_lo"], s[1]["error_hi"]) == pytest.approx((e.mean() - half, e.mean() + half))
-    assert '"k": 7' in r.to_json() or '"k":7' in r.to_json()
+    assert '"k": 7' in r.to_json()
+    text = r.summary_csv()
+    assert text.splitlines()[0].startswith("k,trials,error_mean,error_lo,error_hi") and len(text.splitlines()) == 4
 
 
 # ---- BatchNorm recalibration -------------------------------------------------------------------
@@ -172,10 +174,11 @@ def test_recalibration_matches_by_hand_and_leaves_model_alone(data):
 # ---- output files: resume, refusal -------------------------------------------------------------
 
 class Flaky:
-    """A re-iterable loader that raises on batch `fail_at` (counted over all passes)."""
+    """A re-iterable loader that raises on batch `fail_at`, or gives labels out of range on
+    batch `bad_at` (counted over all passes)."""
 
-    def __init__(self, x, y, size, fail_at=None):
-        self.x, self.y, self.size, self.fail_at, self.seen = x, y, size, fail_at, 0
+    def __init__(self, x, y, size, fail_at=None, bad_at=None):
+        self.x, self.y, self.size, self.fail_at, self.bad_at, self.seen = x, y, size, fail_at, bad_at, 0
 
     def __len__(self):
         return math.ceil(len(self.y) / self.size)
@@ -185,7 +188,8 @@ class Flaky:
             self.seen += 1
             if self.fail_at is not None and self.seen == self.fail_at:
                 raise KeyboardInterrupt("interrupted")
-            yield self.x[s:s + self.size], self.y[s:s + self.size]
+            y = self.y[s:s + self.size]
+            yield self.x[s:s + self.size], (y + 100 if self.seen == self.bad_at else y)
 
 
 def counting(view, monkeypatch):
@@ -226,6 +230,13 @@ def test_interrupted_sweep_resumes_to_the_same_file(view, data, tmp_path, monkey
     again = lesion.delete_random(view, Flaky(x, y, 8), out=part, **kw)
     assert calls == [] and again.to_csv() == full.to_csv()
     assert part.read_bytes() == whole.read_bytes()
+
+    bad = tmp_path / f"bad.{suffix}"  # bad labels in the 2nd group's pass: group 1 stays on disk
+    with pytest.raises(PathensError, match="the model has 10 classes"):
+        lesion.delete_random(view, Flaky(x, y, 8, bad_at=6), out=bad, **kw)
+    assert bad.read_text().splitlines() == whole.read_text().splitlines()[:len(lines) - 3]
+    lesion.delete_random(view, Flaky(x, y, 8), out=bad, **kw)
+    assert bad.read_bytes() == whole.read_bytes()
 
 
 def test_different_sweep_refused_and_file_untouched(view, data, tmp_path):
