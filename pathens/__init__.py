@@ -4,18 +4,19 @@
     pg = pathens.path_gradients(view, x, y)         # gradient magnitude by path length, exact
     pathens.paths.bn_variance_distribution(view.num_blocks)
 """
-from . import paths
+from . import lesion, paths
 from .adapters import BlockParts, register_block
 from .checkpoints import load_state_dict, load_weights
 from .errors import CheckpointError, PathensError, WrapError
 from .gradients import PathGradients, path_gradients
+from .lesion import LesionResult
 from .models import cifar_resnet
 from .view import Block, ResidualView, wrap
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockParts", "Block", "CheckpointError", "PathGradients", "PathensError", "ResidualView",
-    "WrapError", "cifar_resnet", "load_state_dict", "load_weights", "path_gradients", "paths",
+    "BlockParts", "Block", "CheckpointError", "LesionResult", "PathGradients", "PathensError", "ResidualView",
+    "WrapError", "cifar_resnet", "load_state_dict", "load_weights", "lesion", "path_gradients", "paths",
     "register_block", "wrap",
 ]
