@@ -122,6 +122,9 @@ def path_gradients(view, inputs: torch.Tensor, targets, *, method: str = "exact"
     samples_per_length, lengths, seed: sampled only (lengths default 0..n).
     """
     view = wrap(view)
+    if not view.residual:
+        raise PathensError("path_gradients needs a residual network: this view has plain layers "
+                           "(no shortcuts), hence a single path")
     inputs, targets = check_batch(view, inputs, targets)
     if method not in ("exact", "sampled"):
         raise PathensError(f"method must be 'exact' or 'sampled', got {method!r}")

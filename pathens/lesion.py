@@ -179,10 +179,11 @@ def delete_each(view, data, *, out=None, progress: bool = True, recalibrate=None
                 batch_size: Optional[int] = 256, group_size: Optional[int] = None,
                 cache: bool = True) -> LesionResult:
     """Every block deleted alone (Veit et al., Fig. 3): rows k=1, trial=0, deleted=[i], with
-    downsampling marking the downsampling blocks. cache=False re-runs every condition from the
+    downsampling marking the downsampling blocks (in a plain network, the layers that change
+    shape cannot be deleted and are left out). cache=False re-runs every condition from the
     input instead of sharing the intact activations (the naive loop; for benchmarks)."""
     view = wrap(view)
-    conds = [Condition("delete", 1, 0, (i,)) for i in range(view.num_blocks)]
+    conds = [Condition("delete", 1, 0, (b.index,)) for b in view.blocks if b.deletable]
     return _sweep(view, data, "delete_each", conds, {}, seed=None, out=out, progress=progress,
                   recalibrate=recalibrate, batch_size=batch_size, group_size=group_size,
                   cache=cache)
@@ -197,7 +198,8 @@ def delete_random(view, data, *, ks: Optional[Sequence[int]] = None, trials: int
     blocks are never drawn unless exclude_downsampling=False. Trial t of k is drawn from
     numpy's generator seeded with (seed, k, t): the same seed gives the same conditions."""
     view = wrap(view)
-    pool = [b.index for b in view.blocks if not (exclude_downsampling and b.downsample)]
+    pool = [b.index for b in view.blocks
+            if b.deletable and not (exclude_downsampling and b.downsample)]
     ks = list(range(1, len(pool) + 1)) if ks is None else _counts(ks, "ks")
     trials = _positive(trials, "trials")
     for k in ks:

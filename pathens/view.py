@@ -41,8 +41,21 @@ class Block:
     out_shape: tuple
 
     @property
+    def residual(self) -> bool:
+        """False for a plain (VGG-like) layer with no shortcut (wrap(..., allow_plain=True))."""
+        return self.parts.residual
+
+    @property
     def downsample(self) -> bool:
+        if not self.residual:
+            return self.in_shape != self.out_shape
         return self.parts.shortcut is not None
+
+    @property
+    def deletable(self) -> bool:
+        """A residual block always (its shortcut stays); a plain layer only if it keeps the
+        shape (it is then replaced by the identity, as in Veit et al.'s plain-network lesion)."""
+        return self.residual or self.in_shape == self.out_shape
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.parts.shortcut is None else self.parts.shortcut(x)
@@ -61,6 +74,8 @@ class Block:
         route=True lets the gradient through the branch only, route=False through the shortcut
         only (the forward value is unchanged): one factor of a single path's gradient.
         """
+        if not self.residual:  # a plain layer: no shortcut, no paths to route
+            return self.post(self.branch(x)) if keep_branch else x
         s = self.shortcut(x)
         if not keep_branch:
             return self.post(s)
@@ -96,6 +111,11 @@ class ResidualView(nn.Module):
         return len(self.blocks)
 
     @property
+    def residual(self) -> bool:
+        """True when every block has a shortcut (always, unless wrapped with allow_plain)."""
+        return all(b.residual for b in self.blocks)
+
+    @property
     def param(self) -> torch.Tensor:
         return next(self.model.parameters())
 
@@ -122,7 +142,14 @@ class ResidualView(nn.Module):
         input, i.e. the stem's output); the other arguments are those of `run`."""
         order = self.check_order(order)
         deleted = set(self.check_indices(deleted, "deleted"))
+        for i in deleted:
+            if not self.blocks[i].deletable:
+                b = self.blocks[i]
+                raise ValueError(f"deleted: block {i} ({b.name}) is a plain layer that changes the "
+                                 f"shape {b.in_shape} -> {b.out_shape}; it cannot be deleted")
         route = self.path_mask(path)
+        if route is not None and not self.residual:
+            raise ValueError("path= needs a residual network: this view has plain layers")
         for i in order[start:]:
             h = self.blocks[i](h, keep_branch=i not in deleted,
                                route=None if route is None else bool(route[i]))
@@ -179,13 +206,15 @@ class ResidualView(nn.Module):
 # ---- wrap ---------------------------------------------------------------------------------
 
 def wrap(model: nn.Module, *, example_input: Optional[torch.Tensor] = None,
-         rtol: Optional[float] = None) -> ResidualView:
+         rtol: Optional[float] = None, allow_plain: bool = False) -> ResidualView:
     """See `model` as stem -> residual blocks -> head and prove the view reproduces it.
 
     example_input: a batch to probe the model with (needed unless the model is a pathens model
         or a torchvision ResNet, for which a probe is built in the model's dtype and device).
     rtol: tolerance of the check, relative to the largest logit (default 1e-4 in float32,
         1e-10 in float64).
+    allow_plain: accept blocks without shortcuts (a plain, VGG-like network, e.g.
+        cifar_resnet(..., skip=False)) for lesion experiments; path analyses refuse such views.
 
     Raises WrapError (a ValueError) naming the module at fault when the model has no
     registered residual blocks, its blocks do not form a chain, or the view's output differs.
@@ -207,10 +236,11 @@ def wrap(model: nn.Module, *, example_input: Optional[torch.Tensor] = None,
     blocks_found = [graph_module.get_submodule(node.target) for node in block_nodes]
     parts = [find_adapter(m)(m) for m in blocks_found]
     plain = [str(node.target) for node, p in zip(block_nodes, parts) if not p.residual]
-    if plain:
+    if plain and not allow_plain:
         raise WrapError(
             f"{type(model).__name__} has blocks without shortcuts ({', '.join(plain[:3])}"
-            f"{'...' if len(plain) > 3 else ''}): a plain network has no residual paths to analyse")
+            f"{'...' if len(plain) > 3 else ''}): a plain network has no residual paths to analyse "
+            f"(wrap(model, allow_plain=True) accepts it for lesion experiments)")
     probe = example_input if example_input is not None else _default_probe(model)
     with eval_mode(model), torch.no_grad():
         records = _record_blocks(model, blocks_found, probe)

@@ -209,3 +209,19 @@ def test_models_pathens_cannot_wrap():
 
     with pytest.raises(pathens.WrapError, match="blocks.0 and blocks.1 are not chained"):
         pathens.wrap(NotAChain(), example_input=torch.randn(2, 5))
+
+
+def test_plain_network_lesion_replaces_a_layer_by_the_identity():
+    torch.manual_seed(0)
+    model = pathens.cifar_resnet(20, skip=False, width=4).double().eval()
+    view = pathens.wrap(model, allow_plain=True)
+    assert not view.residual and [b.index for b in view.blocks if not b.deletable] == [3, 6]
+    x, _ = batch(2)
+    torch.testing.assert_close(view(x), model(x), rtol=0, atol=1e-12)
+    by_hand = copy.deepcopy(model)
+    by_hand.layer1[1] = nn.Identity()
+    torch.testing.assert_close(view.run(x, deleted=[1]), by_hand(x), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="plain layer that changes the shape"):
+        view.run(x, deleted=[3])
+    with pytest.raises(pathens.PathensError, match="needs a residual network"):
+        pathens.path_gradients(view, x, torch.tensor([0, 1]), progress=False)
