@@ -7,6 +7,7 @@
 from . import lesion, paths
 from .adapters import BlockParts, register_block
 from .checkpoints import load_state_dict, load_weights
+from .depth import BranchVariance, EffectiveDepth, branch_variance, effective_depth
 from .errors import CheckpointError, PathensError, WrapError
 from .gradients import PathGradients, path_gradients
 from .lesion import LesionResult
@@ -16,7 +17,7 @@ from .view import Block, ResidualView, wrap
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockParts", "Block", "CheckpointError", "LesionResult", "PathGradients", "PathensError", "ResidualView",
-    "WrapError", "cifar_resnet", "load_state_dict", "load_weights", "lesion", "path_gradients", "paths",
+    "BlockParts", "Block", "BranchVariance", "CheckpointError", "EffectiveDepth", "LesionResult", "PathGradients", "PathensError", "ResidualView",
+    "WrapError", "branch_variance", "cifar_resnet", "effective_depth", "load_state_dict", "load_weights", "lesion", "path_gradients", "paths",
     "register_block", "wrap",
 ]
