@@ -139,3 +139,115 @@ def load_weights(model, state_dict_or_path, *, strict=True):
     cast = {k: v.to(device=own[k].device, dtype=own[k].dtype) for k, v in state_dict.items() if k in own}
     model.load_state_dict(cast, strict=False)  # the checks above are the strict ones
     return model
+
+
+# --- checkpoints that carry their metadata -------------------------------------------------
+
+CHECKPOINT_FORMAT = 1  # bump when the "pathens" metadata layout changes
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def _check_plain(obj, where):
+    """Only what torch.load(weights_only=True) reads back: None, bool, int, float, str, tensors,
+    and lists / tuples / dicts (with str keys) of them."""
+    if type(obj) in _PLAIN or isinstance(obj, torch.Tensor):  # exact types: np.float64, str subclasses pickle as classes
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if type(obj) is dict:
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"{where} has a key {k!r} that is {_kind(k)}: keys must be strings")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    raise CheckpointError(f"{where} is {_kind(obj)}: checkpoint metadata may hold only None, bool, int, "
+                          f"float, str, tensors and lists / dicts of them")
+
+
+def save_checkpoint(path, model, *, dataset, seed, epochs, accuracy, normalize=None, extra=None):
+    """Write {"state_dict": ..., "pathens": metadata} to path, atomically (a temporary file, read
+    back with torch.load(weights_only=True), then renamed over path), and return the path.
+
+    The metadata: format, arch (model.config: the cifar_resnet arguments), dataset, normalize
+    (default: the dataset's preset, None for an unknown dataset name), seed, epochs, accuracy,
+    pathens_version, torch_version, and extra (a dict of plain values) if given. Only tensors
+    and plain Python values are stored, so pathens.checkpoints.load(path) and
+    torch.load(path, weights_only=True) both read it."""
+    import pathens
+    from pathens.data import DATASETS
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"save_checkpoint needs a pathens model built by cifar_resnet (it has .config, "
+                              f"the arguments that rebuild it); {type(model).__name__} has none: "
+                              f"save its state_dict with torch.save instead")
+    if normalize is None and dataset in DATASETS:
+        normalize = DATASETS[dataset].normalize
+    meta = {"format": CHECKPOINT_FORMAT, "arch": dict(config), "dataset": dataset, "normalize": normalize,
+            "seed": seed, "epochs": epochs, "accuracy": None if accuracy is None else float(accuracy),
+            "pathens_version": str(pathens.__version__), "torch_version": str(torch.__version__)}
+    if extra is not None:
+        if not isinstance(extra, dict):
+            raise CheckpointError(f"extra must be a dict of plain values, got {_kind(extra)}")
+        meta["extra"] = extra
+    _check_plain(meta, "metadata")
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+
+    path = Path(os.fspath(path))
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path {path} is a directory: pass a file name, e.g. {path / 'model.pt'}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save({"state_dict": state, "pathens": meta}, tmp)
+        try:
+            torch.load(tmp, map_location="cpu", weights_only=True)  # what every reader will do
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"checkpoint {path} was not written: torch.load(weights_only=True) could not "
+                                  f"read it back ({_one_line(e, 120)})") from None
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path} ({e.strerror or e}): check the folder exists "
+                              f"and is writable") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load(path, *, device="cpu"):
+    """(model, meta) from a checkpoint written by save_checkpoint: the model is rebuilt with
+    cifar_resnet(**meta["arch"]), its weights loaded strictly, moved to device, in eval mode;
+    meta is the checkpoint's "pathens" metadata dict. A checkpoint without that metadata
+    (a third-party state dict) raises a CheckpointError naming what is missing: for those,
+    pass the architecture yourself (--arch on the command line, or cifar_resnet + load_weights)."""
+    from pathens.models import cifar_resnet
+
+    path = Path(os.fspath(path))
+    obj = _read(path)
+    hint = ("pass the architecture yourself (--arch, e.g. --arch resnet56, on the command line; "
+            "in Python build the model and call load_weights)")
+    if not isinstance(obj, Mapping) or "pathens" not in obj:
+        raise CheckpointError(f"checkpoint {path} carries no pathens metadata, so the architecture argument "
+                              f"'arch' is missing (it was not written by pathens.save_checkpoint): {hint}")
+    meta = obj["pathens"]
+    arch = meta.get("arch") if isinstance(meta, Mapping) else None
+    if not isinstance(arch, Mapping):
+        raise CheckpointError(f"checkpoint {path}: its pathens metadata lacks the architecture argument "
+                              f"'arch' (the cifar_resnet arguments): {hint}")
+    if "depth" not in arch:
+        raise CheckpointError(f"checkpoint {path}: its architecture lacks the argument 'depth': {hint}")
+    try:
+        model = cifar_resnet(**arch)
+    except TypeError as e:  # an argument cifar_resnet does not know
+        raise CheckpointError(f"checkpoint {path}: its architecture cannot be rebuilt ({_one_line(e, 120)}): "
+                              f"it was written by another pathens version ({meta.get('pathens_version')}); "
+                              f"{hint}") from None
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: its architecture cannot be rebuilt "
+                              f"({_one_line(e, 120)}): {hint}") from None
+    if "state_dict" not in obj:
+        raise CheckpointError(f"checkpoint {path} has pathens metadata but no 'state_dict': it is damaged; re-save it")
+    load_weights(model, obj["state_dict"])
+    return model.to(device).eval(), dict(meta)
