@@ -326,7 +326,9 @@ def _idx_dataset(info, root, split):
                 raise PathensError(f"{found[0]} holds {len(images)} images but {found[1]} "
                                    f"{len(labels)} labels: the files do not belong together")
             return images, labels.astype(np.int64)
-    raise PathensError(_missing(info.name, split, [f"{n}[.gz]" for n in names], looked))
+    hint = "" if root is not None or not info.default_roots else \
+        " (install Debian's dataset-fashion-mnist package, or pass a root)"
+    raise PathensError(_missing(info.name, split, [f"{n}[.gz]" for n in names], looked, extra=hint))
 
 
 def _plain_or_gz(path):

@@ -116,6 +116,21 @@ def _check_data(data, what):
     return x, y.long()
 
 
+def check_device(device) -> torch.device:
+    """torch.device(device), or a PathensError if it is not a device name or not available here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise PathensError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index is not None and dev.index >= torch.cuda.device_count())):
+        raise PathensError(f"device {device!r} is not available on this machine "
+                           f"({torch.cuda.device_count()} CUDA devices): use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PathensError(f"device {device!r} is not available on this machine: use --device cpu")
+    return dev
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data, *, batch_size: int = 512, device="cpu"):
     """(mean cross-entropy loss, accuracy) of model on data = (x, y), in eval mode."""
@@ -152,6 +167,7 @@ def train(model: nn.Module, train_data, *, epochs: int, lr: float = 0.1, momentu
                         ("warmup_epochs", warmup_epochs)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise PathensError(f"{name} must be a non-negative number, got {value!r}")
+    device = check_device(device)
     x, y = _check_data(train_data, "train_data")
     if eval_data is not None:
         _check_data(eval_data, "eval_data")

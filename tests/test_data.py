@@ -290,3 +290,10 @@ def test_normalize_images_broadcasts_presets_across_channel_counts():
     rgb = torch.rand(2, 3, 4, 4)
     torch.testing.assert_close(normalize_images(rgb, "mnist"), (rgb - 0.1307) / 0.3081)
     assert torch.equal(normalize_images(rgb, "none"), rgb)
+
+
+@pytest.mark.skipif((DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist package is installed")
+def test_fashion_mnist_without_root_or_package_says_where_it_looked():
+    with pytest.raises(PathensError, match=f"in one of {DEBIAN_FASHION_MNIST} .*dataset-fashion-mnist package"):
+        load_dataset("fashion-mnist")

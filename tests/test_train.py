@@ -95,6 +95,11 @@ def test_bad_arguments_and_divergence(digits):
         train(_tiny(), train_set, epochs=1, augment="rotate")
     with pytest.raises(PathensError, match="pair"):
         train(_tiny(), train_set[0], epochs=1)
+    with pytest.raises(PathensError, match="unknown device 'gpu0'"):
+        train(_tiny(), train_set, epochs=1, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(PathensError, match="'cuda' is not available"):
+            train(_tiny(), train_set, epochs=1, device="cuda")
     with pytest.raises(PathensError, match="diverged"):
         torch.manual_seed(0)
         model = cifar_resnet(8, norm="none", width=4, in_channels=1)
