@@ -32,7 +32,7 @@ class Analysis:
     sampled: Optional[PathGradients]
     delete_each: LesionResult
     delete_random: LesionResult
-    reorder: LesionResult
+    reorder: Optional[LesionResult]
     variance: BranchVariance
     depth: dict  # source -> EffectiveDepth
     config: dict = field(default_factory=dict)
@@ -82,8 +82,10 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
         groups.setdefault((b.in_shape, b.out_shape), []).append(b)
     most = sum(len(g) // 2 for g in groups.values())
     swaps = swaps or _doubling(most)
-    swap = lesion.reorder(view, (x, y), swaps=swaps, trials=trials, seed=seed,
-                          out=files.get("reorder"), progress=progress)
+    swap = None  # no two blocks of the same shape: nothing to reorder
+    if swaps:
+        swap = lesion.reorder(view, (x, y), swaps=swaps, trials=trials, seed=seed,
+                              out=files.get("reorder"), progress=progress)
     log(f"[{name}] branch variance")
     variance = branch_variance(view, x)
     depth = {"gradient (exact)": effective_depth(exact, level=level),

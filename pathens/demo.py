@@ -1,96 +1,91 @@
-"""The demo: how normalisation shapes the gradient's path-length mix, at initialisation.
+"""The demo: effective depth of BatchNorm vs SkipInit ResNets of depths 56 and 110.
 
-Three CIFAR ResNets of the same depth, freshly initialised: BatchNorm (running statistics
-calibrated on the inputs, i.e. BN as it acts during training), SkipInit (alpha = 0.5) and no
-normalisation. For each, the exact decomposition of the input gradient by path length, next
-to the analytic path-length distribution of DESIGN.md for that architecture (BN variance
-model, Binomial(n, alpha^2/(1+alpha^2)), Binomial(n, 1/2)). Inputs are Gaussian images with
-random labels: at initialisation nothing has been learnt, so no dataset is needed.
+Four CIFAR ResNets (width 8) trained on scikit-learn's 8x8 digits, which ship with the
+package's dependencies: BatchNorm and SkipInit (De & Smith 2020: no normalisation, a scalar
+alpha initialised to 0 at the end of every branch), 27 and 54 residual blocks. Their
+checkpoints are bundled in pathens/bundled/ (written by experiments/train_demo_checkpoints.py
+with the RECIPE below); `retrain=True` trains them afresh. Each is analysed in full on the
+digits test split and the four are compared in one report.
 """
 from __future__ import annotations
 
-import json
-import platform
 import time
+from importlib import resources
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from . import __version__, paths
-from .gradients import path_gradients
+from . import checkpoints, report
+from .analysis import analyze
+from .data import dataset_info, load_dataset
+from .errors import PathensError
 from .models import cifar_resnet
-from .modes import recalibrate_batchnorm
-from .outputs import write_text
+from .train import train
 from .view import wrap
 
-ALPHA = 0.5
+# name -> (cifar_resnet arguments, train arguments). SkipInit without normalisation needs a
+# smaller learning rate and a warm-up at these depths.
+RECIPE = {
+    "BN ResNet-56": (dict(depth=56, norm="bn"), dict(epochs=12, lr=0.1)),
+    "SkipInit ResNet-56": (dict(depth=56, norm="skipinit"), dict(epochs=12, lr=0.05, warmup_epochs=1)),
+    "BN ResNet-110": (dict(depth=110, norm="bn"), dict(epochs=12, lr=0.1)),
+    "SkipInit ResNet-110": (dict(depth=110, norm="skipinit"), dict(epochs=12, lr=0.05, warmup_epochs=1)),
+}
+WIDTH, DATASET, SEED = 8, "digits", 0
 
 
-def run_demo(out: Path, *, depth: int = 56, batch: int = 32, samples: int = 10, seed: int = 0,
-             progress: bool = True, log=print) -> dict:
-    """Run the demo, write its files into `out` (which must exist), return the summary."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
-    specs = {  # label -> (model arguments, analytic distribution over lengths for n blocks)
-        "BatchNorm": (dict(norm="bn"), paths.bn_variance_distribution),
-        f"SkipInit a={ALPHA}": (dict(norm="skipinit", alpha_init=ALPHA),
-                                lambda n: paths.skipinit_distribution(n, ALPHA)),
-        "no normalisation": (dict(norm="none"), paths.binomial_distribution),
-    }
-    results, overlays, summary, views = {}, {}, {}, {}
-    for label, (kwargs, analytic) in specs.items():
-        torch.manual_seed(seed)
-        model = cifar_resnet(depth, **kwargs)
-        if kwargs["norm"] == "bn":
-            recalibrate_batchnorm(model, x)
-        view = views[label] = wrap(model)
-        start = time.perf_counter()
-        res = path_gradients(view, x, y, progress=progress)
-        seconds = time.perf_counter() - start
-        slug = label.split()[0].lower().replace("=", "")
-        write_text(out / f"{slug}_exact.csv", res.to_csv())
-        write_text(out / f"{slug}_exact.json", res.to_json())
-        dist = analytic(view.num_blocks)
-        energy = res.total ** 2 / (res.total ** 2).sum()
-        results[label], overlays[f"{label}: analytic"] = res, dist
-        summary[label] = dict(
-            model=model.config, blocks=view.num_blocks, seconds=round(seconds, 2),
-            mean_length_energy=float((energy * res.lengths).sum()),
-            mode_length_energy=int(np.argmax(energy)),
-            mean_length_analytic=float(paths.distribution_mean(dist)),
-            residual_vs_autograd=res.residual)
-        log(f"{label:<18} n={view.num_blocks}  gradient-energy mean length "
-            f"{summary[label]['mean_length_energy']:5.2f} (analytic model "
-            f"{summary[label]['mean_length_analytic']:5.2f}), mode "
-            f"{summary[label]['mode_length_energy']}, exact sweep {seconds:.1f}s")
-    if samples:  # Veit's sampled protocol beside the exact sweep, on the BN network
-        label = "BatchNorm"
-        sampled = path_gradients(views[label], x, y, method="sampled", samples_per_length=samples,
-                                 seed=seed, progress=progress)
-        write_text(out / "batchnorm_sampled.csv", sampled.to_csv())
-        write_text(out / "batchnorm_sampled.json", sampled.to_json())
-        summary[label]["sampled_samples_per_length"] = samples
-        results[f"{label} "] = sampled
-    _figure(out, results, overlays)
-    config = dict(depth=depth, batch=batch, samples_per_length=samples, seed=seed,
-                  inputs="Gaussian N(0, 1) images 3x32x32, uniform random labels",
-                  pathens=__version__, torch=torch.__version__, python=platform.python_version())
-    write_text(out / "summary.json", json.dumps(dict(config=config, models=summary), indent=2))
-    return summary
+def checkpoint_name(name: str) -> str:
+    return name.lower().replace(" ", "_").replace("-", "") + ".pt"
 
 
-def _figure(out: Path, results: dict, overlays: dict) -> None:
-    import matplotlib.pyplot as plt
+def bundled_dir() -> Path:
+    return Path(str(resources.files("pathens") / "bundled"))
 
-    from .plots import plot_gradient_by_length, plot_per_path
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-    exact = {k: v for k, v in results.items() if v.method == "exact"}
-    plot_gradient_by_length(exact, ax=a, overlays=overlays)
-    plot_per_path(results, ax=b)  # the sampled result only
-    a.set_title("gradient by path length at initialisation (exact)")
-    b.set_title("one path's gradient vs its length (BatchNorm, sampled)")
-    fig.savefig(out / "gradient_by_length.png", dpi=120)
-    plt.close(fig)
+def train_recipe(name: str, folder: Path, *, seed: int = SEED, device="cpu", progress=True,
+                 log=print) -> Path:
+    """Train one network of the RECIPE on digits and save it (with metadata) into folder."""
+    arch, kw = RECIPE[name]
+    info = dataset_info(DATASET)
+    model = cifar_resnet(**arch, width=WIDTH, in_channels=info.in_channels,
+                         num_classes=info.num_classes)
+    result = train(model, load_dataset(DATASET, split="train"), augment=info.augment, seed=seed,
+                   device=device, eval_data=load_dataset(DATASET, split="test"),
+                   progress=progress, **kw)
+    path = Path(folder) / checkpoint_name(name)
+    checkpoints.save_checkpoint(path, model, dataset=DATASET, seed=seed, epochs=kw["epochs"],
+                                accuracy=result.accuracy,
+                                extra=dict(recipe=name, train=kw, seconds=round(result.seconds, 1)))
+    log(f"[{name}] trained {kw['epochs']} epochs in {result.seconds:.0f} s: test accuracy "
+        f"{result.accuracy:.2%}")
+    return path
+
+
+def run_demo(out: Path, *, retrain: bool = False, quick: bool = False, seed: int = SEED,
+             device="cpu", progress: bool = True, log=print, command: str = "pathens demo"):
+    """Analyse the four networks and write the comparison report into `out`."""
+    start = time.perf_counter()
+    folder = bundled_dir()
+    if retrain:
+        folder = Path(out) / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in RECIPE:
+            train_recipe(name, folder, seed=seed, device=device, progress=progress, log=log)
+    x, y = load_dataset(DATASET, split="test")
+    analyses = []
+    for name in RECIPE:
+        path = folder / checkpoint_name(name)
+        if not path.is_file():
+            raise PathensError(f"the bundled checkpoint {path} is missing (a broken install?): "
+                               f"run `pathens demo --retrain` to train it here")
+        model, meta = checkpoints.load(path, device=device)
+        view = wrap(model)
+        analyses.append(analyze(
+            view, (x.to(device), y.to(device)), name=name,
+            model_info=dict(arch=meta["arch"], accuracy=meta["accuracy"], checkpoint=path.name),
+            data_info=dict(dataset=DATASET, split="test", examples=len(y)),
+            samples_per_length=5 if quick else 10, trials=2 if quick else 5, seed=seed,
+            progress=progress, log=log))
+    path = report.write(out, analyses, title="pathens demo: BatchNorm vs SkipInit on digits",
+                        command=command, extra=dict(seconds=round(time.perf_counter() - start, 1),
+                                                    checkpoints=str(folder)))
+    log(f"wrote {path} in {time.perf_counter() - start:.0f} s")
+    return analyses

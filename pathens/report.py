@@ -128,10 +128,12 @@ def _model_figures(out: Path, slug: str, a) -> dict:
     if a.sampled is not None:
         figs["one path's gradient vs its length"] = _save(plots.plot_per_path(a.sampled), out,
                                                           f"{slug}_per_path.png")
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5), layout="constrained")
+    panels = 2 if a.reorder is None else 3
+    fig, axes = plt.subplots(1, panels, figsize=(5.7 * panels, 4.5), layout="constrained")
     plots.plot_delete_each(a.delete_each, ax=axes[0])
     plots.plot_delete_random(a.delete_random, ax=axes[1])
-    plots.plot_reorder(a.reorder, ax=axes[2])
+    if a.reorder is not None:
+        plots.plot_reorder(a.reorder, ax=axes[2])
     figs["lesions: each block, k random blocks, reordering"] = _save(fig, out, f"{slug}_lesions.png")
     return figs
 
@@ -147,6 +149,8 @@ def _tables(out: Path, slug: str, a) -> None:
         write_text(out / f"{slug}_gradients_sampled.csv", a.sampled.to_csv())
     for key in ("delete_each", "delete_random", "reorder"):
         res = getattr(a, key)
+        if res is None:
+            continue
         write_text(out / f"{slug}_{key}.csv", res.to_csv())
         if key != "delete_each":
             write_text(out / f"{slug}_{key}_summary.csv", res.summary_csv())
@@ -161,5 +165,5 @@ def _result_dict(a) -> dict:
     return dict(model=a.model, data=a.data, config=a.config, intact_error=a.intact_error,
                 exact=a.exact.to_dict(), sampled=None if a.sampled is None else a.sampled.to_dict(),
                 delete_each=a.delete_each.to_dict(), delete_random=a.delete_random.to_dict(),
-                reorder=a.reorder.to_dict(), branch_variance=a.variance.to_dict(),
+                reorder=None if a.reorder is None else a.reorder.to_dict(), branch_variance=a.variance.to_dict(),
                 effective_depth={k: d.to_dict() for k, d in a.depth.items()})
