@@ -150,7 +150,8 @@ _PLAIN = (type(None), bool, int, float, str)
 def _check_plain(obj, where):
     """Only what torch.load(weights_only=True) reads back: None, bool, int, float, str, tensors,
     and lists / tuples / dicts (with str keys) of them."""
-    if type(obj) in _PLAIN or isinstance(obj, torch.Tensor):  # exact types: np.float64, str subclasses pickle as classes
+    # exact types: a float or str subclass (np.float64, torch's TorchVersion) pickles as its class
+    if type(obj) in _PLAIN or isinstance(obj, torch.Tensor):
         return
     if isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):

@@ -147,16 +147,18 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 512, device="cpu"):
 
 def train(model: nn.Module, train_data, *, epochs: int, lr: float = 0.1, momentum: float = 0.9,
           weight_decay: float = 5e-4, batch_size: int = 128, augment=None, warmup_epochs: float = 0.0,
-          seed: int = 0, device="cpu", eval_data=None, progress: bool = True, log=None) -> TrainResult:
+          clip_grad_norm: float | None = None, seed: int = 0, device="cpu", eval_data=None,
+          progress: bool = True, log=None) -> TrainResult:
     """Train model in place with SGD (Nesterov off) on train_data = (x (N, C, H, W), y (N,)).
 
     The learning rate rises linearly from ~0 to lr over warmup_epochs (may be fractional),
     then follows a cosine from lr to 0 at the last step; it is updated every step.
     augment: None, "crop-flip" (CIFAR), "shift" (digits, MNIST) or a function
-    (x, generator) -> x applied to each batch. seed: torch.manual_seed(seed), and a
-    torch.Generator seeded with it draws the shuffling and the augmentation, so a run is
-    reproducible bit for bit on the same machine and device. eval_data: evaluated after every
-    epoch. log: a function called with one line per epoch (e.g. print). The model ends in
+    (x, generator) -> x applied to each batch. clip_grad_norm: if given, the gradient's global
+    norm is clipped to it before each step (steadies deep networks without normalisation).
+    seed: torch.manual_seed(seed), and a torch.Generator seeded with it draws the shuffling and
+    the augmentation, so a run is reproducible bit for bit on the same machine and device.
+    eval_data: evaluated after every epoch. log: a function called with one line per epoch (e.g. print). The model ends in
     eval mode, on `device`. Raises PathensError if the loss becomes NaN or infinite.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -164,7 +166,7 @@ def train(model: nn.Module, train_data, *, epochs: int, lr: float = 0.1, momentu
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise PathensError(f"batch_size must be a positive integer, got {batch_size!r}")
     for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay),
-                        ("warmup_epochs", warmup_epochs)):
+                        ("warmup_epochs", warmup_epochs), ("clip_grad_norm", clip_grad_norm or 0.0)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise PathensError(f"{name} must be a non-negative number, got {value!r}")
     device = check_device(device)
@@ -174,7 +176,8 @@ def train(model: nn.Module, train_data, *, epochs: int, lr: float = 0.1, momentu
     aug = _augmenter(augment)
     config = dict(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
                   augment=augment if not callable(augment) else getattr(augment, "__name__", "custom"),
-                  warmup_epochs=warmup_epochs, seed=seed, device=str(device), train_examples=len(x))
+                  warmup_epochs=warmup_epochs, clip_grad_norm=clip_grad_norm, seed=seed, device=str(device),
+                  train_examples=len(x))
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -215,6 +218,8 @@ def train(model: nn.Module, train_data, *, epochs: int, lr: float = 0.1, momentu
                         f"(now {lr}) or add warm-up (warmup_epochs, now {warmup_epochs})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if clip_grad_norm:
+                    nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
                 optimizer.step()
                 loss_sum += loss.item() * len(yb)
                 correct += (out.argmax(1) == yb).sum().item()

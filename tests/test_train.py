@@ -58,6 +58,17 @@ def test_warmup_and_cosine_schedule(digits):
     assert lrs[-1] == 0
 
 
+def test_clip_grad_norm_bounds_each_step(digits):
+    train_set = tuple(t[:64] for t in digits[0])  # 2 steps at batch 32
+    model = _tiny("skipinit")
+    before = torch.nn.utils.parameters_to_vector(model.parameters()).clone()
+    train(model, train_set, epochs=1, lr=0.1, momentum=0.9, weight_decay=0, batch_size=32,
+          clip_grad_norm=1e-6, progress=False)
+    moved = torch.nn.utils.parameters_to_vector(model.parameters()) - before
+    # step 1 moves lr * g1, step 2 lr * (0.9 g1 + g2), every |g| <= 1e-6
+    assert 0 < moved.norm() <= 0.1 * 2.9e-6 * 1.0001
+
+
 def test_weight_decay_skips_alpha_biases_and_batchnorm():
     for norm in ("bn", "skipinit"):
         model = _tiny(norm)
