@@ -1,11 +1,16 @@
 """Training a network on in-memory tensors: SGD with momentum, a cosine learning-rate schedule
 with an optional linear warm-up, weight decay, standard augmentation, one seed for everything.
 
-    model = pathens.cifar_resnet(56, norm="skipinit", width=8, in_channels=1)
-    result = train(model, load_dataset("digits", split="train"), epochs=15,
-                   eval_data=load_dataset("digits"), augment="shift")
-    save_checkpoint("resnet56.pt", model, dataset="digits", seed=0, epochs=15,
+    model = pathens.cifar_resnet(110, norm="skipinit", width=8, in_channels=1)
+    result = train(model, load_dataset("digits", split="train"), epochs=10, batch_size=64,
+                   warmup_epochs=2, clip_grad_norm=1.0, augment="shift",
+                   eval_data=load_dataset("digits"))
+    save_checkpoint("resnet110.pt", model, dataset="digits", seed=0, epochs=10,
                     accuracy=result.accuracy)
+
+That recipe (lr 0.1, 2 warm-up epochs, gradient norm clipped to 1) trains BN and SkipInit
+ResNet-56 and -110 of width 8 on digits to 93-97% test accuracy. Without the clipping, lr 0.1
+collapsed SkipInit-110 to chance (loss stuck at ln 10) for some seeds and left BN-110 at 18-53%.
 
 Weight decay applies to conv and linear weights only: not to biases, BatchNorm scales/shifts or
 SkipInit's alpha (every parameter with fewer than 2 dimensions). Decaying alpha would pull the
