@@ -6,7 +6,7 @@
 """
 from . import lesion, paths
 from .adapters import BlockParts, register_block
-from .checkpoints import load_state_dict, load_weights
+from .checkpoints import load, load_state_dict, load_weights, save_checkpoint
 from .depth import BranchVariance, EffectiveDepth, branch_variance, effective_depth
 from .errors import CheckpointError, PathensError, WrapError
 from .gradients import PathGradients, path_gradients
@@ -18,6 +18,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockParts", "Block", "BranchVariance", "CheckpointError", "EffectiveDepth", "LesionResult", "PathGradients", "PathensError", "ResidualView",
-    "WrapError", "branch_variance", "cifar_resnet", "effective_depth", "load_state_dict", "load_weights", "lesion", "path_gradients", "paths",
+    "WrapError", "branch_variance", "cifar_resnet", "effective_depth", "load_state_dict", "load_weights", "lesion", "load", "path_gradients", "paths", "save_checkpoint",
     "register_block", "wrap",
 ]

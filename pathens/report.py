@@ -71,7 +71,7 @@ def _depth_table(analyses) -> str:
         g, e, v, l = (a.depth[k] for k in ("gradient (exact)", "gradient energy (exact)",
                                             "variance", "lesion"))
         rows.append(f"| {a.name} | {g.num_blocks} | {a.intact_error:.2%} | {g.mean:.2f} / {g.mode} / "
-                    f"{g.interval[0]}-{g.interval[1]} ({g.path_fraction:.2%}) | {e.mean:.2f} | "
+                    f"{g.interval[0]}-{g.interval[1]} ({100 * g.path_fraction:.3g}%) | {e.mean:.2f} | "
                     f"{v.mean:.2f} | {int(l.depth)} (margin {l.details['margin']:.0%}) |")
     return "\n".join(rows)
 

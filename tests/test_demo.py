@@ -1,0 +1,31 @@
+"""The demo's bundled checkpoints: present, rebuilt from their metadata alone, and as accurate
+on the digits test split as they say."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pathens
+from pathens.data import load_dataset
+from pathens.demo import RECIPE, WIDTH, bundled_dir, checkpoint_name
+
+
+@pytest.mark.parametrize("name", list(RECIPE))
+def test_bundled_checkpoint_matches_its_recipe_and_accuracy(name):
+    path = bundled_dir() / checkpoint_name(name)
+    assert path.is_file(), f"{path} missing: run experiments/train_demo_checkpoints.py"
+    model, meta = pathens.load(path)
+    arch, train = RECIPE[name]
+    assert {k: meta["arch"][k] for k in arch} == arch and meta["arch"]["width"] == WIDTH
+    assert meta["dataset"] == "digits" and meta["extra"]["train"] == train
+    x, y = load_dataset("digits", split="test")
+    with torch.no_grad():
+        accuracy = (model(x).argmax(1) == y).double().mean().item()
+    assert accuracy == pytest.approx(meta["accuracy"], abs=1e-9)
+    assert accuracy > 0.85, f"{name}: {accuracy:.2%}"
+    assert pathens.wrap(model).num_blocks == (arch["depth"] - 2) // 2
+
+
+def test_bundled_checkpoints_stay_small():
+    total = sum(p.stat().st_size for p in bundled_dir().glob("*.pt"))
+    assert 0 < total < 10 * 2 ** 20
