@@ -206,4 +206,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except pathens.PathensError as err:  # bad input: one line, exit code 2
+        print(f"bn_vs_skipinit.py: {err}", file=sys.stderr)
+        sys.exit(2)

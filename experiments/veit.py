@@ -62,19 +62,25 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def fail(message: str):
+    """A user error: one line on stderr, exit code 2 (as the pathens command line)."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def load_inputs(args):
     """(model, (x, y), model_info, data_info), or exit 2 with a one-line message."""
     ckpt = Path(args.checkpoint) if args.checkpoint else None
     if ckpt is None:
         found = sorted(REALDATA.glob(f"akamaster_{args.arch}-*.th"))
         if not found:
-            sys.exit(f"veit.py: no --checkpoint given and no akamaster_{args.arch}-*.th in "
+            fail(f"veit.py: no --checkpoint given and no akamaster_{args.arch}-*.th in "
                      f"{REALDATA} (the real-data folder is absent: pass --checkpoint and --data)")
         ckpt = found[0]
     if args.data is None:
         npz = REALDATA / "cifar10_test_first1000.npz"
         if not npz.is_file():
-            sys.exit(f"veit.py: {npz} not found: pass --data cifar10 --root DIR")
+            fail(f"veit.py: {npz} not found: pass --data cifar10 --root DIR")
         x, y = load_npz(npz, normalize="imagenet", limit=args.limit)
         data_info = dict(dataset="CIFAR-10 test, first 1000 images", file=str(npz))
     else:
@@ -176,4 +182,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except pathens.PathensError as err:  # bad input: one line, exit code 2
+        print(f"veit.py: {err}", file=sys.stderr)
+        sys.exit(2)
