@@ -144,6 +144,15 @@ def trained_model(args, info, norm, depth, ckpt_dir, log):
                              accuracy=result.accuracy, checkpoint=_rel(path))
 
 
+def alpha_stats(model) -> dict:
+    """Median and largest |alpha| over SkipInit's branch scalars (NaN for BN networks)."""
+    a = [p.detach().abs().flatten() for n, p in model.named_parameters() if n.endswith("alpha")]
+    if not a:
+        return dict(alpha_abs_median=float("nan"), alpha_abs_max=float("nan"))
+    a = torch.cat(a)
+    return dict(alpha_abs_median=float(a.median()), alpha_abs_max=float(a.max()))
+
+
 def effective_depths(args, info, out, log):
     x, y = load_dataset(args.data, root=args.root, split="test")
     x, y = x.to(args.device), y.to(args.device)
@@ -167,7 +176,8 @@ def effective_depths(args, info, out, log):
                          gradient_90_lo=g.interval[0], gradient_90_hi=g.interval[1],
                          gradient_90_path_fraction=g.path_fraction, variance_mean=v.mean,
                          bn_model_mean=paths.distribution_mean(paths.bn_variance_distribution(view.num_blocks)),
-                         lesion_within_2pts=l.depth, checkpoint=info_m["checkpoint"]))
+                         lesion_within_2pts=l.depth, **alpha_stats(model),
+                         checkpoint=info_m["checkpoint"]))
         r = rows[-1]
         log(f"(b) {name:20s} error {a.intact_error:6.2%}  gradient mean {g.mean:5.2f} "
             f"90% in {g.interval[0]}-{g.interval[1]}  variance {v.mean:5.2f}  lesion {l.depth:.0f} "
