@@ -31,7 +31,8 @@ import numpy as np
 from scipy import stats
 
 from .errors import PathensError
-from .lesion_sweep import Condition, Data, calibration_batches, fingerprint, run_conditions, wilson
+from .lesion_sweep import (Condition, Data, calibration_batches, fingerprint, fingerprint_tensors,
+                           run_conditions, wilson)
 from .results import Result, _plain
 from .view import wrap
 
@@ -147,9 +148,10 @@ def _sweep(view, data, sweep: str, conds: list, config: dict, *, seed, out, prog
     d = Data(view, data, batch_size)
     cal = calibration_batches(view, recalibrate, batch_size) if recalibrate is not None else None
     config = dict(sweep=sweep, **config, num_blocks=view.num_blocks,
-                  num_examples=d.num_examples, model=fingerprint(view.model),
+                  num_examples=d.num_examples, data=d.fingerprint(), model=fingerprint(view.model),
                   dtype=str(view.param.dtype),
                   recalibrate=None if cal is None else sum(len(x) for x in cal),
+                  recalibrate_data=None if cal is None else fingerprint_tensors(cal),
                   batchnorm="recalibrated per condition" if cal is not None else
                   "eval (running statistics)")
     rows = run_conditions(view, d, [Condition("intact", 0, 0)] + conds, config=config, seed=seed,
@@ -165,8 +167,8 @@ _COMMON = """
     data:        an (inputs, targets) pair or a DataLoader of (inputs, targets) batches.
     out:         a .csv or .jsonl file: each finished condition is appended as it completes;
                  re-running the same sweep with the same out resumes (conditions on disk are
-                 not recomputed); a file from a different sweep (settings, data size or model)
-                 is refused.
+                 not recomputed); a file from a different sweep (settings, model, or data:
+                 size and a fingerprint of the contents) is refused.
     group_size:  with out, conditions evaluated per pass over the data before being written
                  (default 16; None without out: all in one pass).
     recalibrate: calibration inputs (a tensor, pair or loader): re-estimate BatchNorm
@@ -275,12 +277,14 @@ def _tau(order) -> float:
 
 
 def _counts(ks, what: str) -> list:
+    """ks / swaps: a non-empty list of integers >= 1 (0 would be the intact network again)."""
     ks = list(ks)
     if not ks:
         raise PathensError(f"{what} is empty: give at least one count")
     for k in ks:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-            raise PathensError(f"{what} must be non-negative integers, got {k!r}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise PathensError(f"{what} must be positive integers (at least 1; the intact network "
+                               f"is always row 0), got {k!r}")
     return [int(k) for k in ks]
 
 

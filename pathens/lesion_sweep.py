@@ -23,6 +23,7 @@ import copy
 import csv
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -87,7 +88,7 @@ class Data:
     (inputs, targets) batches, e.g. a DataLoader; every batch checked by check_batch."""
 
     def __init__(self, view, data, batch_size: Optional[int] = 256):
-        self.view, self.batch_size = view, batch_size
+        self.view, self.batch_size, self._pending = view, batch_size, None
         if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)):
             x = data[0] if torch.is_tensor(data[0]) else torch.as_tensor(np.asarray(data[0]))
             self.pair = check_batch(view, x, data[1])
@@ -113,6 +114,13 @@ class Data:
             self.num_examples = None
 
     def __iter__(self):
+        if self._pending is not None:  # the pass fingerprint() started: its first batch, then on
+            first, rest = self._pending
+            self._pending = None
+            return itertools.chain([first], rest)
+        return self._batches()
+
+    def _batches(self):
         if self.pair is not None:
             x, y = self.pair
             for sl in chunks(len(y), self.batch_size):
@@ -123,6 +131,81 @@ class Data:
                 raise PathensError(f"each batch of data must be (inputs, targets), got "
                                    f"{type(b).__name__}")
             yield check_batch(self.view, b[0], b[1])
+
+    def fingerprint(self) -> str:
+        """A short sha256 of the data's contents, so that a resumed sweep never mixes datasets of
+        the same size (other examples, another normalisation).
+
+        A pair: shapes, dtypes, all targets and the inputs as the model sees them (all of them
+        up to 2^22 values, else 2^22 values spread evenly over the whole tensor). A loader over
+        an indexable dataset (e.g. a DataLoader): the dataset's size, the loader's number of
+        batches and the items at 16 evenly spread indices (independent of shuffling). Any other
+        loader: its number of batches and what it yields in its first batch; that batch is
+        kept for the next pass, so the loader is not read once more. Limitation: for loaders,
+        a change confined to items (or batches) not sampled goes unnoticed, and a loader whose
+        items vary between passes (random augmentation, shuffled plain iterables) is taken for
+        different data.
+        """
+        h = hashlib.sha256()
+        if self.pair is not None:
+            for t in self.pair:
+                _hash_tensor(h, t)
+            return h.hexdigest()[:16]
+        dataset = getattr(self.loader, "dataset", None)
+        size = _length(dataset) if dataset is not None else None
+        if size:
+            h.update(f"dataset:{size}:{self.num_batches};".encode())
+            try:
+                for i in sorted(set(np.linspace(0, size - 1, 16).astype(int).tolist())):
+                    _hash_item(h, dataset[i])
+                return h.hexdigest()[:16]
+            except (NotImplementedError, TypeError, KeyError, IndexError):
+                h = hashlib.sha256()  # not indexable by position: fall back to the first batch
+        rest = self._batches()
+        first = next(rest, None)
+        if first is None:
+            raise PathensError("data is empty: the loader yields no batches")
+        self._pending = (first, rest)
+        h.update(f"batches:{self.num_batches}:{self.num_examples};".encode())
+        _hash_item(h, first)
+        return h.hexdigest()[:16]
+
+
+_HASHED_VALUES = 1 << 22  # ~16 MB of float32: hashed in a few tens of milliseconds
+
+
+def fingerprint_tensors(tensors: list) -> str:
+    """A short sha256 of a list of tensors (e.g. calibration batches), as for a pair of data."""
+    h = hashlib.sha256()
+    for t in tensors:
+        _hash_tensor(h, t)
+    return h.hexdigest()[:16]
+
+
+def _hash_tensor(h, t: torch.Tensor):
+    """Shape, dtype and values of t (2^22 evenly spread values of a larger one) into h."""
+    t = t.detach()
+    h.update(f"{tuple(t.shape)}:{t.dtype};".encode())
+    flat = t.reshape(-1)
+    if flat.numel() > _HASHED_VALUES:
+        idx = np.linspace(0, flat.numel() - 1, _HASHED_VALUES).astype(np.int64)
+        flat = flat[torch.from_numpy(idx).to(flat.device)]
+    h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())  # bytes of any dtype
+
+
+def _hash_item(h, item):
+    """A dataset item or batch: tensors / arrays / numbers, possibly nested in tuples."""
+    if isinstance(item, (tuple, list)):
+        h.update(f"[{len(item)};".encode())
+        for v in item:
+            _hash_item(h, v)
+        h.update(b"]")
+    elif torch.is_tensor(item):
+        _hash_tensor(h, item)
+    elif isinstance(item, (np.ndarray, np.generic, int, float, bool)):
+        _hash_tensor(h, torch.as_tensor(np.asarray(item)))
+    else:
+        h.update(repr(item).encode())
 
 
 def _length(obj) -> Optional[int]:
@@ -311,7 +394,8 @@ class SweepFile:
         self.config = json.loads(json.dumps(_plain(config)))  # as it reads back from disk
 
     def _refuse(self, why: str):
-        raise PathensError(f"{self.path} {why}; to start fresh delete it or choose another out= path")
+        raise PathensError(f"{self.path} {why}; to start fresh, write to another file or delete "
+                           f"this one (CLI: another --out, or --force instead of --resume)")
 
     def load(self, conds: list) -> list:
         """Rows already on disk, by condition index (None where missing); refuses a file from
@@ -327,8 +411,9 @@ class SweepFile:
         if stored != self.config:
             keys = list(self.config) + [k for k in stored if k not in self.config]
             key = next(k for k in keys if stored.get(k) != self.config.get(k))
+            what = " (other examples or preprocessing)" if key == "data" else ""
             self._refuse(f"holds a different lesion sweep ({key}: {stored.get(key)!r} there, "
-                         f"{self.config.get(key)!r} now)")
+                         f"{self.config.get(key)!r} now{what})")
         if not text.endswith("\n"):  # a line torn by a crash: drop it (its condition reruns)
             text = text[:text.rfind("\n") + 1]
             with open(self.path, "r+") as f:

@@ -249,7 +249,8 @@ def test_different_sweep_refused_and_file_untouched(view, data, tmp_path):
                          (view, dict(ks=[1, 2], trials=2), "ks"),
                          (view, dict(ks=[1], trials=2, seed=1), "seed"),
                          (other_model, dict(ks=[1], trials=2), "model")]:
-        with pytest.raises(PathensError, match=f"{match}.*delete it or choose another out= path"):
+        with pytest.raises(PathensError, match=f"{match}.*write to another file or delete this "
+                                               f"one \\(CLI: another --out, or --force instead"):
             lesion.delete_random(v, (x, y), out=out, progress=False, **kw)
         assert out.read_bytes() == saved
     with pytest.raises(PathensError, match="different lesion sweep"):
@@ -264,6 +265,56 @@ def test_different_sweep_refused_and_file_untouched(view, data, tmp_path):
     assert stranger.read_text() == "a,b\n1,2\n"
 
 
+def test_resume_checks_the_data_not_just_its_size(view, data, tmp_path, monkeypatch):
+    x, y = data
+    # 5 conditions in groups of 2, 4 batches a pass
+    kw = dict(ks=[1, 2], trials=2, seed=3, group_size=2, batch_size=8, progress=False)
+    g = torch.Generator().manual_seed(9)
+    others = {"other examples": (torch.randn(x.shape, generator=g, dtype=x.dtype), y),
+              "other labels": (x, (y + 1) % 10),
+              "other normalisation": ((x - x.mean()) / x.std(), y),
+              "one value changed": (x.clone().index_put_((torch.tensor([29]),), x[29] + 1e-3), y)}
+    kinds = {"pair": lambda x, y: (x, y),
+             "DataLoader": lambda x, y: DataLoader(TensorDataset(x, y), batch_size=8),
+             "iterable": lambda x, y: Flaky(x, y, 8)}
+    refusal = (r"different lesion sweep \(data: .* \(other examples or preprocessing\)\); to "
+               r"start fresh, write to another file or delete this one \(CLI: another --out, or "
+               r"--force instead of --resume\)$")
+    for kind, make in kinds.items():
+        out = tmp_path / f"{kind}.jsonl"
+        whole = lesion.delete_random(view, make(x, y), out=out, **kw)
+        full = out.read_bytes()
+        out.write_bytes(b"".join(full.splitlines(keepends=True)[:3]))  # stopped after group 1
+        saved = out.read_bytes()
+        for what, (ox, oy) in others.items():  # same size, other contents: refused, untouched
+            if what == "one value changed" and kind != "pair":
+                continue  # loaders are fingerprinted from a sample (see Data.fingerprint)
+            with pytest.raises(PathensError, match=refusal):
+                lesion.delete_random(view, make(ox, oy), out=out, **kw)
+            assert out.read_bytes() == saved, (kind, what)
+        calls = counting(view, monkeypatch)  # the same data: continues where it stopped
+        resumed = lesion.delete_random(view, make(x, y), out=out, **kw)
+        assert len(calls) == 3 * 4 and resumed.to_csv() == whole.to_csv()
+        assert out.read_bytes() == full
+        monkeypatch.undo()
+    shuffled = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True,
+                          generator=torch.Generator().manual_seed(1))
+    again = lesion.delete_random(view, shuffled, out=tmp_path / "DataLoader.jsonl", **kw)
+    assert again.to_csv() == whole.to_csv()  # shuffling keeps the data: the finished sweep is read
+
+
+def test_recalibration_set_is_part_of_the_configuration(view, data, tmp_path):
+    x, y = data
+    out = tmp_path / "recal.csv"
+    cal, _ = batch(12, size=8, seed=3)
+    lesion.delete_random(view, (x, y), ks=[1], trials=1, recalibrate=cal, out=out, progress=False)
+    saved = out.read_bytes()
+    with pytest.raises(PathensError, match="recalibrate_data"):
+        lesion.delete_random(view, (x, y), ks=[1], trials=1, recalibrate=cal * 2, out=out,
+                             progress=False)
+    assert out.read_bytes() == saved
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 
 def test_bad_input_is_refused(view, data):
@@ -273,6 +324,9 @@ def test_bad_input_is_refused(view, data):
         (lambda: lesion.delete_random(view, (x, y), ks=[10], exclude_downsampling=False),
          "more than the 9 blocks"),
         (lambda: lesion.delete_random(view, (x, y), ks=[1], trials=0), "trials must be a positive"),
+        (lambda: lesion.delete_random(view, (x, y), ks=[0]), "ks must be positive integers.*got 0"),
+        (lambda: lesion.delete_random(view, (x, y), ks=[2, -1]), "ks must be positive.*got -1"),
+        (lambda: lesion.reorder(view, (x, y), swaps=[0]), "swaps must be positive integers"),
         (lambda: lesion.reorder(view, (x, y), swaps=[4]), "4 swaps are more than possible.*at most 3"),
         (lambda: lesion.delete_each(view, (x[:0], y[:0])), "empty"),
         (lambda: lesion.delete_each(view, []), "empty"),
@@ -370,6 +424,6 @@ def test_bad_settings_refused(view, data, tmp_path):
         lesion.delete_each(skip, (x, y), recalibrate=x, progress=False)
     with pytest.raises(PathensError, match="is a folder"):
         lesion.delete_each(view, (x, y), out=tmp_path, progress=False)
-    with pytest.raises(PathensError, match="ks must be non-negative integers"):
+    with pytest.raises(PathensError, match="ks must be positive integers"):
         lesion.delete_random(view, (x, y), ks=[1.5], progress=False)
     assert not (tmp_path / "a.csv").exists()
