@@ -14,7 +14,7 @@ from .lesion import LesionResult
 from .models import cifar_resnet
 from .view import Block, ResidualView, wrap
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "BlockParts", "Block", "BranchVariance", "CheckpointError", "EffectiveDepth", "LesionResult", "PathGradients", "PathensError", "ResidualView",

@@ -73,15 +73,10 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
         files = {k: Path(lesion_dir) / f"{k}.csv" for k in ("delete_each", "delete_random", "reorder")}
     log(f"[{name}] lesions on {len(y)} examples")
     each = lesion.delete_each(view, (x, y), out=files.get("delete_each"), progress=progress)
-    deletable = sum(b.deletable and not b.downsample for b in view.blocks)
-    ks = ks or _doubling(deletable)
+    ks = ks or doubling(deletable_blocks(view))
     rand = lesion.delete_random(view, (x, y), ks=ks, trials=trials, seed=seed,
                                 out=files.get("delete_random"), progress=progress)
-    groups = {}
-    for b in view.blocks:
-        groups.setdefault((b.in_shape, b.out_shape), []).append(b)
-    most = sum(len(g) // 2 for g in groups.values())
-    swaps = swaps or _doubling(most)
+    swaps = swaps or doubling(most_swaps(view))
     swap = None  # no two blocks of the same shape: nothing to reorder
     if swaps:
         swap = lesion.reorder(view, (x, y), swaps=swaps, trials=trials, seed=seed,
@@ -102,7 +97,20 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
                     data_info or {}, exact, sampled, each, rand, swap, variance, depth, config)
 
 
-def _doubling(top: int) -> list:
+def deletable_blocks(view) -> int:
+    """How many blocks random lesions draw from: the deletable, non-downsampling ones."""
+    return sum(b.deletable and not b.downsample for b in view.blocks)
+
+
+def most_swaps(view) -> int:
+    """The most disjoint swaps of same-shape blocks a reordering can make."""
+    groups = {}
+    for b in view.blocks:
+        groups.setdefault((b.in_shape, b.out_shape), []).append(b)
+    return sum(len(g) // 2 for g in groups.values())
+
+
+def doubling(top: int) -> list:
     """1, 2, 4, ... up to top, with top itself (at least [1] when top >= 1)."""
     out, k = [], 1
     while k < top:

@@ -176,8 +176,8 @@ def save_checkpoint(path, model, *, dataset, seed, epochs, accuracy, normalize=N
     pathens_version, torch_version, and extra (a dict of plain values) if given. Only tensors
     and plain Python values are stored, so pathens.checkpoints.load(path) and
     torch.load(path, weights_only=True) both read it."""
-    import pathens
     from pathens.data import DATASETS
+    from pathens.version import __version__
 
     config = getattr(model, "config", None)
     if not isinstance(config, dict):
@@ -188,7 +188,7 @@ def save_checkpoint(path, model, *, dataset, seed, epochs, accuracy, normalize=N
         normalize = DATASETS[dataset].normalize
     meta = {"format": CHECKPOINT_FORMAT, "arch": dict(config), "dataset": dataset, "normalize": normalize,
             "seed": seed, "epochs": epochs, "accuracy": None if accuracy is None else float(accuracy),
-            "pathens_version": str(pathens.__version__), "torch_version": str(torch.__version__)}
+            "pathens_version": str(__version__), "torch_version": str(torch.__version__)}
     if extra is not None:
         if not isinstance(extra, dict):
             raise CheckpointError(f"extra must be a dict of plain values, got {_kind(extra)}")
@@ -199,6 +199,9 @@ def save_checkpoint(path, model, *, dataset, seed, epochs, accuracy, normalize=N
     path = Path(os.fspath(path))
     if path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is a directory: pass a file name, e.g. {path / 'model.pt'}")
+    if not path.parent.is_dir():
+        raise CheckpointError(f"cannot write checkpoint {path}: the folder {path.parent} does not exist "
+                              f"(or is a file): create the folder first")
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         torch.save({"state_dict": state, "pathens": meta}, tmp)
@@ -208,21 +211,33 @@ def save_checkpoint(path, model, *, dataset, seed, epochs, accuracy, normalize=N
             raise CheckpointError(f"checkpoint {path} was not written: torch.load(weights_only=True) could not "
                                   f"read it back ({_one_line(e, 120)})") from None
         os.replace(tmp, path)
-    except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {path} ({e.strerror or e}): check the folder exists "
-                              f"and is writable") from None
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch.save reports a bad path as RuntimeError, a full disk as OSError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e, 120)
+        raise CheckpointError(f"cannot write checkpoint {path} ({reason}): check that its folder exists, "
+                              f"is writable and has space") from None
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
 
 
+# The cifar_resnet arguments a checkpoint must record: each changes the network, mostly its
+# state-dict keys or shapes, but skip=False (plain) keeps the keys, so a default would load
+# silently into the wrong network. alpha_init is not needed: it sets SkipInit's alpha only at
+# initialisation, and the trained alpha is among the weights.
+_ARCH_ARGS = ("depth", "norm", "shortcut", "preact", "skip", "width", "num_classes", "in_channels")
+
+
 def load(path, *, device="cpu"):
     """(model, meta) from a checkpoint written by save_checkpoint: the model is rebuilt with
     cifar_resnet(**meta["arch"]), its weights loaded strictly, moved to device, in eval mode;
     meta is the checkpoint's "pathens" metadata dict. A checkpoint without that metadata
-    (a third-party state dict) raises a CheckpointError naming what is missing: for those,
-    pass the architecture yourself (--arch on the command line, or cifar_resnet + load_weights)."""
+    (a third-party state dict), or whose "arch" lacks any cifar_resnet argument but alpha_init
+    (which then defaults to 0; the trained alpha is in the weights), raises a CheckpointError
+    naming what is missing: for those, pass the architecture yourself (--arch and its flags
+    on the command line, or cifar_resnet + load_weights)."""
     from pathens.models import cifar_resnet
 
     path = Path(os.fspath(path))
@@ -237,8 +252,10 @@ def load(path, *, device="cpu"):
     if not isinstance(arch, Mapping):
         raise CheckpointError(f"checkpoint {path}: its pathens metadata lacks the architecture argument "
                               f"'arch' (the cifar_resnet arguments): {hint}")
-    if "depth" not in arch:
-        raise CheckpointError(f"checkpoint {path}: its architecture lacks the argument 'depth': {hint}")
+    missing = [name for name in _ARCH_ARGS if name not in arch]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: its architecture lacks the argument{'s' * (len(missing) > 1)} "
+                              f"{', '.join(map(repr, missing))} (a default might build another network): {hint}")
     try:
         model = cifar_resnet(**arch)
     except TypeError as e:  # an argument cifar_resnet does not know

@@ -15,14 +15,40 @@ EPILOG = "Exit codes: 0 success, 2 bad input (a one-line message), 1 internal er
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
+        check_values(args)
         return args.run(args) or 0
     except (PathensError, FileNotFoundError) as err:
         print(f"pathens: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("pathens: interrupted; files already written are complete (re-run with --resume "
-              "to continue a lesion sweep)", file=sys.stderr)
+        again = (" (re-run with --resume to continue its lesion sweeps)"
+                 if hasattr(args, "resume") else "")
+        print(f"pathens: interrupted; files already written are complete{again}", file=sys.stderr)
         return 130
+
+
+# flag -> (test, what a value must be). Checked before any work, so that a bad value costs
+# no training or sweep first; each command checks the flags it has.
+_VALUES = {
+    "margin": (lambda v: 0 <= v < 1, "an error increase in [0, 1), e.g. 0.02"),
+    "samples": (lambda v: v >= 0, "a non-negative integer (paths per length)"),
+    "trials": (lambda v: v >= 1, "a positive integer"),
+    "ks": (lambda v: v >= 0, "non-negative integers (numbers of blocks)"),
+    "swaps": (lambda v: v >= 0, "non-negative integers (numbers of swaps)"),
+    "limit": (lambda v: v >= 1, "a positive integer (a number of examples)"),
+    "gradient_examples": (lambda v: v >= 1, "a positive integer"),
+    "recalibrate": (lambda v: v >= 0, "a non-negative integer (0: no recalibration)"),
+    "tol": (lambda v: 0 <= v < 1, "a tolerance in [0, 1), e.g. 1e-6"),
+}
+
+
+def check_values(args) -> None:
+    """A one-line PathensError for the first flag value out of its range."""
+    for name, (ok, what) in _VALUES.items():
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [] if value is None else [value]:
+            if not ok(v):  # NaN fails every test
+                raise PathensError(f"--{name.replace('_', '-')} must be {what}, got {v}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     def command(name, help, description, run):
         s = sub.add_parser(name, help=help, description=description, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        s.set_defaults(run=run)
+        s.set_defaults(run=run, command=name)
         return s
 
     s = command("demo", "BN vs SkipInit ResNets (depths 56, 110) on the bundled digits: full report",
@@ -53,20 +79,22 @@ def parser() -> argparse.ArgumentParser:
 
     s = command("analyze", "everything about one checkpoint: gradients, lesions, variance, report",
                 "Exact and sampled gradient by path length, single / random / reorder lesions, "
-                "branch variance and effective depth, with figures and report.md.", c.analyze)
+                "branch variance and effective depth, with figures and report.md. Lesion rows "
+                "are written as they finish; --resume continues an interrupted analysis.",
+                c.analyze)
     _model_args(s)
     _data_args(s)
     _analysis_args(s)
-    _common(s, "pathens-analysis")
+    _common(s, "pathens-analysis", resume=True)
 
     s = command("compare", "several checkpoints side by side (e.g. BN vs SkipInit)",
-                "Runs `analyze` on each checkpoint and writes one report comparing them.",
-                c.compare)
+                "Runs `analyze` on each checkpoint and writes one report comparing them; "
+                "--resume continues an interrupted comparison.", c.compare)
     s.add_argument("checkpoints", nargs="+", help="checkpoint files (pathens or --arch)")
-    s.add_argument("--arch", help="architecture of third-party checkpoints (see analyze --help)")
+    _arch_args(s)
     _data_args(s)
     _analysis_args(s)
-    _common(s, "pathens-compare")
+    _common(s, "pathens-compare", resume=True)
 
     s = command("gradients", "gradient by path length of a checkpoint",
                 "Gradient of the mean cross-entropy at the first block's input, split by path "
@@ -106,6 +134,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("n", type=int, help="number of residual blocks (ResNet-110: 54)")
     s.add_argument("--alpha", type=float, default=None, help="SkipInit scale for its column")
     s.add_argument("--enumerate", action="store_true", help="list every path (n <= 20)")
+    s.add_argument("--out", help="write the table to this file instead of printing it")
+    s.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    s.add_argument("--quiet", action="store_true", help="with --out: no message")
 
     s = command("train", "train a CIFAR ResNet and save a checkpoint with its metadata",
                 "SGD with momentum, cosine schedule (optional warm-up), weight decay and the "
@@ -134,11 +165,36 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+_ARCH_HELP = """\
+A pathens checkpoint records its architecture; a bare state dict needs --arch:
+  resnetD      the pathens CIFAR ResNet of depth D = 6n+2 (20, 32, 44, 56, 110, ...); by
+               default BatchNorm with option-A shortcuts, the layout of the akamaster
+               checkpoints. The flags below (named as in `pathens train`) describe others,
+               e.g. --arch resnet56 --norm skipinit --shortcut B --preact. Sizes not given
+               are read from the weights.
+  torchvision.resnet18 / resnet50 / ...
+               takes its number of classes from the checkpoint's fc.weight."""
+
+
 def _model_args(s) -> None:
     s.add_argument("checkpoint", help="a checkpoint file (read with weights_only=True)")
-    s.add_argument("--arch", help="for checkpoints without pathens metadata: resnetD (pathens "
-                                  "CIFAR ResNet, BN, option A: the akamaster layout; D = 20, "
-                                  "32, 44, 56, 110, ...) or torchvision.resnet18 / 50 / ...")
+    _arch_args(s)
+
+
+def _arch_args(s) -> None:
+    g = s.add_argument_group("third-party checkpoints", _ARCH_HELP)
+    g.add_argument("--arch", help="resnetD or torchvision.resnetXX (see above)")
+    g.add_argument("--norm", choices=["bn", "skipinit", "none"], help="resnetD: default bn")
+    g.add_argument("--shortcut", choices=["A", "B"],
+                   help="resnetD: A zero-pad (default) or B projection where the shape changes")
+    g.add_argument("--preact", action="store_true", help="resnetD: pre-activation blocks")
+    g.add_argument("--plain", action="store_true", help="resnetD: no shortcuts (a plain network)")
+    g.add_argument("--width", type=int, help="resnetD: channels of the first stage "
+                                             "(default: from conv1.weight, else 16)")
+    g.add_argument("--num-classes", type=int, help="default: from the checkpoint's last layer "
+                                                   "(linear.weight or fc.weight)")
+    g.add_argument("--in-channels", type=int, help="resnetD: input channels (default: from "
+                                                   "conv1.weight, else 3)")
 
 
 def _data_args(s, limit=None, split=True) -> None:
@@ -166,7 +222,8 @@ def _common(s, default_out: str, resume: bool = False) -> None:
     s.add_argument("--force", action="store_true", help="overwrite the output folder's results")
     if resume:
         s.add_argument("--resume", action="store_true",
-                       help="continue the sweep already in --out (same settings)")
+                       help="continue the run in --out (same command and settings): finished "
+                            "lesion rows are kept, the rest is computed")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     s.add_argument("--quiet", action="store_true", help="no progress bars or messages")

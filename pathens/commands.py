@@ -14,11 +14,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from . import checkpoints, lesion as lesion_mod, paths, plots, report  # noqa: E402
-from .analysis import analyze as run_analysis  # noqa: E402
+from .analysis import analyze as run_analysis, deletable_blocks, doubling, most_swaps  # noqa: E402
 from .data import load_dataset, load_npz  # noqa: E402
 from .errors import PathensError  # noqa: E402
 from .gradients import path_gradients  # noqa: E402
-from .outputs import SWEEPS, prepare_out, write_text  # noqa: E402
+from .outputs import CONFIG, SWEEPS, prepare_file, prepare_out, write_text  # noqa: E402
 from .train import check_device  # noqa: E402
 from .view import wrap  # noqa: E402
 
@@ -31,18 +31,66 @@ def _command_line() -> str:
     return "pathens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+# Flags that do not change a run's results, so --resume may differ in them.
+_NOT_SETTINGS = ("run", "command", "out", "force", "resume", "quiet", "device")
+_PATHS = ("checkpoint", "checkpoints", "root")
+
+
+def _run(args) -> dict:
+    """The run recorded in --out's config.json: the command and the settings of its results
+    (paths made absolute, so that a resume from another folder compares equal)."""
+    settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    for key in _PATHS:
+        if isinstance(settings.get(key), list):
+            settings[key] = [str(Path(p).absolute()) for p in settings[key]]
+        elif settings.get(key) is not None:
+            settings[key] = str(Path(settings[key]).absolute())
+    if str(settings.get("data")).endswith(".npz"):
+        settings["data"] = str(Path(settings["data"]).absolute())
+    return dict(command=args.command, settings=settings)
+
+
+def _out(args) -> Path:
+    """prepare_out for this command's --out, --force and (where it has one) --resume."""
+    return prepare_out(args.out, run=_run(args), force=args.force,
+                       resume=getattr(args, "resume", None))
+
+
 # ---- models and data ---------------------------------------------------------------------------
 
-def build_arch(name: str) -> torch.nn.Module:
-    """A model from an --arch name: resnetD / cifar_resnetD, or torchvision.<resnet name>."""
+# Flags that shape a third-party checkpoint's network (--arch); None / False: not given.
+ARCH_FLAGS = ("norm", "shortcut", "preact", "plain", "width", "num_classes", "in_channels")
+
+
+def build_cifar(what: str, **kw) -> torch.nn.Module:
+    """cifar_resnet(**kw), with a bad value (depth 57, width 0, ...) a one-line user error
+    that starts with `what` (the flags that asked for it)."""
     from .models import cifar_resnet
+    try:
+        return cifar_resnet(**kw)
+    except ValueError as err:  # cifar_resnet's checks of its arguments; nothing else runs yet
+        raise PathensError(f"{what}: the network cannot be built: {err}") from None
+
+
+def build_arch(name: str, state=None, **flags) -> torch.nn.Module:
+    """A model from an --arch name: resnetD / cifar_resnetD, shaped by the ARCH_FLAGS given
+    in flags, or torchvision.<resnet name>. state: the checkpoint's state dict, which gives
+    the sizes not given: width and in_channels from conv1.weight, num_classes from
+    linear.weight (CIFAR) or fc.weight (torchvision)."""
+    state, get = state or {}, flags.get
     key = name.lower().removeprefix("cifar_")
     if key.startswith("resnet") and key[6:].isdigit():
-        try:
-            return cifar_resnet(int(key[6:]))
-        except ValueError as err:
-            raise PathensError(f"--arch {name}: {err}") from None
+        return build_cifar(f"--arch {name}", depth=int(key[6:]), norm=get("norm", "bn"),
+                           shortcut=get("shortcut", "A"), preact=get("preact", False),
+                           skip=not get("plain", False),
+                           width=_size(get("width"), state, "conv1.weight", 0, 16),
+                           num_classes=_size(get("num_classes"), state, "linear.weight", 0, 10),
+                           in_channels=_size(get("in_channels"), state, "conv1.weight", 1, 3))
     if key.startswith(("torchvision.", "tv.")):
+        cifar_only = [f for f in flags if f != "num_classes"]
+        if cifar_only:
+            raise PathensError(f"--{cifar_only[0].replace('_', '-')} shapes only pathens CIFAR "
+                               f"ResNets (--arch resnetD), not {name}")
         try:
             from torchvision import models as tvm
         except ImportError:
@@ -50,19 +98,40 @@ def build_arch(name: str) -> torch.nn.Module:
         arch = key.split(".", 1)[1]
         if not arch.startswith(("resnet", "wide_resnet")) or not hasattr(tvm, arch):
             raise PathensError(f"unknown torchvision ResNet {arch!r}: e.g. torchvision.resnet50")
-        return getattr(tvm, arch)(weights=None)
+        classes = _size(get("num_classes"), state, "fc.weight", 0, 1000)
+        return getattr(tvm, arch)(weights=None, num_classes=classes)
     raise PathensError(f"unknown --arch {name!r}: use resnetD (D = 6n+2, e.g. resnet56) or "
                        f"torchvision.resnet18 / resnet50 / ...")
 
 
-def load_model(path, arch, device):
-    """(model in eval mode on device, metadata dict) from a checkpoint file."""
+def _size(given, state, key: str, dim: int, default: int):
+    """given if passed, else state[key]'s size along dim (the checkpoint knows), else default."""
+    if given is not None:
+        return given
+    weight = state.get(key)
+    return int(weight.shape[dim]) if weight is not None and weight.dim() > dim else default
+
+
+def load_model(path, arch, device, flags=None):
+    """(model in eval mode on device, metadata dict) from a checkpoint file. flags: ARCH_FLAGS
+    values for --arch, None / False where not given (a pathens checkpoint records its own
+    architecture)."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None and v is not False}
     if arch:
-        model = checkpoints.load_weights(build_arch(arch), path)
-        meta = {"arch": arch}
+        state = checkpoints.load_state_dict(path)
+        model = checkpoints.load_weights(build_arch(arch, state, **flags), state)
+        meta = dict(arch=arch, **getattr(model, "config", {}))
+    elif flags:
+        name = next(iter(flags)).replace("_", "-")
+        raise PathensError(f"--{name} needs --arch: it shapes a third-party checkpoint's network "
+                           f"(a pathens checkpoint records its own architecture)")
     else:
         model, meta = checkpoints.load(path)
     return model.to(device).eval(), meta
+
+
+def _flags(args) -> dict:
+    return {k: getattr(args, k) for k in ARCH_FLAGS}
 
 
 def load_data(args, meta: dict):
@@ -83,7 +152,7 @@ def load_data(args, meta: dict):
 
 def _setup(args):
     device = check_device(args.device)
-    model, meta = load_model(args.checkpoint, args.arch, device)
+    model, meta = load_model(args.checkpoint, args.arch, device, _flags(args))
     (x, y), data_info = load_data(args, meta)
     view = wrap(model, example_input=x[:2].to(device=device))
     return view, (x.to(device), y.to(device)), meta, data_info
@@ -94,7 +163,7 @@ def _setup(args):
 def analyze(args) -> int:
     torch.manual_seed(args.seed)
     view, data, meta, data_info = _setup(args)
-    out = prepare_out(args.out, force=args.force)
+    out = _out(args)
     a = _analysis(args, view, data, Path(args.checkpoint).stem, meta, data_info, out)
     path = report.write(out, [a], title=f"pathens analysis of {args.checkpoint}",
                         command=_command_line())
@@ -116,16 +185,18 @@ def _slug(name: str) -> str:
 
 def compare(args) -> int:
     device = check_device(args.device)
-    out = prepare_out(args.out, force=args.force)
-    analyses, names = [], set()
-    loaded = [(p, *load_model(p, args.arch, device)) for p in args.checkpoints]  # fail early
+    loaded = [(p, *load_model(p, args.arch, device, _flags(args)))  # fail early
+              for p in args.checkpoints]
+    out = _out(args)
+    analyses, slugs = [], set()
     for path, model, meta in loaded:
         (x, y), data_info = load_data(args, meta)
         view = wrap(model, example_input=x[:2].to(device))
-        name = Path(path).stem
-        while name in names:
-            name += "'"
-        names.add(name)
+        name, copy = Path(path).stem, 1
+        while _slug(name) in slugs:  # the slug names its files and sweeps: keep them apart
+            copy += 1
+            name = f"{Path(path).stem} ({copy})"
+        slugs.add(_slug(name))
         analyses.append(_analysis(args, view, (x.to(device), y.to(device)), name, meta,
                                   data_info, out))
     path = report.write(out, analyses, title="pathens comparison", command=_command_line())
@@ -135,7 +206,7 @@ def compare(args) -> int:
 
 def gradients(args) -> int:
     view, (x, y), meta, data_info = _setup(args)
-    out = prepare_out(args.out, force=args.force)
+    out = _out(args)
     res = path_gradients(view, x, y, method=args.method, tol=args.tol,
                          samples_per_length=args.samples, seed=args.seed,
                          progress=not args.quiet)
@@ -160,15 +231,17 @@ def gradients(args) -> int:
 
 def lesion(args) -> int:
     view, data, meta, data_info = _setup(args)
-    out = prepare_out(args.out, force=args.force, resume=args.resume)
+    pool = deletable_blocks(view)
+    ks = _counts(args.ks or doubling(pool), pool, "--ks", f"random lesions can delete only {pool} "
+                 f"of the network's blocks (downsampling blocks are kept)")
+    out = _out(args)
     recal = None
     if args.recalibrate:
         (cx, _), _ = load_data(_with(args, split="train", limit=args.recalibrate), meta)
         recal = cx.to(view.param.device)
     kw = dict(progress=not args.quiet, recalibrate=recal)
     each = lesion_mod.delete_each(view, data, out=out / SWEEPS / "delete_each.csv", **kw)
-    pool = sum(b.deletable and not b.downsample for b in view.blocks)
-    rand = lesion_mod.delete_random(view, data, ks=args.ks or _doubling(pool), trials=args.trials,
+    rand = lesion_mod.delete_random(view, data, ks=ks, trials=args.trials,
                                     seed=args.seed, out=out / SWEEPS / "delete_random.csv", **kw)
     each.to_csv(out / "delete_each.csv")
     rand.to_csv(out / "delete_random.csv")
@@ -178,9 +251,7 @@ def lesion(args) -> int:
     plots.plot_delete_random(rand, ax=b)
     fig.savefig(out / "lesion.png", dpi=120)
     plt.close(fig)
-    write_text(out / "config.json", json.dumps(dict(command=_command_line(), model=meta,
-                                                    data=data_info, each=each.config,
-                                                    random=rand.config), indent=2, default=str))
+    _write_config(args, out, model=meta, data=data_info, each=each.config, random=rand.config)
     log = _log(args)
     log(f"intact error {each.intact_error:.2%}; each block deleted: " + " ".join(
         f"{r['error']:.1%}" for r in each.rows[1:]))
@@ -193,62 +264,69 @@ def lesion(args) -> int:
 
 def reorder(args) -> int:
     view, data, meta, data_info = _setup(args)
-    out = prepare_out(args.out, force=args.force, resume=args.resume)
-    groups = {}
-    for b in view.blocks:
-        groups.setdefault((b.in_shape, b.out_shape), []).append(b)
-    most = sum(len(g) // 2 for g in groups.values())
-    res = lesion_mod.reorder(view, data, swaps=args.swaps or _doubling(most), trials=args.trials,
+    most = most_swaps(view)
+    swaps = _counts(args.swaps or doubling(most), most, "--swaps", f"the blocks of equal shape "
+                    f"allow at most {most} disjoint swaps")
+    out = _out(args)
+    res = lesion_mod.reorder(view, data, swaps=swaps, trials=args.trials,
                              seed=args.seed, out=out / SWEEPS / "reorder.csv", progress=not args.quiet)
     res.to_csv(out / "reorder.csv")
     res.summary_csv(out / "reorder_summary.csv")
     fig = plots.plot_reorder(res)
     fig.savefig(out / "reorder.png", dpi=120)
     plt.close(fig)
-    write_text(out / "config.json", json.dumps(dict(command=_command_line(), model=meta,
-                                                    data=data_info, sweep=res.config),
-                                               indent=2, default=str))
+    _write_config(args, out, model=meta, data=data_info, sweep=res.config)
     for r in res.summary():
         _log(args)(f"{r['k']:3d} swaps (tau {r['tau_mean']:.3f}): error {r['error_mean']:.2%}")
     _log(args)(f"wrote {out}/")
     return 0
 
 
+def _write_config(args, out: Path, **details) -> None:
+    """config.json at the end of a run: the run (as prepare_out recorded it), the command line
+    and what the run learned (model, data, sweep configurations)."""
+    write_text(out / CONFIG, json.dumps(dict(**_run(args), command_line=_command_line(), **details),
+                                        indent=2, default=str))
+
+
 def paths_table(args) -> int:
+    out = prepare_file(args.out, force=args.force) if args.out else None
     n = args.n
     if args.enumerate:
-        for mask in paths.enumerate_paths(n):
-            print("".join("1" if b else "0" for b in mask), int(mask.sum()))
-        return 0
-    cols = {"paths": paths.path_counts(n), "binomial": paths.binomial_distribution(n),
-            "bn_variance": paths.bn_variance_distribution(n)}
-    if args.alpha is not None:
-        cols[f"skipinit_alpha{args.alpha:g}"] = paths.skipinit_distribution(n, args.alpha)
-    print("length," + ",".join(cols))
-    for k in range(n + 1):
-        print(f"{k}," + ",".join(str(v[k]) if name == "paths" else f"{v[k]:.6g}"
-                                 for name, v in cols.items()))
+        lines = ["".join("1" if b else "0" for b in mask) + f" {int(mask.sum())}"
+                 for mask in paths.enumerate_paths(n)]
+    else:
+        cols = {"paths": paths.path_counts(n), "binomial": paths.binomial_distribution(n),
+                "bn_variance": paths.bn_variance_distribution(n)}
+        if args.alpha is not None:
+            cols[f"skipinit_alpha{args.alpha:g}"] = paths.skipinit_distribution(n, args.alpha)
+        lines = ["length," + ",".join(cols)] + [
+            f"{k}," + ",".join(str(v[k]) if name == "paths" else f"{v[k]:.6g}"
+                               for name, v in cols.items()) for k in range(n + 1)]
+    if out is None:  # the table is the result: printed even with --quiet
+        print("\n".join(lines))
+    else:
+        write_text(out, "\n".join(lines))
+        _log(args)(f"wrote {out}")
     return 0
 
 
 def train(args) -> int:
     from .data import dataset_info
-    from .models import cifar_resnet
     from .train import train as run_training
     device = check_device(args.device)
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise PathensError(f"{out} exists: choose another --out, or pass --force to overwrite it")
+    out = prepare_file(args.out, force=args.force)  # before training: never lose a trained model
     if not args.data or args.data.endswith(".npz"):
         raise PathensError("--data must name a dataset to train on: digits, cifar10, mnist, "
                            "fashion-mnist")
     info = dataset_info(args.data)
+    model = build_cifar("pathens train", depth=args.depth, norm=args.norm, shortcut=args.shortcut,
+                        preact=args.preact, skip=not args.plain, width=args.width,
+                        num_classes=info.num_classes, in_channels=info.in_channels,
+                        alpha_init=args.alpha_init)
     kw = dict(root=args.root, normalize=args.normalize, limit=args.limit)
     train_data = load_dataset(args.data, split="train", **kw)
     test_data = load_dataset(args.data, split="test", **{**kw, "limit": None})
-    model = cifar_resnet(args.depth, norm=args.norm, shortcut=args.shortcut, preact=args.preact,
-                         skip=not args.plain, width=args.width, num_classes=info.num_classes,
-                         in_channels=info.in_channels, alpha_init=args.alpha_init)
     result = run_training(model, train_data, epochs=args.epochs, lr=args.lr,
                           batch_size=args.batch_size, weight_decay=args.weight_decay,
                           warmup_epochs=args.warmup, clip_grad_norm=args.clip,
@@ -265,17 +343,20 @@ def train(args) -> int:
 def demo(args) -> int:
     from .demo import run_demo
     check_device(args.device)
-    out = prepare_out(args.out, force=args.force)
+    out = _out(args)
     run_demo(out, retrain=args.retrain, quick=args.quick, seed=args.seed, device=args.device,
              progress=not args.quiet, log=_log(args), command=_command_line())
     return 0
+
+
+def _counts(counts: list, top: int, flag: str, why: str) -> list:
+    """counts if none is above top; checked before the sweep, not after the sweeps before it."""
+    if not counts or max(counts) > top:  # no counts: top is 0
+        raise PathensError((f"{flag} {max(counts)} is too many: " if counts else "") + why)
+    return counts
 
 
 def _with(args, **changes):
     import argparse
     return argparse.Namespace(**{**vars(args), **changes})
 
-
-def _doubling(top: int) -> list:
-    from .analysis import _doubling as doubling
-    return doubling(top)

@@ -233,3 +233,63 @@ def test_unreadable_file(tmp_path):
         assert "permission" in one_line_error(path).lower()
     finally:
         path.chmod(0o600)
+
+
+# --- checkpoints with metadata: writing never loses a file, loading names what is missing ----
+
+def _tiny_saved(path):
+    from pathens.checkpoints import save_checkpoint
+    model = cifar_resnet(8, width=4, in_channels=1)
+    return save_checkpoint(path, model, dataset="digits", seed=0, epochs=0, accuracy=None), model
+
+
+def test_save_checkpoint_into_a_missing_folder_is_one_line(tmp_path):
+    from pathens.checkpoints import save_checkpoint
+    with pytest.raises(CheckpointError, match="folder .*absent does not exist") as info:
+        save_checkpoint(tmp_path / "absent" / "m.pt", cifar_resnet(8, width=4), dataset="digits",
+                        seed=0, epochs=0, accuracy=None)
+    assert "\n" not in str(info.value) and not (tmp_path / "absent").exists()
+
+
+def test_a_failing_torch_save_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    from pathens.checkpoints import save_checkpoint
+    path, _ = _tiny_saved(tmp_path / "m.pt")
+    before = path.read_bytes()
+
+    def broken(obj, f, *a, **k):
+        raise RuntimeError("Parent directory vanished.\nsecond line")
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(CheckpointError, match="cannot write checkpoint .*Parent directory vanished") as info:
+        save_checkpoint(path, cifar_resnet(8, width=4, in_channels=1), dataset="digits", seed=0,
+                        epochs=1, accuracy=0.5)
+    assert "\n" not in str(info.value)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_metadata_records_the_installed_version(tmp_path):
+    from importlib.metadata import version
+    path, _ = _tiny_saved(tmp_path / "m.pt")
+    meta = torch.load(path, weights_only=True)["pathens"]
+    assert meta["pathens_version"] == version("pathens")
+
+
+def test_missing_architecture_arguments_are_named(tmp_path, capsys):
+    from pathens.checkpoints import load
+    from pathens.cli import main
+    path, model = _tiny_saved(tmp_path / "m.pt")
+    raw = torch.load(path, weights_only=True)
+    for name in ("skip", "norm"):  # skip=False keeps the keys: a default would load silently
+        del raw["pathens"]["arch"][name]
+    torch.save(raw, path)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="lacks the arguments 'norm', 'skip'"):
+        load(path)
+    assert main(["analyze", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'norm', 'skip'" in err and "--arch" in err
+    assert path.read_bytes() == before and not (tmp_path / "o").exists()
+    del raw["pathens"]["arch"]["alpha_init"]  # only SkipInit's initial value: not needed
+    raw["pathens"]["arch"].update(norm="bn", skip=True)
+    torch.save(raw, path)
+    rebuilt, _ = load(path)
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
