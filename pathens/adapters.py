@@ -14,6 +14,7 @@ registered below; a user registers their own class with `register_block`:
             shortcut=block.downsample,        # None means the identity
             post=F.relu,                       # None means the identity (pre-activation)
             scale=None,                        # or a scalar tensor, e.g. SkipInit's alpha
+            layers=(block.conv1, block.bn1, F.relu, block.conv2, block.bn2),  # optional
         )
 
 `pathens.wrap` then proves on a probe input that the parts recompose each block's own
@@ -42,6 +43,10 @@ class BlockParts:
               pre-activation ResNets. Must not work in place.
     scale:    multiplies the branch: None for 1, else a scalar (SkipInit's alpha).
     residual: False for a block with no shortcut at all (a plain, VGG-like layer).
+    layers:   optional, the branch as the chain of layers it applies in order (nn.Conv2d,
+              nn.BatchNorm2d, ReLU, nn.Identity): then the path-gradient sweeps transpose it
+              in closed form (BN folded into the convolutions), ~1.5x faster than autograd.
+              `wrap` checks that the chain computes `branch`.
     """
 
     branch: Fn
@@ -49,6 +54,7 @@ class BlockParts:
     post: Optional[Fn] = None
     scale: Union[torch.Tensor, float, None] = None
     residual: bool = True
+    layers: Optional[tuple] = None
 
 
 Adapter = Callable[[nn.Module], BlockParts]
@@ -88,23 +94,40 @@ def registered_classes() -> list[str]:
 # ---- built-in families ---------------------------------------------------------------------
 
 def _pathens_parts(block) -> BlockParts:
-    # pathens.models blocks expose the protocol directly (see models.py).
-    return BlockParts(branch=block.branch, shortcut=block.shortcut, post=block.post,
-                      scale=block.alpha, residual=getattr(block, "skip", True))
+    # pathens.models blocks (see models.py): post-activation relu(s + alpha * branch), or
+    # pre-activation s + alpha * branch; `layers` spells out their branch() methods.
+    from . import models
+    if type(block) is models.PreActBlock:
+        layers, post = (block.bn1, F.relu, block.conv1, block.bn2, F.relu, block.conv2), None
+    elif type(block) is models.BasicBlock:
+        layers, post = (block.conv1, block.bn1, F.relu, block.conv2, block.bn2), F.relu
+    else:  # a user's subclass of the protocol: its own methods, transposed by autograd
+        layers, post = None, block.post
+    return BlockParts(branch=block.branch, shortcut=block.shortcut, post=post,
+                      scale=block.alpha, residual=getattr(block, "skip", True), layers=layers)
+
+
+def _chain(layers):
+    def branch(x):
+        for f in layers:
+            x = f(x)
+        return x
+    return branch
 
 
 def _torchvision_basic(block) -> BlockParts:
-    def branch(x):  # conv-bn-relu-conv-bn; torchvision's ReLU is in place, F.relu is not
-        return block.bn2(block.conv2(F.relu(block.bn1(block.conv1(x)))))
-    return BlockParts(branch=branch, shortcut=block.downsample, post=F.relu)
+    # conv-bn-relu-conv-bn; torchvision's ReLU is in place, F.relu is not
+    layers = (block.conv1, block.bn1, F.relu, block.conv2, block.bn2)
+    return BlockParts(branch=_chain(layers), shortcut=block.downsample, post=F.relu,
+                      layers=layers)
 
 
 def _torchvision_bottleneck(block) -> BlockParts:
-    def branch(x):  # 1x1 reduce, 3x3, 1x1 expand, each with BN
-        h = F.relu(block.bn1(block.conv1(x)))
-        h = F.relu(block.bn2(block.conv2(h)))
-        return block.bn3(block.conv3(h))
-    return BlockParts(branch=branch, shortcut=block.downsample, post=F.relu)
+    # 1x1 reduce, 3x3, 1x1 expand, each with BN
+    layers = (block.conv1, block.bn1, F.relu, block.conv2, block.bn2, F.relu, block.conv3,
+              block.bn3)
+    return BlockParts(branch=_chain(layers), shortcut=block.downsample, post=F.relu,
+                      layers=layers)
 
 
 _builtin_done = False

@@ -3,9 +3,18 @@
 For block i at input x:  out = post(z),  z = shortcut(x) + scale * branch(x), so
     J^T g = S^T P^T g + R^T P^T g,
 with P the Jacobian of post at z, S of the shortcut and R of the scaled branch at x.
-The graph is built once per block; each transposed product is then one autograd call on it
-(retain_graph), which measured ~3x faster than torch.func.vmap over the VJP for the
-conv/BN branches of ResNets on CPU.
+
+`linearize(block, x)` runs the block forward once and returns the three transposed products
+with the block's output (carrying autograd's graph when grad is enabled, so that one forward
+serves both the sweep and the autograd gradient it is checked against), in one of two forms
+that give the same numbers:
+- Folded: when the adapter lists the branch's layers and every part is made of convolutions,
+  eval-mode BatchNorm and ReLU (pathens's CIFAR ResNets, torchvision's ResNets), each product
+  is a few conv_transpose2d and mask multiplies (folded.py); only the ReLU masks are kept.
+- Autograd: any other block. The block's graph is built on first use (so that a forward pass
+  can hold one linearization per block without holding n graphs) and each transposed product
+  is one autograd call on it (retain_graph), which measured ~3x faster than torch.func.vmap
+  over the VJP for ResNet branches on CPU. Parameter gradients (with_params) need this form.
 """
 from __future__ import annotations
 
@@ -13,40 +22,93 @@ from typing import Optional, Sequence
 
 import torch
 
+from .folded import apply, is_relu, relu_mask, transpose_chain
 
-class Linearization:
-    """The VJPs of one block at its input x (shape (B, *in_shape)).
 
-    post_t(g) = P^T g; shortcut_t(u) = S^T u; branch_t(u) = R^T u (with the branch's scale).
-    branch_t can also return the gradient of the branch's parameters for the same cotangent.
-    """
+def linearize(block, x: torch.Tensor, params: Sequence[torch.Tensor] = ()):
+    """(the VJPs of `block` at input x (B, *in_shape), block(x)).
 
-    def __init__(self, block, x: torch.Tensor, params: Sequence[torch.Tensor] = ()):
-        self.block, self.params = block, list(params)
-        with torch.enable_grad():
-            self.x = x.detach().requires_grad_(True)
-            self.s = block.shortcut(self.x) if block.downsample else None
-            self.r = block.branch(self.x)
-            z = (self.x if self.s is None else self.s) + self.r
-            self.z = z.detach().requires_grad_(True)
-            self.out = block.post(self.z) if block.parts.post is not None else None
+    params: branch parameters whose gradients branch_t(..., with_params=True) must return
+    (autograd form only)."""
+    if not params:
+        folded = Folded.build(block, x)
+        if folded is not None:
+            return folded
+    return Autograd(block, x, params), block(x)
 
-    def post_t(self, g: torch.Tensor) -> torch.Tensor:
-        if self.out is None:
+
+class Folded:
+    """Closed-form VJPs: post_t(g) = P^T g; shortcut_t(u) = S^T u; branch_t(u) = R^T u."""
+
+    def __init__(self, post_mask, shortcut_ops, branch_ops):
+        self.post_mask = post_mask  # None for an identity post
+        self.shortcut_ops, self.branch_ops = shortcut_ops, branch_ops
+
+    @classmethod
+    def build(cls, block, x: torch.Tensor) -> Optional[tuple]:
+        """(Folded, block(x)), or None when a part is not a chain folded.py can transpose."""
+        parts = block.parts
+        if parts.layers is None or not parts.residual:
+            return None
+        if parts.post is not None and not is_relu(parts.post):
+            return None
+        branch = transpose_chain(parts.layers, x, parts.scale)
+        shortcut = transpose_chain(() if parts.shortcut is None else (parts.shortcut,), x)
+        if branch is None or shortcut is None:
+            return None
+        z = shortcut[0] + branch[0]
+        out = z if parts.post is None else parts.post(z)
+        mask = None if parts.post is None else relu_mask(out)
+        return cls(mask, shortcut[1], branch[1]), out
+
+    def post_t(self, g: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """P^T g; inplace=True may overwrite g (the caller owns it)."""
+        if self.post_mask is None:
             return g
-        return torch.autograd.grad(self.out, self.z, g, retain_graph=True)[0]
+        return g.mul_(self.post_mask) if inplace else g * self.post_mask
 
     def shortcut_t(self, u: torch.Tensor) -> torch.Tensor:
-        if self.s is None:
-            return u
-        return torch.autograd.grad(self.s, self.x, u, retain_graph=True)[0]
+        return apply(self.shortcut_ops, u)
+
+    def branch_t(self, u: torch.Tensor) -> torch.Tensor:
+        return apply(self.branch_ops, u)
+
+
+class Autograd:
+    """The same VJPs by autograd on the block's graph; branch_t can also return the gradient
+    of the branch's parameters for the same cotangent."""
+
+    def __init__(self, block, x: torch.Tensor, params: Sequence[torch.Tensor] = ()):
+        self.block, self.x, self.params = block, x.detach(), list(params)
+        self.graph = None
+
+    def _build(self):
+        # (x, s, r, z, out): out = post(z), z = s + r; s is None for the identity shortcut
+        b = self.block
+        with torch.enable_grad():
+            x = self.x.requires_grad_(True)
+            s = b.shortcut(x) if b.downsample else None
+            r = b.branch(x)
+            z = ((x if s is None else s) + r).detach().requires_grad_(True)
+            out = b.post(z) if b.parts.post is not None else None
+        self.graph = (x, s, r, z, out)
+        return self.graph
+
+    def post_t(self, g: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        x, s, r, z, out = self.graph or self._build()
+        return g if out is None else torch.autograd.grad(out, z, g, retain_graph=True)[0]
+
+    def shortcut_t(self, u: torch.Tensor) -> torch.Tensor:
+        x, s, r, z, out = self.graph or self._build()
+        return u if s is None else torch.autograd.grad(s, x, u, retain_graph=True)[0]
 
     def branch_t(self, u: torch.Tensor, with_params: bool = False):
         """R^T u, and with_params=True also the branch-parameter gradient (a list, zeros for
         parameters the branch does not use)."""
+        x, s, r, z, out = self.graph or self._build()
         if not with_params:
-            return torch.autograd.grad(self.r, self.x, u, retain_graph=True)[0]
-        grads = torch.autograd.grad(self.r, [self.x] + self.params, u, retain_graph=True,
+            return torch.autograd.grad(r, x, u, retain_graph=True)[0]
+        grads = torch.autograd.grad(r, [x] + self.params, u, retain_graph=True,
                                     allow_unused=True)
         return grads[0], [torch.zeros_like(p) if g is None else g
                           for p, g in zip(self.params, grads[1:])]
@@ -62,4 +124,5 @@ def branch_parameters(block) -> list[tuple[str, torch.Tensor]]:
 
 
 def add(a: Optional[torch.Tensor], b: torch.Tensor) -> torch.Tensor:
-    return b if a is None else a + b
+    """a + b, accumulating in place into a (a is always a tensor the sweep owns)."""
+    return b if a is None else a.add_(b)

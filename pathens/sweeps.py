@@ -1,7 +1,8 @@
 """Backward sweeps over a view's blocks that split the gradient by path length.
 
 Both sweeps start from g = dL/dh_n (the loss gradient at the last block's output) and walk the
-blocks from last to first, each block i given its forward input x_i.
+blocks from last to first, each block i given as its linearization at its forward input
+(linearize.py: lins[i].post_t, .shortcut_t, .branch_t).
 
 exact_sweep:   a stack of cotangents G[k], k = branches passed so far. At block i
                G[k] <- S^T P^T G[k] + R^T P^T G[k-1]. At the first block's input G[k] is the
@@ -16,36 +17,40 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .linearize import Linearization, add, branch_parameters
+from .linearize import add
 
 
-def exact_sweep(blocks, xs: list, g: torch.Tensor, *, tol: float = 0.0, with_params: bool = False):
+def exact_sweep(lins: list, g: torch.Tensor, *, tol: float = 0.0, with_params: bool = False):
     """Split g_0 = J_0^T ... J_{n-1}^T g by path length.
 
-    blocks: the view's blocks; xs[i]: block i's input (B, *in_shape); g: (B, *out_shape).
+    lins[i]: block i's linearization at its input (with the branch parameters when
+    with_params); g: (B, *out_shape) the gradient at the last block's output, which the sweep
+    takes over (it works in place). Each lins[i] is released (set to None) once used, so
+    memory falls as the sweep goes.
     tol: drop a component once its norm is below tol x the largest in the stack (0: exact).
     Returns (G, P): G a list of n+1 tensors (None where truncated) with G[k] the gradient at
     the first block's input carried by paths of length k; P[i][k] the list of block i's
     branch-parameter gradients carried by paths of length k (paths through block i's branch
     and k-1 later branches), or None without with_params.
     """
-    n = len(blocks)
+    n = len(lins)
     stack: list[Optional[torch.Tensor]] = [g]
     param_parts = [[None] * (n + 1) for _ in range(n)] if with_params else None
     for i in reversed(range(n)):
-        params = [p for _, p in branch_parameters(blocks[i])] if with_params else ()
-        lin = Linearization(blocks[i], xs[i], params)
+        lin, lins[i] = lins[i], None
         new: list[Optional[torch.Tensor]] = [None] * (len(stack) + 1)
         for k, gk in enumerate(stack):
             if gk is None:
                 continue
-            u = lin.post_t(gk)
+            u = lin.post_t(gk, inplace=True)  # gk is ours: nothing else holds the stack
             new[k] = add(new[k], lin.shortcut_t(u))
             if with_params:
                 dx, dp = lin.branch_t(u, with_params=True)
                 param_parts[i][k + 1] = dp
             else:
                 dx = lin.branch_t(u)
+            if dx is u:  # an identity branch: new[k + 1] must not alias new[k] (in-place adds)
+                dx = dx.clone()
             new[k + 1] = add(new[k + 1], dx)
             stack[k] = None  # free as we go: memory stays about one stack
         stack = truncate(new, tol) if tol > 0 else new
@@ -60,15 +65,16 @@ def truncate(stack: list, tol: float) -> list:
     return [c if c is not None and v >= tol * top else None for c, v in zip(stack, norms)]
 
 
-def sampled_sweep(blocks, xs: list, g: torch.Tensor, masks: np.ndarray) -> list:
+def sampled_sweep(lins: list, g: torch.Tensor, masks: np.ndarray) -> list:
     """The single-path gradients at the first block's input of the paths in `masks`.
 
+    lins: the blocks' linearizations (released as used, as in exact_sweep).
     masks: bool (m, n), row j a path (True: through block i's branch, False: its shortcut).
     Returns a list of m tensors shaped like xs[0].
     """
     cot = [g] * len(masks)
-    for i in reversed(range(len(blocks))):
-        lin = Linearization(blocks[i], xs[i])
+    for i in reversed(range(len(lins))):
+        lin, lins[i] = lins[i], None
         cot = [lin.branch_t(lin.post_t(c)) if masks[j, i] else lin.shortcut_t(lin.post_t(c))
                for j, c in enumerate(cot)]
         del lin

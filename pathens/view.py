@@ -389,6 +389,11 @@ def _check_view(view: ResidualView, records: dict, probe: torch.Tensor, rtol: Op
                 f"block {b.name} ({type(b.module).__name__}) is not post(shortcut(x) + scale * "
                 f"branch(x)) as its adapter says; fix the adapter registered for "
                 f"{type(b.module).__name__}")
+        if b.parts.layers is not None and not close(_compose(b.parts.layers, x), b.parts.branch(x)):
+            raise WrapError(
+                f"block {b.name} ({type(b.module).__name__}): the layers its adapter lists do "
+                f"not compute its branch; fix `layers` in the adapter registered for "
+                f"{type(b.module).__name__} (or leave it None)")
     if not close(view.head(records[view.blocks[-1].module][1]), records["output"]):
         raise WrapError(f"the head of {type(view.model).__name__} (everything after "
                         f"{view.blocks[-1].name}) does not reproduce the model on the probe")
@@ -398,3 +403,9 @@ def _check_view(view: ResidualView, records: dict, probe: torch.Tensor, rtol: Op
 
 def _describe(x) -> str:
     return f"a tensor of shape {tuple(x.shape)}" if torch.is_tensor(x) else f"a {type(x).__name__}"
+
+
+def _compose(layers, x: torch.Tensor) -> torch.Tensor:
+    for f in layers:
+        x = f(x)
+    return x
