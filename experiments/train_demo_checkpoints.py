@@ -6,6 +6,8 @@ The recipe (architectures, epochs, learning rates) is pathens.demo.RECIPE; each 
 records it with its seed, test accuracy and training time, and this command in its metadata.
 """
 import argparse
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -19,5 +21,7 @@ args = parser.parse_args()
 Path(args.out).mkdir(parents=True, exist_ok=True)
 start = time.perf_counter()
 for name in [args.only] if args.only else RECIPE:
-    train_recipe(name, Path(args.out), seed=args.seed, progress=False)
+    train_recipe(name, Path(args.out), seed=args.seed, progress=False,
+                 command=shlex.join(["python", "experiments/train_demo_checkpoints.py",
+                                     *sys.argv[1:]]))
 print(f"done in {time.perf_counter() - start:.0f} s; checkpoints in {args.out}")

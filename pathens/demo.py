@@ -42,8 +42,9 @@ def bundled_dir() -> Path:
 
 
 def train_recipe(name: str, folder: Path, *, seed: int = SEED, device="cpu", progress=True,
-                 log=print) -> Path:
-    """Train one network of the RECIPE on digits and save it (with metadata) into folder."""
+                 log=print, command: str = "pathens demo --retrain") -> Path:
+    """Train one network of the RECIPE on digits and save it into folder, with metadata that
+    includes the recipe and the command that trained it."""
     arch, kw = RECIPE[name]
     info = dataset_info(DATASET)
     model = cifar_resnet(**arch, width=WIDTH, in_channels=info.in_channels,
@@ -54,7 +55,8 @@ def train_recipe(name: str, folder: Path, *, seed: int = SEED, device="cpu", pro
     path = Path(folder) / checkpoint_name(name)
     checkpoints.save_checkpoint(path, model, dataset=DATASET, seed=seed, epochs=kw["epochs"],
                                 accuracy=result.accuracy,
-                                extra=dict(recipe=name, train=kw, seconds=round(result.seconds, 1)))
+                                extra=dict(recipe=name, train=kw, seconds=round(result.seconds, 1),
+                                           command=command))
     log(f"[{name}] trained {kw['epochs']} epochs in {result.seconds:.0f} s: test accuracy "
         f"{result.accuracy:.2%}")
     return path
