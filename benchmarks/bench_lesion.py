@@ -164,8 +164,8 @@ def main(argv=None) -> int:
     ratio = med("ratio_wall")
     out = dict(
         benchmark="delete_each: shared activations (cache=True) vs naive re-run (cache=False)",
-        command="OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/bench_lesion.py "
-                + " ".join(sys.argv[1:] if argv is None else argv),
+        command=("OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/bench_lesion.py "
+                + " ".join(sys.argv[1:] if argv is None else argv)).rstrip(),
         config=dict(depth=a.depth, width=a.width, num_blocks=n, conditions=n + 1,
                     examples=a.n, batch_size=a.batch_size, repeats=a.repeats, seed=a.seed,
                     model=f"cifar_resnet({a.depth}, width={a.width}) BN, option A, at init, eval",
