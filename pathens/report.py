@@ -95,8 +95,9 @@ def _section(a, slug: str, figs: dict) -> str:
     lines += ["| effective depth | value | distribution mean | mode | interval | mass | % of paths |",
               "|---|---|---|---|---|---|---|"]
     for key, d in a.depth.items():
+        percent = None if d.path_fraction is None else 100 * d.path_fraction
         lines.append(f"| {key} | {_fmt(d.depth)} | {_fmt(d.mean)} | {_fmt(d.mode)} | "
-                     f"{d.interval[0]}-{d.interval[1]} | {_fmt(d.mass)} | {_fmt(d.path_fraction)} |")
+                     f"{d.interval[0]}-{d.interval[1]} | {_fmt(d.mass)} | {_fmt(percent)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -70,6 +70,11 @@ def test_train_then_analyze_without_arch(capsys, tmp_path):
     report = (out / "report.md").read_text()
     assert "## Effective depth" in report and "tiny_paths.png" in report
     assert (out / "tiny_paths.png").stat().st_size > 10_000
+    # the depth table's "% of paths": the paths with a length in the interval, counted here
+    row = next(r for r in report.splitlines() if r.startswith("| gradient (exact) |"))
+    lo, hi = map(int, row.split("|")[5].split("-"))
+    share = sum(math.comb(3, k) for k in range(lo, hi + 1)) / 2 ** 3
+    assert float(row.split("|")[7]) == pytest.approx(100 * share, rel=1e-3)
     before = snapshot(out)
     err = refused(capsys, "analyze", str(ckpt), "--out", str(out), match="already holds results")
     assert "--resume" in err  # analyze has --resume, and its sweeps are there
