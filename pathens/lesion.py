@@ -31,8 +31,8 @@ import numpy as np
 from scipy import stats
 
 from .errors import PathensError
-from .lesion_sweep import (Condition, Data, calibration_batches, fingerprint, fingerprint_tensors,
-                           run_conditions, wilson)
+from .fingerprint import fingerprint_model, fingerprint_tensors
+from .lesion_sweep import Condition, Data, calibration_batches, run_conditions, wilson
 from .results import Result, _plain
 from .view import wrap
 
@@ -148,7 +148,8 @@ def _sweep(view, data, sweep: str, conds: list, config: dict, *, seed, out, prog
     d = Data(view, data, batch_size)
     cal = calibration_batches(view, recalibrate, batch_size) if recalibrate is not None else None
     config = dict(sweep=sweep, **config, num_blocks=view.num_blocks,
-                  num_examples=d.num_examples, data=d.fingerprint(), model=fingerprint(view.model),
+                  num_examples=d.num_examples, data=d.fingerprint(),
+                  model=fingerprint_model(view.model),
                   dtype=str(view.param.dtype),
                   recalibrate=None if cal is None else sum(len(x) for x in cal),
                   recalibrate_data=None if cal is None else fingerprint_tensors(cal),

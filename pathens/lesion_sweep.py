@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from .batches import check_batch, chunks
 from .errors import PathensError
+from .fingerprint import hash_item, hash_tensor
 from .modes import eval_mode
 from .results import _plain
 
@@ -149,7 +150,7 @@ class Data:
         h = hashlib.sha256()
         if self.pair is not None:
             for t in self.pair:
-                _hash_tensor(h, t)
+                hash_tensor(h, t)
             return h.hexdigest()[:16]
         dataset = getattr(self.loader, "dataset", None)
         size = _length(dataset) if dataset is not None else None
@@ -157,7 +158,7 @@ class Data:
             h.update(f"dataset:{size}:{self.num_batches};".encode())
             try:
                 for i in sorted(set(np.linspace(0, size - 1, 16).astype(int).tolist())):
-                    _hash_item(h, dataset[i])
+                    hash_item(h, dataset[i])
                 return h.hexdigest()[:16]
             except (NotImplementedError, TypeError, KeyError, IndexError):
                 h = hashlib.sha256()  # not indexable by position: fall back to the first batch
@@ -167,45 +168,8 @@ class Data:
             raise PathensError("data is empty: the loader yields no batches")
         self._pending = (first, rest)
         h.update(f"batches:{self.num_batches}:{self.num_examples};".encode())
-        _hash_item(h, first)
+        hash_item(h, first)
         return h.hexdigest()[:16]
-
-
-_HASHED_VALUES = 1 << 22  # ~16 MB of float32: hashed in a few tens of milliseconds
-
-
-def fingerprint_tensors(tensors: list) -> str:
-    """A short sha256 of a list of tensors (e.g. calibration batches), as for a pair of data."""
-    h = hashlib.sha256()
-    for t in tensors:
-        _hash_tensor(h, t)
-    return h.hexdigest()[:16]
-
-
-def _hash_tensor(h, t: torch.Tensor):
-    """Shape, dtype and values of t (2^22 evenly spread values of a larger one) into h."""
-    t = t.detach()
-    h.update(f"{tuple(t.shape)}:{t.dtype};".encode())
-    flat = t.reshape(-1)
-    if flat.numel() > _HASHED_VALUES:
-        idx = np.linspace(0, flat.numel() - 1, _HASHED_VALUES).astype(np.int64)
-        flat = flat[torch.from_numpy(idx).to(flat.device)]
-    h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())  # bytes of any dtype
-
-
-def _hash_item(h, item):
-    """A dataset item or batch: tensors / arrays / numbers, possibly nested in tuples."""
-    if isinstance(item, (tuple, list)):
-        h.update(f"[{len(item)};".encode())
-        for v in item:
-            _hash_item(h, v)
-        h.update(b"]")
-    elif torch.is_tensor(item):
-        _hash_tensor(h, item)
-    elif isinstance(item, (np.ndarray, np.generic, int, float, bool)):
-        _hash_tensor(h, torch.as_tensor(np.asarray(item)))
-    else:
-        h.update(repr(item).encode())
 
 
 def _length(obj) -> Optional[int]:
@@ -363,18 +327,6 @@ def run_conditions(view, data: Data, conds: list, *, config: dict, seed, out=Non
 
 
 # ---- the output file ------------------------------------------------------------------------
-
-def fingerprint(model: nn.Module) -> str:
-    """A short hash of the model's state_dict (names, shapes, sums and absolute sums)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        if torch.is_tensor(t):
-            t = t.detach()
-            s = t.double().sum().item() if t.numel() else 0.0
-            a = t.double().abs().sum().item() if t.numel() else 0.0
-            h.update(f"{name}:{tuple(t.shape)}:{s:.9g}:{a:.9g};".encode())
-    return h.hexdigest()[:16]
-
 
 _CSV_TAG = "# pathens lesion sweep "
 _JSON_TAG = "pathens_lesion_sweep"
