@@ -107,7 +107,8 @@ def _pathens_parts(block) -> BlockParts:
                       scale=block.alpha, residual=getattr(block, "skip", True), layers=layers)
 
 
-def _chain(layers):
+def chain(layers):
+    """The function that applies `layers` in order."""
     def branch(x):
         for f in layers:
             x = f(x)
@@ -118,7 +119,7 @@ def _chain(layers):
 def _torchvision_basic(block) -> BlockParts:
     # conv-bn-relu-conv-bn; torchvision's ReLU is in place, F.relu is not
     layers = (block.conv1, block.bn1, F.relu, block.conv2, block.bn2)
-    return BlockParts(branch=_chain(layers), shortcut=block.downsample, post=F.relu,
+    return BlockParts(branch=chain(layers), shortcut=block.downsample, post=F.relu,
                       layers=layers)
 
 
@@ -126,7 +127,7 @@ def _torchvision_bottleneck(block) -> BlockParts:
     # 1x1 reduce, 3x3, 1x1 expand, each with BN
     layers = (block.conv1, block.bn1, F.relu, block.conv2, block.bn2, F.relu, block.conv3,
               block.bn3)
-    return BlockParts(branch=_chain(layers), shortcut=block.downsample, post=F.relu,
+    return BlockParts(branch=chain(layers), shortcut=block.downsample, post=F.relu,
                       layers=layers)
 
 

@@ -125,8 +125,9 @@ def transpose_chain(layers: Sequence[Callable], x: torch.Tensor, scale=None):
         h = out
     if scale is not None:
         s = scale.detach() if torch.is_tensor(scale) else torch.tensor(float(scale))
+        s = s.to(device=h.device, dtype=h.dtype).reshape([1] * h.ndim)
         h = h * s
-        ops.append(Diagonal(s.reshape(1, 1, 1, 1).to(h.dtype), per_channel=True))
+        ops.append(Diagonal(s, per_channel=True))
     return h, _fold(ops)[::-1]
 
 

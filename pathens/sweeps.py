@@ -70,7 +70,7 @@ def sampled_sweep(lins: list, g: torch.Tensor, masks: np.ndarray) -> list:
 
     lins: the blocks' linearizations (released as used, as in exact_sweep).
     masks: bool (m, n), row j a path (True: through block i's branch, False: its shortcut).
-    Returns a list of m tensors shaped like xs[0].
+    Returns a list of m tensors shaped like the first block's input.
     """
     cot = [g] * len(masks)
     for i in reversed(range(len(lins))):

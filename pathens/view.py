@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .adapters import BlockParts, find_adapter, registered_classes
+from .adapters import BlockParts, chain, find_adapter, registered_classes
 from .errors import WrapError
 from .modes import eval_mode
 
@@ -389,7 +389,8 @@ def _check_view(view: ResidualView, records: dict, probe: torch.Tensor, rtol: Op
                 f"block {b.name} ({type(b.module).__name__}) is not post(shortcut(x) + scale * "
                 f"branch(x)) as its adapter says; fix the adapter registered for "
                 f"{type(b.module).__name__}")
-        if b.parts.layers is not None and not close(_compose(b.parts.layers, x), b.parts.branch(x)):
+        layers = b.parts.layers
+        if layers is not None and not close(chain(layers)(x), b.parts.branch(x)):
             raise WrapError(
                 f"block {b.name} ({type(b.module).__name__}): the layers its adapter lists do "
                 f"not compute its branch; fix `layers` in the adapter registered for "
@@ -403,9 +404,3 @@ def _check_view(view: ResidualView, records: dict, probe: torch.Tensor, rtol: Op
 
 def _describe(x) -> str:
     return f"a tensor of shape {tuple(x.shape)}" if torch.is_tensor(x) else f"a {type(x).__name__}"
-
-
-def _compose(layers, x: torch.Tensor) -> torch.Tensor:
-    for f in layers:
-        x = f(x)
-    return x
