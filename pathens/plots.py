@@ -176,8 +176,27 @@ def plot_total_gradient(results, *, ax=None, overlays: Optional[Mapping[str, np.
     what = "gradient " + ("energy" if quantity == "energy" else "magnitude")
     ax.set_ylabel(f"share of total {what}" if normalize else f"total {what}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _crop_to_mass(ax)
     _legend(ax)
     return fig
+
+
+def _crop_to_mass(ax, rel: float = 1e-3) -> None:
+    """Deep networks concentrate the gradient on short paths: a 600-block network would spend
+    most of the x axis on lengths with nothing to see. Show lengths up to the last one where
+    some curve reaches rel x its own peak, plus a fifth as margin, when that hides more than
+    half of the axis (otherwise the whole axis stays)."""
+    last, longest = 0, 0
+    for ln in ax.lines:
+        x, y = np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float)
+        if not len(x) or not np.isfinite(y).any():
+            continue
+        longest = max(longest, int(x.max()))
+        big = np.flatnonzero(np.nan_to_num(y) >= rel * np.nanmax(y))
+        last = max(last, int(x[big].max()) if len(big) else 0)
+    right = last + max(3, last // 5)
+    if right < longest / 2:
+        ax.set_xlim(-0.5, right + 0.5)
 
 
 def plot_gradient_by_length(results: Mapping[str, "PathGradients"], *, ax=None,

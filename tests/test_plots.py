@@ -278,3 +278,22 @@ def test_each_figure_saves(grads, lesions, tmp_path):
         assert isinstance(fig, Figure) and not fig.axes[0].get_title()
         fig.savefig(tmp_path / f"{name}.png", dpi=80)
         assert (tmp_path / f"{name}.png").stat().st_size > 5000
+
+
+def test_total_gradient_crops_a_deep_network_to_its_mass(grads):
+    """600 blocks with all gradient in lengths 0..20: the axis ends shortly after 20, and
+    every length holding >= 1e-3 of the peak share stays visible; a shallow one is not cut."""
+    exact, _ = grads
+    n = 600
+    total = np.zeros(n + 1)
+    total[:21] = np.exp(-0.5 * ((np.arange(21) - 8) / 3.0) ** 2)
+    deep = dataclasses.replace(exact, num_blocks=n, lengths=np.arange(n + 1), total=total,
+                               counts=np.ones(n + 1), per_path=total,
+                               per_path_se=np.full(n + 1, np.nan), samples=np.zeros(n + 1))
+    ax = plots.plot_total_gradient(deep).axes[0]
+    share = total / total.sum()
+    visible = np.flatnonzero(share >= 1e-3 * share.max()).max()
+    lo, hi = ax.get_xlim()
+    assert visible < hi < 40 and lo < 0
+    ax = plots.plot_total_gradient(exact).axes[0]  # 9 blocks: the whole axis
+    assert ax.get_xlim()[1] >= exact.num_blocks
