@@ -73,10 +73,10 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
         files = {k: Path(lesion_dir) / f"{k}.csv" for k in ("delete_each", "delete_random", "reorder")}
     log(f"[{name}] lesions on {len(y)} examples")
     each = lesion.delete_each(view, (x, y), out=files.get("delete_each"), progress=progress)
-    ks = ks or doubling(deletable_blocks(view))
+    ks = ks or doubling(len(lesion.random_pool(view)))
     rand = lesion.delete_random(view, (x, y), ks=ks, trials=trials, seed=seed,
                                 out=files.get("delete_random"), progress=progress)
-    swaps = swaps or doubling(most_swaps(view))
+    swaps = swaps or doubling(lesion.most_swaps(view))
     swap = None  # no two blocks of the same shape: nothing to reorder
     if swaps:
         swap = lesion.reorder(view, (x, y), swaps=swaps, trials=trials, seed=seed,
@@ -95,19 +95,6 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
                   seconds=round(time.perf_counter() - start, 1))
     return Analysis(name, model_info or {"class": type(view.model).__name__},
                     data_info or {}, exact, sampled, each, rand, swap, variance, depth, config)
-
-
-def deletable_blocks(view) -> int:
-    """How many blocks random lesions draw from: the deletable, non-downsampling ones."""
-    return sum(b.deletable and not b.downsample for b in view.blocks)
-
-
-def most_swaps(view) -> int:
-    """The most disjoint swaps of same-shape blocks a reordering can make."""
-    groups = {}
-    for b in view.blocks:
-        groups.setdefault((b.in_shape, b.out_shape), []).append(b)
-    return sum(len(g) // 2 for g in groups.values())
 
 
 def doubling(top: int) -> list:

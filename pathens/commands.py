@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from . import checkpoints, lesion as lesion_mod, paths, plots, report  # noqa: E402
-from .analysis import analyze as run_analysis, deletable_blocks, doubling, most_swaps  # noqa: E402
+from .analysis import analyze as run_analysis, doubling  # noqa: E402
 from .data import load_dataset, load_npz  # noqa: E402
 from .errors import PathensError  # noqa: E402
 from .gradients import path_gradients  # noqa: E402
@@ -231,7 +231,7 @@ def gradients(args) -> int:
 
 def lesion(args) -> int:
     view, data, meta, data_info = _setup(args)
-    pool = deletable_blocks(view)
+    pool = len(lesion_mod.random_pool(view))
     ks = _counts(args.ks or doubling(pool), pool, "--ks", f"random lesions can delete only {pool} "
                  f"of the network's blocks (downsampling blocks are kept)")
     out = _out(args)
@@ -264,7 +264,7 @@ def lesion(args) -> int:
 
 def reorder(args) -> int:
     view, data, meta, data_info = _setup(args)
-    most = most_swaps(view)
+    most = lesion_mod.most_swaps(view)
     swaps = _counts(args.swaps or doubling(most), most, "--swaps", f"the blocks of equal shape "
                     f"allow at most {most} disjoint swaps")
     out = _out(args)

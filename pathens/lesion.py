@@ -201,8 +201,7 @@ def delete_random(view, data, *, ks: Optional[Sequence[int]] = None, trials: int
     blocks are never drawn unless exclude_downsampling=False. Trial t of k is drawn from
     numpy's generator seeded with (seed, k, t): the same seed gives the same conditions."""
     view = wrap(view)
-    pool = [b.index for b in view.blocks
-            if b.deletable and not (exclude_downsampling and b.downsample)]
+    pool = random_pool(view, exclude_downsampling)
     ks = list(range(1, len(pool) + 1)) if ks is None else _counts(ks, "ks")
     trials = _positive(trials, "trials")
     for k in ks:
@@ -231,10 +230,8 @@ def reorder(view, data, *, swaps: Optional[Sequence[int]] = None, trials: int = 
     against the original. swaps default: 1 .. the most disjoint swaps possible. Trial t of k
     is drawn from numpy's generator seeded with (seed, k, t)."""
     view = wrap(view)
-    groups = {}
-    for b in view.blocks:
-        groups.setdefault((b.in_shape, b.out_shape), []).append(b.index)
-    most = sum(len(g) // 2 for g in groups.values())
+    groups = shape_groups(view)
+    most = most_swaps(view)
     swaps = list(range(1, most + 1)) if swaps is None else _counts(swaps, "swaps")
     trials = _positive(trials, "trials")
     for k in swaps:
@@ -244,7 +241,7 @@ def reorder(view, data, *, swaps: Optional[Sequence[int]] = None, trials: int = 
     conds = []
     for k in swaps:
         for t in range(trials):
-            order = _random_swaps(view.num_blocks, list(groups.values()), k,
+            order = _random_swaps(view.num_blocks, groups, k,
                                   np.random.default_rng([seed, k, t]))
             conds.append(Condition("reorder", k, t, (), order, _tau(order)))
     config = dict(swaps=swaps, trials=trials, seed=seed)
@@ -254,6 +251,26 @@ def reorder(view, data, *, swaps: Optional[Sequence[int]] = None, trials: int = 
 
 for _f in (delete_each, delete_random, reorder):
     _f.__doc__ += _COMMON
+
+
+def random_pool(view, exclude_downsampling: bool = True) -> list:
+    """Indices of the blocks delete_random draws from: the deletable ones, without the
+    downsampling ones unless exclude_downsampling=False."""
+    return [b.index for b in wrap(view).blocks
+            if b.deletable and not (exclude_downsampling and b.downsample)]
+
+
+def shape_groups(view) -> list:
+    """Block indices grouped by (input shape, output shape): the blocks reorder may swap."""
+    groups = {}
+    for b in wrap(view).blocks:
+        groups.setdefault((b.in_shape, b.out_shape), []).append(b.index)
+    return list(groups.values())
+
+
+def most_swaps(view) -> int:
+    """The most disjoint swaps of same-shape blocks a reordering can make."""
+    return sum(len(g) // 2 for g in shape_groups(view))
 
 
 def _random_swaps(n: int, groups: list, k: int, rng) -> tuple:

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from .batches import check_batch, chunks
 from .errors import PathensError
-from .fingerprint import hash_item, hash_tensor
+from .fingerprint import fingerprint_tensors, hash_item
 from .modes import eval_mode
 from .results import _plain
 
@@ -147,11 +147,9 @@ class Data:
         items vary between passes (random augmentation, shuffled plain iterables) is taken for
         different data.
         """
-        h = hashlib.sha256()
         if self.pair is not None:
-            for t in self.pair:
-                hash_tensor(h, t)
-            return h.hexdigest()[:16]
+            return fingerprint_tensors(self.pair)
+        h = hashlib.sha256()
         dataset = getattr(self.loader, "dataset", None)
         size = _length(dataset) if dataset is not None else None
         if size:
