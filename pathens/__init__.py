@@ -3,21 +3,44 @@
     view = pathens.wrap(model)                      # stem -> blocks -> head, checked on a probe
     pg = pathens.path_gradients(view, x, y)         # gradient magnitude by path length, exact
     pathens.paths.bn_variance_distribution(view.num_blocks)
+
+Names are imported on first use (PEP 562), so that `import pathens.paths` (numpy only) and
+`pathens --help` do not pay for torch.
 """
-from . import lesion, paths
-from .adapters import BlockParts, register_block
-from .checkpoints import load, load_state_dict, load_weights, save_checkpoint
-from .depth import BranchVariance, EffectiveDepth, branch_variance, effective_depth
-from .errors import CheckpointError, PathensError, WrapError
-from .gradients import PathGradients, path_gradients
-from .lesion import LesionResult
-from .models import cifar_resnet
-from .view import Block, ResidualView, wrap
+from importlib import import_module
 
 from .version import __version__
 
-__all__ = [
-    "BlockParts", "Block", "BranchVariance", "CheckpointError", "EffectiveDepth", "LesionResult", "PathGradients", "PathensError", "ResidualView",
-    "WrapError", "branch_variance", "cifar_resnet", "effective_depth", "load_state_dict", "load_weights", "lesion", "load", "path_gradients", "paths", "save_checkpoint",
-    "register_block", "wrap",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "BlockParts": "adapters", "ModelParts": "adapters", "register_block": "adapters",
+    "register_model": "adapters",
+    "load": "checkpoints", "load_state_dict": "checkpoints", "load_weights": "checkpoints",
+    "save_checkpoint": "checkpoints",
+    "BranchVariance": "depth", "EffectiveDepth": "depth", "branch_variance": "depth",
+    "effective_depth": "depth",
+    "CheckpointError": "errors", "PathensError": "errors", "WrapError": "errors",
+    "PathGradients": "gradients", "path_gradients": "gradients",
+    "LesionResult": "lesion",
+    "cifar_resnet": "models",
+    "Block": "view", "ResidualView": "view", "wrap": "view",
+    "Analysis": "analysis", "analyze": "analysis",
+}
+_MODULES = ("lesion", "paths", "report", "plots", "data", "models", "losses")
+
+__all__ = sorted(_EXPORTS) + list(_MODULES) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _MODULES:
+        value = import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'pathens' has no attribute {name!r}")
+    globals()[name] = value  # import once
+    return value
+
+
+def __dir__():
+    return __all__

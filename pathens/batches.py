@@ -6,45 +6,56 @@ from typing import Iterator, Optional
 import torch
 
 from .errors import PathensError
+from .inputs import batch_len, check_finite, is_tokens, main_tensor, tensors, to_model
+from .losses import get_loss
 
 
-def check_batch(view, inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) moved to the view's device and dtype, or a one-line PathensError.
+def check_batch(view, inputs, targets, loss=None) -> tuple:
+    """(inputs, targets) moved to the view's device (floating inputs in its dtype) and checked
+    against the view and the loss (None: the view's own), or a one-line PathensError.
 
-    inputs: (N, *view.input_shape) up to the spatial size; targets: (N,) integer class indices.
+    inputs: (N, *view.input_shape) up to the spatial size (images), (N, T) token ids, or a dict
+    of such tensors; targets: what the loss needs ((N,) class indices; token ids).
     """
-    p = view.param
-    if not torch.is_tensor(inputs):
-        raise PathensError(f"inputs must be a tensor, got {type(inputs).__name__}")
-    if not torch.is_tensor(targets):
-        targets = torch.as_tensor(targets)
+    if not (torch.is_tensor(inputs) or (isinstance(inputs, dict) and inputs and
+                                        all(torch.is_tensor(v) for v in inputs.values()))):
+        raise PathensError(f"inputs must be a tensor (or a dict of tensors), got "
+                           f"{type(inputs).__name__}")
+    x = main_tensor(inputs)
     expected = view.input_shape
-    if inputs.ndim != len(expected) + 1 or (len(expected) > 1 and inputs.shape[1] != expected[0]):
+    if x.ndim != len(expected) + 1 or (len(expected) > 1 and x.shape[1] != expected[0]):
         raise PathensError(
-            f"inputs of shape {tuple(inputs.shape)} do not fit the model: expected "
+            f"inputs of shape {tuple(x.shape)} do not fit the model: expected "
             f"(N, {', '.join(map(str, expected))}) like the probe it was wrapped with")
-    n = inputs.shape[0]
+    n = batch_len(inputs)
     if n == 0:
         raise PathensError("inputs are empty: pass at least one example")
-    if targets.shape != (n,):
-        raise PathensError(f"targets must have shape ({n},) to match the inputs, "
-                           f"got {tuple(targets.shape)}")
-    if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.is_complex():
-        raise PathensError(f"targets must be integer class indices, got dtype {targets.dtype}")
-    lo, hi = int(targets.min()), int(targets.max())
-    if lo < 0 or hi >= view.num_classes:
-        raise PathensError(f"targets range over {lo}..{hi} but the model has {view.num_classes} "
-                           f"classes (0..{view.num_classes - 1})")
-    inputs = inputs.to(device=p.device, dtype=p.dtype)
-    if not torch.isfinite(inputs).all():
-        raise PathensError("inputs contain NaN or infinite values")
-    return inputs, targets.to(device=p.device, dtype=torch.long)
+    if any(len(t) != n for t in tensors(inputs)):
+        raise PathensError("the tensors of the inputs hold different numbers of examples")
+    if is_tokens(inputs):
+        _check_tokens(view, x)
+    inputs = to_model(inputs, view.param)
+    check_finite(inputs)
+    targets = get_loss(loss, view.loss).check(targets, inputs, view.num_outputs)
+    return inputs, targets.to(device=view.param.device) if torch.is_tensor(targets) else targets
+
+
+def _check_tokens(view, ids: torch.Tensor) -> None:
+    vocab = view.vocab_size or (view.num_outputs if view.loss == "next_token" else None)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or (vocab and hi >= vocab):
+        raise PathensError(f"token ids range over {lo}..{hi} but the model's vocabulary has "
+                           f"{vocab} tokens (0..{vocab - 1}): tokenise with the model's own "
+                           f"tokenizer")
+    if view.max_length and ids.shape[1] > view.max_length:
+        raise PathensError(f"sequences of {ids.shape[1]} tokens are longer than the model's "
+                           f"context of {view.max_length}: cut them (e.g. --seq-len)")
 
 
 def chunks(n: int, size: Optional[int]) -> Iterator[slice]:
     """Consecutive slices of range(n), each at most `size` long (None: one slice)."""
-    if size is not None and size < 1:
-        raise PathensError(f"batch_size must be a positive integer, got {size}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise PathensError(f"batch_size must be a positive integer, got {size!r}")
     step = n if size is None else size
     for start in range(0, n, step):
         yield slice(start, min(start + step, n))

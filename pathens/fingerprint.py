@@ -12,10 +12,11 @@ _HASHED_VALUES = 1 << 22  # ~16 MB of float32: hashed in a few tens of milliseco
 
 
 def fingerprint_tensors(tensors: list) -> str:
-    """A short sha256 of a list of tensors (e.g. calibration batches), as for a pair of data."""
+    """A short sha256 of a list of tensors (e.g. calibration batches; dicts of tensors too), as
+    for a pair of data."""
     h = hashlib.sha256()
     for t in tensors:
-        hash_tensor(h, t)
+        hash_item(h, t)
     return h.hexdigest()[:16]
 
 
@@ -31,8 +32,15 @@ def hash_tensor(h, t: torch.Tensor):
 
 
 def hash_item(h, item):
-    """A dataset item or batch: tensors / arrays / numbers, possibly nested in tuples."""
-    if isinstance(item, (tuple, list)):
+    """A dataset item or batch: tensors / arrays / numbers, possibly nested in tuples and
+    dicts (token ids with their attention mask)."""
+    if isinstance(item, dict):
+        h.update(f"{{{len(item)};".encode())
+        for k in sorted(item):
+            h.update(f"{k}=".encode())
+            hash_item(h, item[k])
+        h.update(b"}")
+    elif isinstance(item, (tuple, list)):
         h.update(f"[{len(item)};".encode())
         for v in item:
             hash_item(h, v)

@@ -34,6 +34,7 @@ from .errors import PathensError
 from .fingerprint import fingerprint_model, fingerprint_tensors
 from .lesion_sweep import Condition, Data, calibration_batches, run_conditions, wilson
 from .results import Result, _plain
+from .inputs import batch_len
 from .view import wrap
 
 __all__ = ["LesionResult", "evaluate", "delete_each", "delete_random", "reorder", "wilson"]
@@ -123,38 +124,61 @@ class LesionResult(Result):
 
 # ---- the generic evaluation -----------------------------------------------------------------
 
-def evaluate(view, data, *, deleted: Sequence[int] = (), order: Optional[Sequence[int]] = None,
-             batch_size: Optional[int] = 256, progress: bool = False) -> dict:
-    """Error and loss of the view on `data` with the branches of `deleted` removed and/or the
-    blocks run in `order`. Returns one row (see LesionResult): error, error_lo, error_hi,
-    loss, errors, n, nonfinite, ...
+def evaluate(view, data, *, deleted: Sequence = (), order: Optional[Sequence[int]] = None,
+             loss=None, batch_size: Optional[int] = 256, progress: bool = False) -> dict:
+    """Error and loss of the view on `data` with the branches of `deleted` removed (indices,
+    block names, or module names for all the blocks of a module) and/or the blocks run in
+    `order`. Returns one row (see LesionResult): error, error_lo, error_hi, loss, errors, n,
+    nonfinite, ...
 
     data: an (inputs, targets) pair (cut into batches of batch_size) or a DataLoader (or any
     re-iterable) of (inputs, targets) batches; moved to the model's device and dtype.
+    loss: "classification", "next_token" (a language model: n counts tokens) or a function;
+    None: the view's own.
     """
     view = wrap(view)
-    deleted = tuple(sorted(set(view.check_indices(deleted, "deleted"))))
+    data = Data(view, data, batch_size, loss)  # checks data first: the commonest mistake
+    deleted = tuple(sorted(set(view.indices(deleted, "deleted"))))
     order = None if order is None else tuple(view.check_order(order))
     kind = "reorder" if order is not None and list(order) != sorted(order) else (
         "delete" if deleted else "intact")
     tau = _tau(order) if order is not None else math.nan
     cond = Condition(kind, len(deleted), 0, deleted, order, tau)
-    return run_conditions(view, Data(view, data, batch_size), [cond], config={}, seed=None,
-                          progress=progress, desc="evaluate")[0]
+    return run_conditions(view, data, [cond], config={}, seed=None, progress=progress,
+                          desc="evaluate")[0]
+
+
+UNITS = ("block", "layer")
+
+
+def units(view, unit: str = "block") -> list[tuple]:
+    """What a lesion deletes or moves as one: each block ("block"; a transformer's attention
+    and MLP sublayers apart), or each module with all the blocks it holds ("layer": a whole
+    transformer layer). A list of tuples of block indices."""
+    if unit not in UNITS:
+        raise PathensError(f"unit must be 'block' or 'layer', got {unit!r}")
+    view = wrap(view)
+    return [(b.index,) for b in view.blocks] if unit == "block" else \
+        [tuple(layer) for layer in view.layers]
 
 
 def _sweep(view, data, sweep: str, conds: list, config: dict, *, seed, out, progress,
-           recalibrate, batch_size, group_size, cache: bool = True) -> LesionResult:
-    d = Data(view, data, batch_size)
+           recalibrate, batch_size, group_size, loss=None, unit="block",
+           cache: bool = True) -> LesionResult:
+    d = Data(view, data, batch_size, loss)
     cal = calibration_batches(view, recalibrate, batch_size) if recalibrate is not None else None
+    # loss and unit are recorded only where they are not the defaults, so that sweep files
+    # written before they existed still resume
+    extra = dict(loss=d.loss.name, items=d.loss.unit) if d.loss.name != "classification" else {}
     config = dict(sweep=sweep, **config, num_blocks=view.num_blocks,
                   num_examples=d.num_examples, data=d.fingerprint(),
                   model=fingerprint_model(view.model),
                   dtype=str(view.param.dtype),
-                  recalibrate=None if cal is None else sum(len(x) for x in cal),
+                  recalibrate=None if cal is None else sum(batch_len(x) for x in cal),
                   recalibrate_data=None if cal is None else fingerprint_tensors(cal),
                   batchnorm="recalibrated per condition" if cal is not None else
-                  "eval (running statistics)")
+                  "eval (running statistics)", **extra,
+                  **(dict(unit=unit) if unit != "block" else {}))
     rows = run_conditions(view, d, [Condition("intact", 0, 0)] + conds, config=config, seed=seed,
                           out=out, group_size=group_size, recalibrate=cal, progress=progress,
                           cache=cache, desc=sweep)
@@ -166,6 +190,12 @@ def _sweep(view, data, sweep: str, conds: list, config: dict, *, seed, out, prog
 
 _COMMON = """
     data:        an (inputs, targets) pair or a DataLoader of (inputs, targets) batches.
+    unit:        "block" (default: each residual block; a transformer's attention and MLP
+                 sublayers apart) or "layer" (each module with all its blocks: whole
+                 transformer layers); k counts units.
+    loss:        "classification", "next_token" (a language model: errors and n count
+                 tokens, loss is the mean next-token loss, perplexity its exp), a function
+                 fn(logits, targets) -> mean loss, or None: the view's own.
     out:         a .csv or .jsonl file: each finished condition is appended as it completes;
                  re-running the same sweep with the same out resumes (conditions on disk are
                  not recomputed); a file from a different sweep (settings, model, or data:
@@ -178,99 +208,125 @@ _COMMON = """
 """
 
 
-def delete_each(view, data, *, out=None, progress: bool = True, recalibrate=None,
-                batch_size: Optional[int] = 256, group_size: Optional[int] = None,
-                cache: bool = True) -> LesionResult:
-    """Every block deleted alone (Veit et al., Fig. 3): rows k=1, trial=0, deleted=[i], with
-    downsampling marking the downsampling blocks (in a plain network, the layers that change
-    shape cannot be deleted and are left out). cache=False re-runs every condition from the
-    input instead of sharing the intact activations (the naive loop; for benchmarks)."""
+def _deletable(view, unit: str) -> list[tuple]:
+    return [u for u in units(view, unit) if all(view.blocks[i].deletable for i in u)]
+
+
+def delete_each(view, data, *, unit: str = "block", loss=None, out=None, progress: bool = True,
+                recalibrate=None, batch_size: Optional[int] = 256,
+                group_size: Optional[int] = None, cache: bool = True) -> LesionResult:
+    """Every block (or layer) deleted alone (Veit et al., Fig. 3): rows k=1, trial=0,
+    deleted=[i] (a layer: all its blocks), with downsampling marking the downsampling blocks
+    (in a plain network, the layers that change shape cannot be deleted and are left out).
+    cache=False re-runs every condition from the input instead of sharing the intact
+    activations (the naive loop; for benchmarks)."""
     view = wrap(view)
-    conds = [Condition("delete", 1, 0, (b.index,)) for b in view.blocks if b.deletable]
+    conds = [Condition("delete", 1, 0, u) for u in _deletable(view, unit)]
     return _sweep(view, data, "delete_each", conds, {}, seed=None, out=out, progress=progress,
                   recalibrate=recalibrate, batch_size=batch_size, group_size=group_size,
-                  cache=cache)
+                  loss=loss, unit=unit, cache=cache)
 
 
 def delete_random(view, data, *, ks: Optional[Sequence[int]] = None, trials: int = 10,
-                  seed: int = 0, exclude_downsampling: bool = True, out=None,
-                  progress: bool = True, recalibrate=None, batch_size: Optional[int] = 256,
+                  seed: int = 0, exclude_downsampling: bool = True, unit: str = "block",
+                  loss=None, out=None, progress: bool = True, recalibrate=None,
+                  batch_size: Optional[int] = 256,
                   group_size: Optional[int] = None) -> LesionResult:
-    """k blocks drawn at random (without replacement) and deleted together, `trials` draws per
-    k (Veit et al., Fig. 5a). ks default: 1 .. the number of deletable blocks. Downsampling
-    blocks are never drawn unless exclude_downsampling=False. Trial t of k is drawn from
-    numpy's generator seeded with (seed, k, t): the same seed gives the same conditions."""
+    """k blocks (or layers) drawn at random (without replacement) and deleted together,
+    `trials` draws per k (Veit et al., Fig. 5a). ks default: 1 .. the number of deletable
+    units. Downsampling blocks are never drawn unless exclude_downsampling=False. Trial t of k
+    is drawn from numpy's generator seeded with (seed, k, t): the same seed gives the same
+    conditions."""
     view = wrap(view)
-    pool = random_pool(view, exclude_downsampling)
+    pool = random_units(view, exclude_downsampling, unit)
     ks = list(range(1, len(pool) + 1)) if ks is None else _counts(ks, "ks")
     trials = _positive(trials, "trials")
+    seed = _seed(seed)
     for k in ks:
         if k > len(pool):
             raise PathensError(
-                f"k={k} is more than the {len(pool)} blocks that can be deleted"
+                f"k={k} is more than the {len(pool)} {unit}s that can be deleted"
                 + (" (downsampling blocks excluded; pass exclude_downsampling=False to include "
                    "them)" if exclude_downsampling else ""))
     conds = []
     for k in ks:
         for t in range(trials):
             rng = np.random.default_rng([seed, k, t])
-            conds.append(Condition("delete", k, t, tuple(sorted(int(i) for i in
-                                                                rng.choice(pool, k, replace=False)))))
+            picked = rng.choice(len(pool), k, replace=False)
+            conds.append(Condition("delete", k, t, tuple(sorted(i for j in picked
+                                                                for i in pool[int(j)]))))
     config = dict(ks=ks, trials=trials, seed=seed, exclude_downsampling=exclude_downsampling)
     return _sweep(view, data, "delete_random", conds, config, seed=seed, out=out,
                   progress=progress, recalibrate=recalibrate, batch_size=batch_size,
-                  group_size=group_size)
+                  group_size=group_size, loss=loss, unit=unit)
 
 
 def reorder(view, data, *, swaps: Optional[Sequence[int]] = None, trials: int = 10,
-            seed: int = 0, out=None, progress: bool = True, recalibrate=None,
-            batch_size: Optional[int] = 256, group_size: Optional[int] = None) -> LesionResult:
-    """k random swaps of disjoint pairs of blocks with the same input and output shape
-    (Veit et al., Fig. 5b), `trials` per k; each row carries the Kendall tau of the new order
-    against the original. swaps default: 1 .. the most disjoint swaps possible. Trial t of k
-    is drawn from numpy's generator seeded with (seed, k, t)."""
+            seed: int = 0, unit: str = "block", loss=None, out=None, progress: bool = True,
+            recalibrate=None, batch_size: Optional[int] = 256,
+            group_size: Optional[int] = None) -> LesionResult:
+    """k random swaps of disjoint pairs of blocks (or layers) with the same input and output
+    shapes (Veit et al., Fig. 5b), `trials` per k; each row carries the Kendall tau of the new
+    block order against the original. swaps default: 1 .. the most disjoint swaps possible.
+    Trial t of k is drawn from numpy's generator seeded with (seed, k, t)."""
     view = wrap(view)
-    groups = shape_groups(view)
-    most = most_swaps(view)
+    groups = shape_groups(view, unit)
+    most = most_swaps(view, unit)
+    if most == 0:
+        raise PathensError(f"no two {unit}s of this network have the same shapes: there is "
+                           f"nothing to reorder")
     swaps = list(range(1, most + 1)) if swaps is None else _counts(swaps, "swaps")
     trials = _positive(trials, "trials")
+    seed = _seed(seed)
     for k in swaps:
         if k > most:
-            raise PathensError(f"{k} swaps are more than possible: the blocks of equal shape "
+            raise PathensError(f"{k} swaps are more than possible: the {unit}s of equal shape "
                                f"allow at most {most} disjoint swaps")
+    pool = units(view, unit)
     conds = []
     for k in swaps:
         for t in range(trials):
-            order = _random_swaps(view.num_blocks, groups, k,
-                                  np.random.default_rng([seed, k, t]))
+            moved = _random_swaps(len(pool), groups, k, np.random.default_rng([seed, k, t]))
+            order = tuple(i for u in moved for i in pool[u])  # units -> their blocks, in order
             conds.append(Condition("reorder", k, t, (), order, _tau(order)))
     config = dict(swaps=swaps, trials=trials, seed=seed)
     return _sweep(view, data, "reorder", conds, config, seed=seed, out=out, progress=progress,
-                  recalibrate=recalibrate, batch_size=batch_size, group_size=group_size)
+                  recalibrate=recalibrate, batch_size=batch_size, group_size=group_size,
+                  loss=loss, unit=unit)
 
 
 for _f in (delete_each, delete_random, reorder):
     _f.__doc__ += _COMMON
 
 
+def random_units(view, exclude_downsampling: bool = True, unit: str = "block") -> list[tuple]:
+    """The units (tuples of block indices) delete_random draws from: the deletable ones,
+    without those holding a downsampling block unless exclude_downsampling=False."""
+    view = wrap(view)
+    return [u for u in _deletable(view, unit)
+            if not (exclude_downsampling and any(view.blocks[i].downsample for i in u))]
+
+
 def random_pool(view, exclude_downsampling: bool = True) -> list:
     """Indices of the blocks delete_random draws from: the deletable ones, without the
     downsampling ones unless exclude_downsampling=False."""
-    return [b.index for b in wrap(view).blocks
-            if b.deletable and not (exclude_downsampling and b.downsample)]
+    return [u[0] for u in random_units(view, exclude_downsampling)]
 
 
-def shape_groups(view) -> list:
-    """Block indices grouped by (input shape, output shape): the blocks reorder may swap."""
+def shape_groups(view, unit: str = "block") -> list:
+    """Unit indices (into units(view, unit); for blocks, block indices) grouped by their
+    blocks' input and output shapes: the units reorder may swap with one another."""
+    view = wrap(view)
     groups = {}
-    for b in wrap(view).blocks:
-        groups.setdefault((b.in_shape, b.out_shape), []).append(b.index)
+    for j, u in enumerate(units(view, unit)):
+        key = tuple((view.blocks[i].in_shape, view.blocks[i].out_shape) for i in u)
+        groups.setdefault(key, []).append(j)
     return list(groups.values())
 
 
-def most_swaps(view) -> int:
-    """The most disjoint swaps of same-shape blocks a reordering can make."""
-    return sum(len(g) // 2 for g in shape_groups(view))
+def most_swaps(view, unit: str = "block") -> int:
+    """The most disjoint swaps of same-shape units a reordering can make."""
+    return sum(len(g) // 2 for g in shape_groups(view, unit))
 
 
 def _random_swaps(n: int, groups: list, k: int, rng) -> tuple:
@@ -295,7 +351,8 @@ def _tau(order) -> float:
 
 
 def _counts(ks, what: str) -> list:
-    """ks / swaps: a non-empty list of integers >= 1 (0 would be the intact network again)."""
+    """ks / swaps: a non-empty list of distinct integers >= 1 (0 would be the intact network
+    again; a repeated k would count the same draws twice, as if they were more trials)."""
     ks = list(ks)
     if not ks:
         raise PathensError(f"{what} is empty: give at least one count")
@@ -303,7 +360,17 @@ def _counts(ks, what: str) -> list:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise PathensError(f"{what} must be positive integers (at least 1; the intact network "
                                f"is always row 0), got {k!r}")
+    twice = sorted({int(k) for k in ks if ks.count(k) > 1})
+    if twice:
+        raise PathensError(f"{what} lists {twice[0]} more than once: each count is drawn `trials` "
+                           f"times already; list each once (more trials: raise trials)")
     return [int(k) for k in ks]
+
+
+def _seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 63:
+        raise PathensError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+    return int(seed)
 
 
 def _positive(v, what: str) -> int:

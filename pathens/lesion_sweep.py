@@ -29,14 +29,16 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import check_batch, chunks
 from .errors import PathensError
 from .fingerprint import fingerprint_tensors, hash_item
+from .inputs import batch_len, take, to_model
+from .losses import get_loss
 from .modes import eval_mode
+from .view import wrap
 from .sweep_file import COLUMNS, SweepFile  # noqa: F401 (COLUMNS: the row layout)
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
@@ -76,14 +78,17 @@ class Condition:
 
 class Data:
     """An (inputs, targets) pair (cut into batches of batch_size) or a re-iterable loader of
-    (inputs, targets) batches, e.g. a DataLoader; every batch checked by check_batch."""
+    (inputs, targets) batches, e.g. a DataLoader; every batch checked by check_batch against
+    the view and the loss (None: the view's own; it gives the metrics of every condition)."""
 
-    def __init__(self, view, data, batch_size: Optional[int] = 256):
+    def __init__(self, view, data, batch_size: Optional[int] = 256, loss=None):
         self.view, self.batch_size, self._pending = view, batch_size, None
-        if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)):
-            x = data[0] if torch.is_tensor(data[0]) else torch.as_tensor(np.asarray(data[0]))
-            self.pair = check_batch(view, x, data[1])
-            self.loader, self.num_examples = None, len(self.pair[1])
+        self.loss = get_loss(loss, view.loss)
+        if _is_pair(data):
+            x = data[0] if torch.is_tensor(data[0]) or isinstance(data[0], dict) else \
+                torch.as_tensor(np.asarray(data[0]))
+            self.pair = check_batch(view, x, data[1], self.loss)
+            self.loader, self.num_examples = None, batch_len(self.pair[0])
             self.num_batches = len(list(chunks(self.num_examples, batch_size)))
             return
         if data is None or isinstance(data, torch.Tensor) or not hasattr(data, "__iter__"):
@@ -92,6 +97,9 @@ class Data:
         if iter(data) is data:
             raise PathensError("data is a one-shot iterator (e.g. a generator); pass a DataLoader, "
                                "a list of (inputs, targets) batches or an (inputs, targets) pair")
+        if isinstance(data, (list, tuple)) and not all(_is_pair(b) for b in data):
+            raise PathensError("data must be an (inputs, targets) pair or a list of (inputs, "
+                               "targets) batches; this list holds something else")
         self.pair, self.loader = None, data
         self.num_batches = _length(data)
         if self.num_batches == 0:
@@ -100,7 +108,7 @@ class Data:
         if dataset is not None:
             self.num_examples = _length(dataset)
         elif isinstance(data, (list, tuple)):
-            self.num_examples = sum(len(b[1]) for b in data)
+            self.num_examples = sum(batch_len(b[0]) for b in data)
         else:
             self.num_examples = None
 
@@ -114,14 +122,14 @@ class Data:
     def _batches(self):
         if self.pair is not None:
             x, y = self.pair
-            for sl in chunks(len(y), self.batch_size):
-                yield x[sl], y[sl]
+            for sl in chunks(self.num_examples, self.batch_size):
+                yield take(x, sl), y[sl]
             return
         for b in self.loader:
             if not isinstance(b, (tuple, list)) or len(b) < 2:
                 raise PathensError(f"each batch of data must be (inputs, targets), got "
                                    f"{type(b).__name__}")
-            yield check_batch(self.view, b[0], b[1])
+            yield check_batch(self.view, b[0], b[1], self.loss)
 
     def fingerprint(self) -> str:
         """A short sha256 of the data's contents, so that a resumed sweep never mixes datasets of
@@ -160,6 +168,13 @@ class Data:
         return h.hexdigest()[:16]
 
 
+def _is_pair(data) -> bool:
+    """An (inputs, targets) pair: two entries, the first a batch (not itself a pair)."""
+    return (isinstance(data, (tuple, list)) and len(data) == 2 and
+            not isinstance(data[0], (tuple, list)) and
+            (torch.is_tensor(data[0]) or isinstance(data[0], (dict, np.ndarray))))
+
+
 def _length(obj) -> Optional[int]:
     try:
         return len(obj)
@@ -173,14 +188,14 @@ def calibration_batches(view, data, batch_size: Optional[int]) -> list:
     p = view.param
     if torch.is_tensor(data):
         out = [data[sl] for sl in chunks(len(data), batch_size)]
-    elif isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
-        out = [data[0][sl] for sl in chunks(len(data[0]), batch_size)]
+    elif _is_pair(data):
+        out = [take(data[0], sl) for sl in chunks(batch_len(data[0]), batch_size)]
     elif hasattr(data, "__iter__"):
         out = [b[0] if isinstance(b, (tuple, list)) else b for b in data]
     else:
         raise PathensError(f"recalibrate= must be calibration inputs (a tensor), an (inputs, "
                            f"targets) pair or a DataLoader, got {type(data).__name__}")
-    out = [x.to(device=p.device, dtype=p.dtype) for x in out if len(x)]
+    out = [to_model(x, p) for x in out if batch_len(x)]
     if not out:
         raise PathensError("recalibrate= holds no examples: pass a non-empty calibration set")
     return out
@@ -190,8 +205,8 @@ def calibration_batches(view, data, batch_size: Optional[int]) -> list:
 
 @torch.no_grad()
 def evaluate_group(view, data: Data, conds: list, *, cache: bool = True, bar=None) -> np.ndarray:
-    """Per condition: [errors, summed cross-entropy, examples, examples with non-finite logits],
-    over all of `data` (one pass).
+    """Per condition: [errors, summed loss, items, items with non-finite logits] over all of
+    `data` (one pass), by data.loss (items: examples, or tokens for a language model).
 
     cache=True walks the intact network once per batch, h = stem(x), h = block_p(h), ..., and
     runs each condition from h at its first changed position p; cache=False re-runs every
@@ -203,26 +218,19 @@ def evaluate_group(view, data: Data, conds: list, *, cache: bool = True, bar=Non
     for j, p in enumerate(starts):
         at.setdefault(p, []).append(j)
     acc = np.zeros((len(conds), 4))
-    step = len(conds) / data.num_batches if data.num_batches else 0
     last = max(at)
-    for x, y in data:
-        h = view.stem(x) if cache else x
+    for b, (x, y) in enumerate(data):
+        h, ctx = view.embed(x) if cache else (x, None)
         for p in range(last + 1):
             for j in at.get(p, ()):
                 c = conds[j]
-                logits = (view.run_from(h, p, deleted=c.deleted, order=c.order) if cache
+                logits = (view.run_from(h, p, deleted=c.deleted, order=c.order, ctx=ctx) if cache
                           else view.run(x, deleted=c.deleted, order=c.order))
-                finite = torch.isfinite(logits).all(dim=1)
-                acc[j, 0] += int((logits.argmax(dim=1) != y).sum())
-                acc[j, 1] += float(F.cross_entropy(logits, y, reduction="sum"))
-                acc[j, 2] += len(y)
-                acc[j, 3] += int((~finite).sum())
+                acc[j] += data.loss.stats(logits, y)
             if p < last:
-                h = view.blocks[p](h)  # the intact network's input to position p + 1
-        if bar is not None and step:
-            bar.update(step)
-    if bar is not None and not step:
-        bar.update(len(conds))
+                h = view.blocks[p](h, ctx)  # the intact network's input to position p + 1
+        if bar is not None and data.num_batches:
+            bar.set_postfix_str(f"batch {b + 1}/{data.num_batches}", refresh=False)
     if acc.size and acc[0, 2] == 0:
         raise PathensError("data is empty: it yielded no examples")
     return acc
@@ -231,11 +239,13 @@ def evaluate_group(view, data: Data, conds: list, *, cache: bool = True, bar=Non
 def make_row(index: int, c: Condition, stats, seed, downsampling: bool) -> dict:
     errors, loss_sum, n, nonfinite = (float(v) for v in stats)
     ok = nonfinite == 0
-    lo, hi = wilson(int(errors), int(n)) if ok else (math.nan, math.nan)
+    counted = ok and math.isfinite(errors)  # a custom loss gives no error count
+    lo, hi = wilson(int(errors), int(n)) if counted else (math.nan, math.nan)
     return dict(condition=index, kind=c.kind, k=c.k, trial=c.trial, deleted=list(c.deleted),
                 order=None if c.order is None else list(c.order), downsampling=downsampling,
-                tau=c.tau, error=errors / n if ok else math.nan, error_lo=lo, error_hi=hi,
-                loss=loss_sum / n if ok else math.nan, errors=int(errors), n=int(n),
+                tau=c.tau, error=errors / n if counted else math.nan, error_lo=lo, error_hi=hi,
+                loss=loss_sum / n if ok else math.nan,
+                errors=int(errors) if math.isfinite(errors) else -1, n=int(n),
                 nonfinite=int(nonfinite), seed=seed)
 
 
@@ -244,7 +254,6 @@ class Recalibrator:
     on calibration inputs for each condition (the user's model is never changed)."""
 
     def __init__(self, view, batches: list):
-        from .view import wrap  # the view module imports nothing from here; avoids a cycle
         model = copy.deepcopy(view.model)
         self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not self.norms:
@@ -289,8 +298,8 @@ def run_conditions(view, data: Data, conds: list, *, config: dict, seed, out=Non
     else:
         size = 16 if store is not None else max(1, len(todo))
     bar = tqdm(total=len(conds), initial=len(conds) - len(todo), desc=desc, disable=not progress,
-               leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} "
-                                       "conditions [{elapsed}<{remaining}]")
+               leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                                       "conditions [{elapsed}<{remaining}{postfix}]")
     try:
         with eval_mode(view.model):
             for g in range(0, len(todo), size):
@@ -304,6 +313,7 @@ def run_conditions(view, data: Data, conds: list, *, config: dict, seed, out=Non
                     store.append(new)
                 for i, r in zip(group, new):
                     rows[i] = r
+                bar.update(len(group))
     finally:
         bar.close()
     bad = [r for r in rows if r["nonfinite"]]

@@ -25,16 +25,16 @@ import torch
 from .folded import apply, is_relu, relu_mask, transpose_chain
 
 
-def linearize(block, x: torch.Tensor, params: Sequence[torch.Tensor] = ()):
-    """(the VJPs of `block` at input x (B, *in_shape), block(x)).
+def linearize(block, x: torch.Tensor, params: Sequence[torch.Tensor] = (), ctx=None):
+    """(the VJPs of `block` at input x (B, *in_shape), block(x, ctx)).
 
     params: branch parameters whose gradients branch_t(..., with_params=True) must return
-    (autograd form only)."""
-    if not params:
+    (autograd form only). ctx: the view's context for branches that take one."""
+    if not params and not block.parts.context:
         folded = Folded.build(block, x)
         if folded is not None:
             return folded
-    return Autograd(block, x, params), block(x)
+    return Autograd(block, x, params, ctx), block(x, ctx)
 
 
 class Folded:
@@ -78,8 +78,8 @@ class Autograd:
     """The same VJPs by autograd on the block's graph; branch_t can also return the gradient
     of the branch's parameters for the same cotangent."""
 
-    def __init__(self, block, x: torch.Tensor, params: Sequence[torch.Tensor] = ()):
-        self.block, self.x, self.params = block, x.detach(), list(params)
+    def __init__(self, block, x: torch.Tensor, params: Sequence[torch.Tensor] = (), ctx=None):
+        self.block, self.x, self.params, self.ctx = block, x.detach(), list(params), ctx
         self.graph = None
 
     def _build(self):
@@ -87,8 +87,9 @@ class Autograd:
         b = self.block
         with torch.enable_grad():
             x = self.x.requires_grad_(True)
-            s = b.shortcut(x) if b.downsample else None
-            r = b.branch(x)
+            # the shortcut module's own Jacobian, even where it returned the probe unchanged
+            s = b.shortcut(x) if b.parts.shortcut is not None else None
+            r = b.branch(x, self.ctx)
             z = ((x if s is None else s) + r).detach().requires_grad_(True)
             out = b.post(z) if b.parts.post is not None else None
         self.graph = (x, s, r, z, out)

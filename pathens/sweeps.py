@@ -20,7 +20,8 @@ import torch
 from .linearize import add
 
 
-def exact_sweep(lins: list, g: torch.Tensor, *, tol: float = 0.0, with_params: bool = False):
+def exact_sweep(lins: list, g: torch.Tensor, *, tol: float = 0.0, with_params: bool = False,
+                on_block=None):
     """Split g_0 = J_0^T ... J_{n-1}^T g by path length.
 
     lins[i]: block i's linearization at its input (with the branch parameters when
@@ -31,7 +32,8 @@ def exact_sweep(lins: list, g: torch.Tensor, *, tol: float = 0.0, with_params: b
     Returns (G, P): G a list of n+1 tensors (None where truncated) with G[k] the gradient at
     the first block's input carried by paths of length k; P[i][k] the list of block i's
     branch-parameter gradients carried by paths of length k (paths through block i's branch
-    and k-1 later branches), or None without with_params.
+    and k-1 later branches), or None without with_params. on_block(): called after each block
+    (a progress bar).
     """
     n = len(lins)
     stack: list[Optional[torch.Tensor]] = [g]
@@ -55,12 +57,27 @@ def exact_sweep(lins: list, g: torch.Tensor, *, tol: float = 0.0, with_params: b
             stack[k] = None  # free as we go: memory stays about one stack
         stack = truncate(new, tol) if tol > 0 else new
         del lin
+        if on_block is not None:
+            on_block()
     return stack + [None] * (n + 1 - len(stack)), param_parts
+
+
+def norm(t: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm over all elements, as a float64 0-d tensor, without underflow: float32
+    (and half) values are squared and summed in float64, so that a gradient of 1e-24, whose
+    square a float32 sum flushes to 0, keeps its size; float64 tensors are scaled by their
+    largest entry first."""
+    if t.dtype == torch.float64:
+        top = t.abs().amax() if t.numel() else t.new_zeros(())
+        if top == 0 or not torch.isfinite(top):
+            return torch.linalg.vector_norm(t)
+        return torch.linalg.vector_norm(t / top) * top
+    return torch.linalg.vector_norm(t, dtype=torch.float64)
 
 
 def truncate(stack: list, tol: float) -> list:
     """Drop the components whose norm is below tol x the largest one."""
-    norms = [None if c is None else float(c.norm()) for c in stack]
+    norms = [None if c is None else float(norm(c)) for c in stack]
     top = max((v for v in norms if v is not None), default=0.0)
     return [c if c is not None and v >= tol * top else None for c, v in zip(stack, norms)]
 

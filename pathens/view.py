@@ -1,14 +1,18 @@
 """The view: a residual network as stem -> blocks -> head, each block split into its parts.
 
-`wrap(model)` traces the model's forward with torch.fx (the residual blocks kept as leaves),
-checks that the blocks form a chain, cuts the graph into a stem (everything before the first
-block) and a head (everything after the last) and splits every block into
-`post(shortcut(x) + scale * branch(x))` with its adapter (see adapters.py). It then proves,
-on a probe input, that the view recomposes the model's output, naming the part at fault if not.
+`wrap(model)` finds the model's stem, the modules holding its residual blocks and its head
+(a model adapter names them; otherwise torch.fx traces the model, the block modules kept as
+leaves, and cuts the graph), splits every module into the blocks it holds with its block
+adapter (one for a ResNet block, two for a transformer layer: attention, then MLP), each
+`post(shortcut(x) + scale * branch(x))`, and proves on a probe input that the view recomposes
+the model's output, naming the part at fault if not (proof.py).
 
 Every analysis in pathens runs the view, never the model's own forward:
 lesion = run with some branches off, reordering = run with a permutation, a single path's
 gradient = run with detach masks, the exact decomposition = a backward sweep over `blocks`.
+The residual stream h entering block 0 is what the stem returns: (N, C, H, W) for a CNN,
+(N, T, d) for a transformer; ctx (None, or a dict such as an attention mask) rides along for
+the blocks whose branch needs it.
 """
 from __future__ import annotations
 
@@ -17,10 +21,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch import fx, nn
+from torch import nn
 
-from .adapters import BlockParts, chain, find_adapter, registered_classes
-from .errors import WrapError
+from .adapters import BlockParts, ModelParts, adapter_class, find_adapter, find_model_adapter, \
+    qualname, registered_classes, split_block
+from .errors import PathensError, WrapError
+from .inputs import main_tensor
+from .losses import get_loss
 from .modes import eval_mode
 
 
@@ -28,8 +35,12 @@ from .modes import eval_mode
 class Block:
     """One residual block of a view.
 
-    name:       the module path in the model, e.g. "layer2.0".
-    downsample: True where the shortcut is not the identity (zero-pad or projection).
+    name:       the module path in the model, e.g. "layer2.0", with the sublayer's name for
+                modules that hold several blocks, e.g. "transformer.h.3.attn".
+    layer:      index of the module holding it (blocks of one transformer layer share it).
+    identity_shortcut, identity_by: whether the shortcut is the identity and how wrap decided
+                ("no shortcut module", "the shortcut module returns its input on the probe",
+                or "the shortcut module changes its input on the probe": a downsampling block).
     in_shape, out_shape: per-sample shapes seen on the probe input, e.g. (16, 32, 32).
     """
 
@@ -39,6 +50,9 @@ class Block:
     parts: BlockParts
     in_shape: tuple
     out_shape: tuple
+    layer: int = 0
+    identity_shortcut: bool = True
+    identity_by: str = "no shortcut module"
 
     @property
     def residual(self) -> bool:
@@ -46,10 +60,15 @@ class Block:
         return self.parts.residual
 
     @property
+    def sublayer(self) -> str:
+        """The sublayer's name within its module ("attn", "mlp"), or "" for one-block modules."""
+        return self.parts.name
+
+    @property
     def downsample(self) -> bool:
         if not self.residual:
             return self.in_shape != self.out_shape
-        return self.parts.shortcut is not None
+        return not self.identity_shortcut
 
     @property
     def deletable(self) -> bool:
@@ -60,26 +79,27 @@ class Block:
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.parts.shortcut is None else self.parts.shortcut(x)
 
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
+    def branch(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
         """The branch times its scale."""
-        r = self.parts.branch(x)
+        r = self.parts.branch(x, ctx) if self.parts.context else self.parts.branch(x)
         return r if self.parts.scale is None else self.parts.scale * r
 
     def post(self, z: torch.Tensor) -> torch.Tensor:
         return z if self.parts.post is None else self.parts.post(z)
 
-    def __call__(self, x: torch.Tensor, *, keep_branch: bool = True, route: Optional[bool] = None):
+    def __call__(self, x: torch.Tensor, ctx=None, *, keep_branch: bool = True,
+                 route: Optional[bool] = None):
         """Block output. keep_branch=False deletes the branch (lesion: post(shortcut(x))).
 
         route=True lets the gradient through the branch only, route=False through the shortcut
         only (the forward value is unchanged): one factor of a single path's gradient.
         """
         if not self.residual:  # a plain layer: no shortcut, no paths to route
-            return self.post(self.branch(x)) if keep_branch else x
+            return self.post(self.branch(x, ctx)) if keep_branch else x
         s = self.shortcut(x)
         if not keep_branch:
             return self.post(s)
-        r = self.branch(x)
+        r = self.branch(x, ctx)
         if route is True:
             s = s.detach()
         elif route is False:
@@ -87,28 +107,40 @@ class Block:
         return self.post(s + r)
 
     def __repr__(self) -> str:
-        kind = "downsample" if self.downsample else "identity"
+        kind = ("plain" if not self.residual else
+                "identity" if self.identity_shortcut else "downsample") + f" ({self.identity_by})"
         return f"Block({self.index}, {self.name!r}, {kind}, {self.in_shape} -> {self.out_shape})"
 
 
 class ResidualView(nn.Module):
     """A residual network seen as stem -> blocks -> head. Build it with `pathens.wrap`.
 
-    view(x) reproduces model(x); view.run(x, deleted=..., order=..., path=...) runs variants.
-    The view shares the model's parameters and buffers (nothing is copied).
+    view(x) reproduces model(x)'s logits; view.run(x, deleted=..., order=..., path=...) runs
+    variants. The view shares the model's parameters and buffers (nothing is copied).
+    loss: the loss analyses use unless told otherwise ("classification" or "next_token").
     """
 
-    def __init__(self, model: nn.Module, stem: nn.Module, blocks: list[Block], head: nn.Module,
-                 input_shape: tuple, num_classes: int):
+    def __init__(self, model: nn.Module, stem, blocks: list[Block], head, *,
+                 input_shape: tuple, num_outputs: int, loss: str = "classification",
+                 vocab_size: Optional[int] = None, max_length: Optional[int] = None,
+                 source: str = "torch.fx"):
         super().__init__()
-        self.model, self.stem, self.head = model, stem, head
+        self.model = model
+        self.stem_fn, self.head_fn = stem, head  # nn.Modules (fx graphs) are registered here
         self.blocks: list[Block] = blocks
         self.input_shape = input_shape  # per-sample shape of the probe input, e.g. (3, 32, 32)
-        self.num_classes = num_classes
+        self.num_outputs = num_outputs  # classes, or the vocabulary of a language model
+        self.loss = loss
+        self.vocab_size, self.max_length = vocab_size, max_length
+        self.source = source  # how stem and head were found: "torch.fx" or a model adapter
 
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
+
+    @property
+    def num_classes(self) -> int:
+        return self.num_outputs
 
     @property
     def residual(self) -> bool:
@@ -119,52 +151,95 @@ class ResidualView(nn.Module):
     def param(self) -> torch.Tensor:
         return next(self.model.parameters())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x)
+    @property
+    def layers(self) -> list[list[int]]:
+        """Block indices grouped by the module holding them: [[0, 1], [2, 3], ...] for a
+        transformer (attention and MLP of each layer), [[0], [1], ...] for a ResNet."""
+        groups: dict[int, list[int]] = {}
+        for b in self.blocks:
+            groups.setdefault(b.layer, []).append(b.index)
+        return list(groups.values())
 
-    def run(self, x: torch.Tensor, deleted: Sequence[int] = (), order: Optional[Sequence[int]] = None,
+    def embed(self, inputs) -> tuple:
+        """(h, ctx): the residual stream entering block 0 and the context its blocks need."""
+        out = self.stem_fn(inputs)
+        return out if isinstance(out, tuple) else (out, None)
+
+    def stem(self, inputs) -> torch.Tensor:
+        """The residual stream entering block 0: (N, *in_shape of block 0)."""
+        return self.embed(inputs)[0]
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head_fn(h)
+
+    def forward(self, inputs) -> torch.Tensor:
+        return self.run(inputs)
+
+    def run(self, inputs, deleted: Sequence = (), order: Optional[Sequence[int]] = None,
             path=None) -> torch.Tensor:
         """Logits of the network with some branches deleted and/or the blocks reordered.
 
-        deleted: indices of blocks whose branch is removed (block i then computes
-                 post_i(shortcut_i(x)), as in Veit et al.'s lesion study).
+        deleted: blocks whose branch is removed (block i then computes post_i(shortcut_i(x)),
+                 as in Veit et al.'s lesion study): indices, block names ("h.3.attn") or module
+                 names ("h.3": every block of that module).
         order:   a permutation of range(num_blocks): position p runs block order[p]; blocks may
                  only move to a position of the same input and output shape.
         path:    a bool mask over blocks (or a set of indices): the backward pass then follows
                  the branch of the blocks in the path and the shortcut of the others, so that
                  autograd returns that single path's gradient. Values are unchanged.
         """
-        return self.run_from(self.stem(x), 0, deleted=deleted, order=order, path=path)
+        h, ctx = self.embed(inputs)
+        return self.run_from(h, 0, deleted=deleted, order=order, path=path, ctx=ctx)
 
-    def run_from(self, h: torch.Tensor, start: int = 0, deleted: Sequence[int] = (),
-                 order: Optional[Sequence[int]] = None, path=None) -> torch.Tensor:
+    def run_from(self, h: torch.Tensor, start: int = 0, deleted: Sequence = (),
+                 order: Optional[Sequence[int]] = None, path=None, ctx=None) -> torch.Tensor:
         """Logits from the activation `h` entering position `start` (0: the first block's
-        input, i.e. the stem's output); the other arguments are those of `run`."""
+        input, i.e. the stem's output); ctx: what embed() returned with it; the other
+        arguments are those of `run`."""
         order = self.check_order(order)
-        deleted = set(self.check_indices(deleted, "deleted"))
+        deleted = set(self.indices(deleted, "deleted"))
         for i in deleted:
             if not self.blocks[i].deletable:
                 b = self.blocks[i]
-                raise ValueError(f"deleted: block {i} ({b.name}) is a plain layer that changes the "
-                                 f"shape {b.in_shape} -> {b.out_shape}; it cannot be deleted")
+                raise PathensError(f"deleted: block {i} ({b.name}) is a plain layer that changes "
+                                   f"the shape {b.in_shape} -> {b.out_shape}; it cannot be deleted")
         route = self.path_mask(path)
         if route is not None and not self.residual:
-            raise ValueError("path= needs a residual network: this view has plain layers")
+            raise PathensError("path= needs a residual network: this view has plain layers")
         for i in order[start:]:
-            h = self.blocks[i](h, keep_branch=i not in deleted,
+            h = self.blocks[i](h, ctx, keep_branch=i not in deleted,
                                route=None if route is None else bool(route[i]))
         return self.head(h)
 
     # ---- argument checks shared by every analysis ----------------------------------------
 
+    def indices(self, items: Sequence, what: str = "block") -> list[int]:
+        """Block indices from indices, block names or module names (a module name stands for
+        all the blocks it holds, e.g. both sublayers of a transformer layer)."""
+        if isinstance(items, (str, int, np.integer)):
+            items = [items]
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                found = [b.index for b in self.blocks
+                         if b.name == item or b.name.startswith(item + ".")]
+                if not found:
+                    near = ", ".join(b.name for b in self.blocks[:4])
+                    raise PathensError(f"{what}: no block or module is named {item!r} (blocks "
+                                       f"are named like {near}, ...)")
+                out.extend(found)
+            else:
+                out.extend(self.check_indices([item], what))
+        return out
+
     def check_indices(self, indices: Sequence[int], what: str = "block") -> list[int]:
         out = []
         for i in indices:
             if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-                raise ValueError(f"{what}: block indices must be integers, got {i!r}")
+                raise PathensError(f"{what}: block indices must be integers, got {i!r}")
             if not 0 <= i < self.num_blocks:
-                raise ValueError(f"{what}: block index {i} is out of range: the view has "
-                                 f"{self.num_blocks} blocks, numbered 0..{self.num_blocks - 1}")
+                raise PathensError(f"{what}: block index {i} is out of range: the view has "
+                                   f"{self.num_blocks} blocks, numbered 0..{self.num_blocks - 1}")
             out.append(int(i))
         return out
 
@@ -174,12 +249,12 @@ class ResidualView(nn.Module):
             return list(range(n))
         order = self.check_indices(order, "order")
         if sorted(order) != list(range(n)):
-            raise ValueError(f"order must be a permutation of 0..{n - 1} (each block exactly once), "
-                             f"got {len(order)} indices")
+            raise PathensError(f"order must be a permutation of 0..{n - 1} (each block exactly "
+                               f"once), got {len(order)} indices")
         for pos, i in enumerate(order):
             here, there = self.blocks[pos], self.blocks[i]
             if (there.in_shape, there.out_shape) != (here.in_shape, here.out_shape):
-                raise ValueError(
+                raise PathensError(
                     f"order puts block {i} ({there.name}, {there.in_shape} -> {there.out_shape}) at "
                     f"position {pos} ({here.name}, {here.in_shape} -> {here.out_shape}): only blocks "
                     f"of the same shape can be swapped")
@@ -193,214 +268,118 @@ class ResidualView(nn.Module):
             mask = np.zeros(self.num_blocks, bool)
             mask[self.check_indices(list(path), "path")] = True
         if mask.shape != (self.num_blocks,):
-            raise ValueError(f"path must be a bool mask of length {self.num_blocks} "
-                             f"or a set of block indices, got shape {mask.shape}")
+            raise PathensError(f"path must be a bool mask of length {self.num_blocks} "
+                               f"or a set of block indices, got shape {mask.shape}")
         return mask
 
     def __repr__(self) -> str:
         down = [b.index for b in self.blocks if b.downsample]
-        return (f"ResidualView({type(self.model).__name__}, {self.num_blocks} blocks, "
-                f"downsampling at {down}, input {self.input_shape}, {self.num_classes} classes)")
+        by_probe = sum(b.identity_by.startswith("the shortcut module returns") for b in self.blocks)
+        modules = len(self.layers)
+        held = f" in {modules} modules" if modules != self.num_blocks else ""
+        probe = (f" ({by_probe} identity shortcuts found on the probe)" if by_probe else "")
+        return (f"ResidualView({type(self.model).__name__}, {self.num_blocks} blocks{held}, "
+                f"downsampling at {down}{probe}, input {self.input_shape}, "
+                f"{self.num_outputs} outputs, loss {self.loss})")
 
 
 # ---- wrap ---------------------------------------------------------------------------------
 
-def wrap(model: nn.Module, *, example_input: Optional[torch.Tensor] = None,
-         rtol: Optional[float] = None, allow_plain: bool = False) -> ResidualView:
+def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
+         allow_plain: bool = False) -> ResidualView:
     """See `model` as stem -> residual blocks -> head and prove the view reproduces it.
 
-    example_input: a batch to probe the model with (needed unless the model is a pathens model
-        or a torchvision ResNet, for which a probe is built in the model's dtype and device).
-    rtol: tolerance of the check, relative to the largest logit (default 1e-4 in float32,
-        1e-10 in float64).
+    example_input: a batch to probe the model with: images, token ids, or a dict of tensors
+        (model(**example_input)); cast to the model's device (and floating tensors to its
+        dtype). Needed unless the model is of a family pathens can build a probe for
+        (pathens, torchvision and timm CNNs and ViTs, Hugging Face models).
+    rtol: tolerance of the check, relative to the largest value compared (default 1e-4 in
+        float32, 1e-10 in float64).
     allow_plain: accept blocks without shortcuts (a plain, VGG-like network, e.g.
         cifar_resnet(..., skip=False)) for lesion experiments; path analyses refuse such views.
 
     Raises WrapError (a ValueError) naming the module at fault when the model has no
     registered residual blocks, its blocks do not form a chain, or the view's output differs.
-    The check runs in eval mode (BatchNorm on running statistics); the model's train/eval
-    state is restored afterwards.
+    The check runs in eval mode (BatchNorm on running statistics, no dropout); the model's
+    train/eval state is restored afterwards.
     """
-    if not isinstance(model, nn.Module):
-        raise WrapError(f"pathens.wrap needs a torch.nn.Module, got {type(model).__name__}")
+    from . import proof, tracing
+
     if isinstance(model, ResidualView):
         return model
-    block_modules = [m for m in model.modules() if m is not model and find_adapter(m) is not None]
-    if not block_modules:
-        raise WrapError(
-            f"{type(model).__name__} has no residual blocks pathens knows (it knows "
-            f"{', '.join(registered_classes())}); register your block class with "
-            f"pathens.register_block")
-    graph_module = _trace(model, set(map(type, block_modules)))
-    stem, block_nodes, head = _split(graph_module, model)
-    blocks_found = [graph_module.get_submodule(node.target) for node in block_nodes]
-    parts = [find_adapter(m)(m) for m in blocks_found]
-    plain = [str(node.target) for node, p in zip(block_nodes, parts) if not p.residual]
+    if not isinstance(model, nn.Module):
+        raise WrapError(f"pathens.wrap needs a torch.nn.Module, got {type(model).__name__}")
+    param = next(model.parameters(), None)
+    if param is None:
+        raise WrapError(f"{type(model).__name__} has no parameters: nothing to analyse")
+    if param.device.type == "meta":
+        raise WrapError(f"{type(model).__name__} is on the meta device (shapes, no values): "
+                        f"load its weights and move it to cpu or cuda first")
+    adapter = find_model_adapter(model)
+    if adapter is not None:
+        parts = adapter(model)
+        if not isinstance(parts, ModelParts):
+            raise WrapError(f"the model adapter registered for {type(model).__name__} must return "
+                            f"a pathens.ModelParts, got {type(parts).__name__}")
+        source = f"model adapter for {type(model).__name__}"
+    else:
+        parts = tracing.fx_parts(model, _block_modules(model))
+        source = "torch.fx"
+    names = {id(m): n for n, m in model.named_modules()}
+    modules = list(parts.blocks)
+    if not modules:
+        raise WrapError(f"the model adapter for {type(model).__name__} names no blocks")
+    unknown = [m for m in modules if find_adapter(m) is None]
+    if unknown:
+        raise WrapError(f"{type(unknown[0]).__name__} ({names.get(id(unknown[0]), '?')}) has no "
+                        f"block adapter: split it with pathens.register_block")
+    split = [split_block(m) for m in modules]
+    plain = [names.get(id(m), "?") for m, ps in zip(modules, split) if not all(p.residual for p in ps)]
     if plain and not allow_plain:
         raise WrapError(
             f"{type(model).__name__} has blocks without shortcuts ({', '.join(plain[:3])}"
             f"{'...' if len(plain) > 3 else ''}): a plain network has no residual paths to analyse "
-            f"(wrap(model, allow_plain=True) accepts it for lesion experiments)")
-    probe = example_input if example_input is not None else _default_probe(model)
+            f"(wrap(model, allow_plain=True), or the command line's lesion and reorder, accept it "
+            f"for lesion experiments)")
+    if example_input is None and parts.example_input is not None:
+        example_input = parts.example_input()
+    probe = proof.check_probe(model, example_input, param)
+    stem = parts.stem if parts.stem is not None else tracing.CapturedStem(model, modules[0])
     with eval_mode(model), torch.no_grad():
-        records = _record_blocks(model, blocks_found, probe)
-        blocks = [Block(i, str(node.target), m, p, tuple(records[m][0].shape[1:]),
-                        tuple(records[m][1].shape[1:]))
-                  for i, (node, m, p) in enumerate(zip(block_nodes, blocks_found, parts))]
-        expected = records["output"]
-        if not torch.is_tensor(expected) or expected.ndim != 2:
-            raise WrapError(f"{type(model).__name__} returns {_describe(expected)}; pathens "
-                            f"needs a (batch, classes) tensor of logits")
-        view = ResidualView(model, stem, blocks, head, tuple(probe.shape[1:]), expected.shape[1])
-        _check_view(view, records, probe, rtol)
+        record = proof.record(model, modules, probe)
+        blocks = proof.build_blocks(model, modules, split, [names.get(id(m), "?") for m in modules],
+                                    record, stem, probe, rtol)
+        output = record.output
+        view = ResidualView(model, stem, blocks, parts.head,
+                            input_shape=tuple(main_tensor(probe).shape[1:]),
+                            num_outputs=output.shape[-1], loss=parts.loss,
+                            vocab_size=parts.vocab_size, max_length=parts.max_length,
+                            source=source)
+        get_loss(view.loss)  # a model adapter naming an unknown loss fails here, not later
+        proof.check_head(view, record, probe, rtol)
     return view
 
 
-class _BlockTracer(fx.Tracer):
-    """Traces through everything but the residual blocks, which stay single calls."""
-
-    def __init__(self, block_types: set):
-        super().__init__()
-        self.block_types = tuple(block_types)
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, self.block_types) or super().is_leaf_module(m, qualname)
-
-
-def _trace(model: nn.Module, block_types: set) -> fx.GraphModule:
-    try:
-        graph = _BlockTracer(block_types).trace(model)
-    except Exception as err:  # fx raises many kinds; all mean "forward is not traceable"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WrapError(f"cannot trace {type(model).__name__}.forward with torch.fx ({first}); "
-                        f"pathens needs a forward without Python control flow on tensor values "
-                        f"outside the residual blocks") from None
-    return fx.GraphModule(model, graph)
+def _block_modules(model: nn.Module) -> list:
+    """The outermost modules of the model that a block adapter splits (not nested ones)."""
+    found, inside = [], set()
+    for name, m in model.named_modules():
+        if m is model or any(name.startswith(p + ".") for p in inside):
+            continue
+        if find_adapter(m) is not None:
+            found.append(m)
+            inside.add(name)
+    if not found:
+        raise WrapError(
+            f"{type(model).__name__} has no residual blocks pathens knows (it knows "
+            f"{', '.join(registered_classes())}); register your block class with "
+            f"pathens.register_block (and, if torch.fx cannot trace the model, the model with "
+            f"pathens.register_model)")
+    return found
 
 
-def _split(gm: fx.GraphModule, model: nn.Module):
-    """Cut the traced graph into (stem GraphModule, block call nodes in order, head GraphModule)."""
-    is_block = lambda n: n.op == "call_module" and find_adapter(gm.get_submodule(n.target)) is not None
-    nodes = list(gm.graph.nodes)
-    block_nodes = [n for n in nodes if is_block(n)]
-    targets = [n.target for n in block_nodes]
-    reused = {t for t in targets if targets.count(t) > 1}
-    if reused:
-        raise WrapError(f"block {sorted(reused)[0]} is called more than once in "
-                        f"{type(model).__name__}.forward; pathens needs each block used once")
-    for prev, node in zip(block_nodes, block_nodes[1:]):
-        if node.args != (prev,) or node.kwargs or len(prev.users) != 1:
-            raise WrapError(
-                f"blocks {prev.target} and {node.target} are not chained: the output of "
-                f"{prev.target} must feed {node.target} directly and nothing else "
-                f"(found something between or beside them)")
-    first, last = block_nodes[0], block_nodes[-1]
-    if len(first.args) != 1 or first.kwargs or not isinstance(first.args[0], fx.Node):
-        raise WrapError(f"block {first.target} must be called with a single tensor")
+def owner(module: nn.Module) -> str:
+    """The registered class whose adapter a module uses, for messages."""
+    cls = adapter_class(module)
+    return qualname(cls) if cls is not None else type(module).__name__
 
-    # Stem: every node the first block's input depends on; it takes the model's inputs.
-    stem_graph, env = fx.Graph(), {}
-    needed = _ancestors(first.args[0])
-    for n in nodes:
-        if n.op == "placeholder" or n in needed:
-            env[n] = stem_graph.node_copy(n, lambda a: env[a])
-    stem_graph.output(env[first.args[0]])
-
-    # Head: every node after the last block; it may use only the last block's output.
-    head_graph = fx.Graph()
-    env = {last: head_graph.placeholder("h")}
-    for n in nodes[nodes.index(last) + 1:]:
-        missing = [a for a in n.all_input_nodes if a not in env]
-        if missing:
-            raise WrapError(f"the head of {type(model).__name__} uses {missing[0].name}, computed "
-                            f"before the last block {last.target}; pathens needs the head to "
-                            f"depend on the last block's output only")
-        if n.op == "output":
-            head_graph.output(fx.map_arg(n.args[0], lambda a: env[a]))
-        else:
-            env[n] = head_graph.node_copy(n, lambda a: env[a])
-    return fx.GraphModule(gm, stem_graph), block_nodes, fx.GraphModule(gm, head_graph)
-
-
-def _ancestors(node: fx.Node) -> set:
-    seen, todo = set(), [node]
-    while todo:
-        n = todo.pop()
-        if n not in seen:
-            seen.add(n)
-            todo.extend(n.all_input_nodes)
-    return seen
-
-
-def _default_probe(model: nn.Module) -> torch.Tensor:
-    """A probe batch for the families pathens knows; otherwise the user must pass one."""
-    p = next(model.parameters(), None)
-    if p is None:
-        raise WrapError(f"{type(model).__name__} has no parameters; pass example_input=")
-    config = getattr(model, "config", None)
-    if isinstance(config, dict) and "in_channels" in config:  # pathens CIFAR ResNet
-        shape = (2, config["in_channels"], 32, 32)
-    elif type(model).__module__.startswith("torchvision.models") and hasattr(model, "conv1"):
-        shape = (2, model.conv1.in_channels, 64, 64)
-    else:
-        raise WrapError(f"pathens cannot guess an input for {type(model).__name__}; pass "
-                        f"example_input=<a batch of inputs> to pathens.wrap")
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(shape, generator=g, dtype=p.dtype).to(p.device)
-
-
-def _record_blocks(model: nn.Module, blocks: list, probe: torch.Tensor) -> dict:
-    """Run the model once, recording each block's (input, output) and the final output."""
-    records, handles = {}, []
-    for m in blocks:
-        handles.append(m.register_forward_hook(
-            lambda mod, args, out: records.__setitem__(mod, (args[0], out))))
-    try:
-        records["output"] = model(probe)
-    except Exception as err:
-        raise WrapError(f"{type(model).__name__} fails on the probe input of shape "
-                        f"{tuple(probe.shape)} ({str(err).splitlines()[0] if str(err) else err!r}); "
-                        f"pass a valid example_input=") from None
-    finally:
-        for h in handles:
-            h.remove()
-    return records
-
-
-def _check_view(view: ResidualView, records: dict, probe: torch.Tensor, rtol: Optional[float]):
-    """Compare stem, every block and the head with what the model computed; name the culprit."""
-    if rtol is None:
-        rtol = 1e-10 if probe.dtype == torch.float64 else 1e-4
-
-    def close(a, b):  # NaN/inf where the model has them too count as reproduced
-        if a.shape != b.shape:
-            return False
-        finite = b[torch.isfinite(b)]
-        scale = 1 + (finite.abs().max() if finite.numel() else 0)
-        return torch.allclose(a, b, rtol=0, atol=float(rtol * scale), equal_nan=True)
-
-    if not close(view.stem(probe), records[view.blocks[0].module][0]):
-        raise WrapError(f"the stem of {type(view.model).__name__} (everything before "
-                        f"{view.blocks[0].name}) does not reproduce the model on the probe")
-    for b in view.blocks:
-        x, y = records[b.module]
-        if not close(b(x), y):
-            raise WrapError(
-                f"block {b.name} ({type(b.module).__name__}) is not post(shortcut(x) + scale * "
-                f"branch(x)) as its adapter says; fix the adapter registered for "
-                f"{type(b.module).__name__}")
-        layers = b.parts.layers
-        if layers is not None and not close(chain(layers)(x), b.parts.branch(x)):
-            raise WrapError(
-                f"block {b.name} ({type(b.module).__name__}): the layers its adapter lists do "
-                f"not compute its branch; fix `layers` in the adapter registered for "
-                f"{type(b.module).__name__} (or leave it None)")
-    if not close(view.head(records[view.blocks[-1].module][1]), records["output"]):
-        raise WrapError(f"the head of {type(view.model).__name__} (everything after "
-                        f"{view.blocks[-1].name}) does not reproduce the model on the probe")
-    if not close(view(probe), records["output"]):  # the whole chain, composed
-        raise WrapError(f"the view of {type(view.model).__name__} does not reproduce its output")
-
-
-def _describe(x) -> str:
-    return f"a tensor of shape {tuple(x.shape)}" if torch.is_tensor(x) else f"a {type(x).__name__}"

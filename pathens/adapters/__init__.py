@@ -1,0 +1,213 @@
+"""Adapters: how pathens sees a network as stem -> residual blocks -> head.
+
+Two kinds, both public:
+
+- A **block adapter** splits one module into the residual blocks it holds, each
+  `post(shortcut(x) + scale * branch(x))` (a `BlockParts`). A CNN block is one; a transformer
+  layer holds two (attention, then MLP), so its adapter returns a list:
+
+      @pathens.register_block(MyBlock)
+      def my_block_parts(block):
+          return pathens.BlockParts(
+              branch=lambda x: block.bn2(block.conv2(F.relu(block.bn1(block.conv1(x))))),
+              shortcut=block.downsample,   # None means the identity
+              post=F.relu,                 # None means the identity (pre-activation, pre-LN)
+              scale=None,                  # or a scalar tensor: SkipInit's alpha, ReZero, LayerScale
+              layers=(block.conv1, block.bn1, F.relu, block.conv2, block.bn2))   # optional
+
+- A **model adapter** names a model's blocks and head (and, optionally, its stem) directly,
+  for models torch.fx cannot trace (Hugging Face models, a GPT whose forward builds positions
+  with torch.arange); without one, `wrap` traces the model with torch.fx and cuts the graph:
+
+      @pathens.register_model(MyGPT)
+      def my_gpt_parts(model):
+          return pathens.ModelParts(blocks=list(model.layers),
+                                    head=lambda h: model.lm_head(model.ln_f(h)),
+                                    loss="next_token")
+
+`pathens.wrap` then proves on a probe input that the parts recompose the model's own forward
+(stem, every module, head), so a wrong adapter is caught with the module's name rather than
+giving wrong science. Adapters for pathens's own models, torchvision, timm and Hugging Face
+families live in this package, one file per family, and are loaded only when a model uses
+that library (so importing pathens imports none of them).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+Fn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """One residual block as `post(shortcut(x) + scale * branch(x))`.
+
+    branch:   the residual branch (x -> same shape as the shortcut's output), WITHOUT scale.
+              With context=True it is called branch(x, ctx), ctx being the keyword arguments
+              the model passes to the module (e.g. an attention mask; see ModelParts.stem).
+    shortcut: the skip connection; None is the identity. A module that returns its input
+              unchanged on the probe (an empty nn.Sequential) is found to be the identity by
+              `wrap`; any other shortcut (zero-pad, projection) makes a *downsampling* block.
+    post:     what follows the sum: F.relu for original ResNets, the LayerNorm of a post-LN
+              transformer, None (identity) for pre-activation ResNets and pre-LN transformers.
+              Must not work in place.
+    scale:    multiplies the branch: None for 1, else a scalar or a per-channel tensor that
+              broadcasts against the branch (SkipInit's alpha, ReZero, timm's LayerScale).
+    residual: False for a layer with no shortcut at all (a plain, VGG-like layer): then the
+              layer computes post(branch(x)).
+    layers:   optional, the branch as the chain of layers it applies in order (nn.Conv2d,
+              nn.BatchNorm2d, ReLU, nn.Identity, ...): then the path-gradient sweeps transpose
+              it in closed form (BN folded into the convolutions), ~1.5x faster than autograd.
+              `wrap` checks that the chain computes `branch`.
+    name:     the sublayer's name within its module when a module holds several blocks
+              ("attn", "mlp"): the block is then called "<module name>.<name>".
+    context:  True when branch takes (x, ctx).
+    """
+
+    branch: Fn
+    shortcut: Optional[Fn] = None
+    post: Optional[Fn] = None
+    scale: Union[torch.Tensor, float, None] = None
+    residual: bool = True
+    layers: Optional[tuple] = None
+    name: str = ""
+    context: bool = False
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """A model as stem -> blocks -> head, for models torch.fx cannot trace.
+
+    blocks:   the modules holding the residual blocks, in the order the model runs them (each
+              split by its block adapter into one or more BlockParts); names are found in
+              the model.
+    head:     h -> output (logits): everything after the last block.
+    stem:     inputs -> h, or -> (h, ctx) with ctx a dict of keyword arguments for
+              `context=True` branches. None (default): the model's own forward, stopped where
+              it calls the first block (captured with a hook), with ctx the other arguments
+              it passes that block (attention masks, position embeddings): exactly what the
+              model computes, whatever its version.
+    example_input: () -> a probe input for `wrap` when the user gives none.
+    loss:     the loss analyses use by default: "classification" ((N, C) logits, (N,) labels)
+              or "next_token" ((N, T, V) logits of a language model, targets the token ids).
+    vocab_size, max_length: for token-id inputs: checked before any work.
+    """
+
+    blocks: Sequence[nn.Module]
+    head: Fn
+    stem: Optional[Callable[[Any], Any]] = None
+    example_input: Optional[Callable[[], Any]] = None
+    loss: str = "classification"
+    vocab_size: Optional[int] = None
+    max_length: Optional[int] = None
+    info: dict = field(default_factory=dict)
+
+
+BlockAdapter = Callable[[nn.Module], Union[BlockParts, Sequence[BlockParts]]]
+ModelAdapter = Callable[[nn.Module], ModelParts]
+_BLOCKS: dict[type, BlockAdapter] = {}
+_MODELS: dict[type, ModelAdapter] = {}
+
+
+def _registrar(table: dict, what: str):
+    def register(cls: type, adapter=None, *, builtin: bool = False):
+        if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+            raise TypeError(f"{what} needs an nn.Module subclass, got {cls!r}")
+
+        def decorate(fn):
+            if builtin:  # a family file: never override what the user registered first
+                table.setdefault(cls, fn)
+            else:
+                table[cls] = fn
+            return fn
+
+        return decorate if adapter is None else decorate(adapter)
+    return register
+
+
+register_block = _registrar(_BLOCKS, "register_block")
+register_block.__doc__ = """Teach pathens a residual block class: `adapter(block) -> BlockParts`
+(or a list of BlockParts, one per residual sublayer, in the order the module runs them).
+
+Usable directly, `register_block(MyBlock, fn)`, or as a decorator, `@register_block(MyBlock)`.
+Subclasses of a registered class use its adapter unless registered themselves."""
+
+register_model = _registrar(_MODELS, "register_model")
+register_model.__doc__ = """Teach pathens a model class: `adapter(model) -> ModelParts`, naming
+its blocks and head (and optionally its stem). Usable directly or as a decorator; subclasses use
+it unless registered themselves. Models without one are traced with torch.fx."""
+
+
+# Families shipped with pathens, by the top-level package their classes come from: loaded the
+# first time a module of that package is looked up (the library is then already imported).
+_FAMILIES = {"pathens": ("pathens_models",), "torchvision": ("torchvision",),
+             "timm": ("timm",), "transformers": ("huggingface",)}
+_loaded: set = set()
+
+
+def _load_families(cls: type) -> None:
+    for c in cls.__mro__:
+        top = c.__module__.split(".", 1)[0]
+        if top in _FAMILIES and top not in _loaded:
+            _loaded.add(top)
+            for name in _FAMILIES[top]:
+                importlib.import_module(f"{__name__}.{name}")
+
+
+def _find(table: dict, module: nn.Module):
+    _load_families(type(module))
+    for cls in type(module).__mro__:
+        if cls in table:
+            return cls, table[cls]
+    return None
+
+
+def find_adapter(module: nn.Module) -> Optional[BlockAdapter]:
+    """The block adapter for this module's class (nearest registered class in its MRO), or None."""
+    found = _find(_BLOCKS, module)
+    return found[1] if found else None
+
+
+def adapter_class(module: nn.Module) -> Optional[type]:
+    """The registered class whose block adapter `module` uses (itself or a base class)."""
+    found = _find(_BLOCKS, module)
+    return found[0] if found else None
+
+
+def find_model_adapter(model: nn.Module) -> Optional[ModelAdapter]:
+    found = _find(_MODELS, model)
+    return found[1] if found else None
+
+
+def split_block(module: nn.Module) -> list[BlockParts]:
+    """The residual blocks a module holds, as its adapter returns them (always a list)."""
+    parts = find_adapter(module)(module)
+    parts = [parts] if isinstance(parts, BlockParts) else list(parts)
+    if not parts or not all(isinstance(p, BlockParts) for p in parts):
+        from ..errors import WrapError
+        raise WrapError(f"the adapter registered for {qualname(adapter_class(module))} must return "
+                        f"a BlockParts or a non-empty list of them, got {parts!r}")
+    return parts
+
+
+def registered_classes() -> list[str]:
+    """The block classes pathens knows now (families load when a model uses their library)."""
+    return sorted(qualname(c) for c in _BLOCKS)
+
+
+def qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def chain(layers):
+    """The function that applies `layers` in order."""
+    def branch(x):
+        for f in layers:
+            x = f(x)
+        return x
+    return branch
