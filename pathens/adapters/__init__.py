@@ -145,9 +145,14 @@ it unless registered themselves. Models without one are traced with torch.fx."""
 
 # Families shipped with pathens, by the top-level package their classes come from: loaded the
 # first time a module of that package is looked up (the library is then already imported).
-_FAMILIES = {"pathens": ("pathens_models",), "torchvision": ("torchvision",),
-             "timm": ("timm",), "transformers": ("huggingface",)}
+_FAMILIES = {
+    "pathens": ("pathens_models",),
+    "torchvision": ("torchvision", "torchvision_vit"),
+    "timm": ("timm_resnet", "timm_vit"),
+    "transformers": ("hf_gpt2", "hf_bert", "hf_resnet"),
+}
 _loaded: set = set()
+unavailable: dict[str, str] = {}  # family file -> why it could not load (e.g. an old library)
 
 
 def _load_families(cls: type) -> None:
@@ -156,7 +161,10 @@ def _load_families(cls: type) -> None:
         if top in _FAMILIES and top not in _loaded:
             _loaded.add(top)
             for name in _FAMILIES[top]:
-                importlib.import_module(f"{__name__}.{name}")
+                try:
+                    importlib.import_module(f"{__name__}.{name}")
+                except ImportError as err:  # this version of the library lacks the family
+                    unavailable[name] = str(err)
 
 
 def _find(table: dict, module: nn.Module):
