@@ -80,8 +80,9 @@ class Block:
         return x if self.parts.shortcut is None else self.parts.shortcut(x)
 
     def branch(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
-        """The branch times its scale."""
-        r = self.parts.branch(x, ctx) if self.parts.context else self.parts.branch(x)
+        """The branch times its scale; ctx: the context embed() returned ({} if None)."""
+        r = self.parts.branch(x, {} if ctx is None else ctx) if self.parts.context else \
+            self.parts.branch(x)
         return r if self.parts.scale is None else self.parts.scale * r
 
     def post(self, z: torch.Tensor) -> torch.Tensor:
