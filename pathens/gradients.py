@@ -28,11 +28,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import paths as _paths
-from .batches import check_batch, chunks
-from .inputs import batch_len, call_model, logits_of, take
-from .losses import get_loss
+from . import distributed, paths as _paths
+from .batches import Data
 from .errors import PathensError
+from .inputs import batch_len, call_model, logits_of, take
 from .linearize import branch_parameters, linearize
 from .modes import eval_mode
 from .results import Result
@@ -108,7 +107,7 @@ class PathGradients(Result):
                 f"{self.lengths[-1]}, most gradient at length {top})")
 
 
-def path_gradients(view, inputs, targets, *, method: str = "exact", loss=None,
+def path_gradients(view, inputs, targets=None, *, method: str = "exact", loss=None,
                    tol: float = 0.0, components: bool = False, parameters: bool = False,
                    batch_size: Optional[int] = None, samples_per_length: int = 1000,
                    lengths: Optional[Sequence[int]] = None, seed: int = 0,
@@ -116,10 +115,12 @@ def path_gradients(view, inputs, targets, *, method: str = "exact", loss=None,
     """Gradient magnitude by path length at the first block's input (see module docstring).
 
     view:       a ResidualView (or a model, which is wrapped).
-    inputs:     (N, C, H, W) images, (N, T) token ids, or a dict of tensors; targets: what the
-                loss needs ((N,) class indices; for loss="next_token", the token ids). Moved to
-                the model's device (float inputs to its dtype: float64 models give float64
-                results).
+    inputs, targets: (N, C, H, W) images, (N, T) token ids, or a dict of tensors, and what the
+                loss needs ((N,) class indices; for loss="next_token", the token ids); or
+                inputs = an (inputs, targets) pair or a DataLoader of (inputs, targets)
+                batches and targets=None: streamed batch by batch, so memory does not grow
+                with the number of examples. Moved to the model's device (float inputs to its
+                dtype: float64 models give float64 results).
     method:     "exact" (one sweep, no sampling error) or "sampled" (Veit's protocol).
     loss:       "classification", "next_token", fn(logits, targets) -> mean loss, or None:
                 the view's own (a language model's is "next_token").
@@ -127,10 +128,11 @@ def path_gradients(view, inputs, targets, *, method: str = "exact", loss=None,
                 (1e-6 makes the sweep nearly linear in n); 0 = exact. In [0, 1).
     components: also return the gradient vectors by length (memory: (n+1) x inputs).
     parameters: exact only: also split each block's branch-parameter gradient by length.
-    batch_size: exact: examples per sweep (default 128; bounds memory, the stack holds n+1
-                gradients of that many examples; the result does not depend on it).
-                sampled: each measurement uses a random batch of this many examples
-                (None: all examples every time).
+    batch_size: exact: examples per sweep for tensor inputs (default 128; bounds memory, the
+                stack holds n+1 gradients of that many examples; the result does not depend on
+                it; a loader's own batches are used as they come). sampled: each measurement
+                uses a random batch of this many of the examples (None: all examples every
+                time); with a loader, each measurement uses its next batch.
     samples_per_length, lengths, seed: sampled only (lengths default 0..n).
     check:      exact: also compute the gradient by the model's own forward and backward
                 (one more pass) for `residual`.
@@ -144,29 +146,35 @@ def path_gradients(view, inputs, targets, *, method: str = "exact", loss=None,
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
         raise PathensError(f"tol must be a number in [0, 1) (e.g. 1e-6; 0 is exact), got {tol!r}")
     _count(seed, "seed", 0)
-    loss = get_loss(loss, view.loss)
-    inputs, targets = check_batch(view, inputs, targets, loss)
-    if method == "exact":
-        batch_size = 128 if batch_size is None else batch_size
-    config = dict(method=method, num_examples=batch_len(inputs), batch_size=batch_size,
+    if method == "exact" and lengths is not None:
+        raise PathensError("lengths= applies to method='sampled'; the exact sweep measures "
+                           "every length at once")
+    if method == "sampled" and parameters:
+        raise PathensError("parameters=True needs method='exact'")
+    if distributed.active() and (components or parameters):
+        raise PathensError("components=True and parameters=True run in one process: they are "
+                           "per-example (and per-parameter) tensors, not sums to all-reduce")
+    pair = targets is not None
+    if method == "exact" or not pair:
+        chunk = (128 if batch_size is None else batch_size) if method == "exact" else None
+        data = Data(view, (inputs, targets) if pair else inputs, chunk, loss)
+    else:  # sampled on tensors: random subsets of batch_size examples
+        data = Data(view, (inputs, targets), None, loss)
+    loss = data.loss
+    config = dict(method=method, num_examples=data.num_examples, batch_size=batch_size,
                   dtype=str(view.param.dtype), device=str(view.param.device),
-                  loss=f"mean {loss.name} over {loss.unit}", items=loss.count(targets),
-                  batchnorm="eval (running statistics)")
+                  loss=f"mean {loss.name} over {loss.unit}", batchnorm="eval (running statistics)")
     start = time.perf_counter()
     with eval_mode(view.model):
         if method == "exact":
-            if lengths is not None:
-                raise PathensError("lengths= applies to method='sampled'; the exact sweep "
-                                   "measures every length at once")
-            result = _exact(view, inputs, targets, loss, tol, components, parameters, batch_size,
-                            check, progress, dict(config, tol=tol))
+            result = _exact(view, data, tol, components, parameters, check, progress,
+                            dict(config, tol=tol, batch_size=data.batch_size
+                                 if data.pair is not None else "the loader's"))
         else:
-            if parameters:
-                raise PathensError("parameters=True needs method='exact'")
             samples_per_length = _count(samples_per_length, "samples_per_length", 2,
                                         " (for a standard error)")
-            result = _sampled(view, inputs, targets, loss, samples_per_length, lengths, seed,
-                              batch_size, components, progress,
+            result = _sampled(view, data, samples_per_length, lengths, seed, batch_size,
+                              components, progress,
                               dict(config, samples_per_length=samples_per_length, seed=seed))
     result.config["seconds"] = round(time.perf_counter() - start, 3)
     return result
@@ -226,41 +234,48 @@ def model_gradient(view, x, y, loss, scale: float) -> torch.Tensor:
         handle.remove()
 
 
-def _exact(view, x, y, loss, tol, want_components, want_params, batch_size, check, progress,
-           config):
-    n, N = view.num_blocks, batch_len(x)
-    scale = 1.0 / loss.count(y)  # the mean over every item, whatever the chunks
-    sq = torch.zeros(n + 1, dtype=torch.float64)  # sum over chunks of ||G_k||^2 (disjoint rows)
+def _exact(view, data, tol, want_components, want_params, check, progress, config):
+    """The exact sweep batch by batch on the summed loss; everything is divided by the number of
+    items at the end (known only then for a loader), which makes it the mean's gradient."""
+    n = view.num_blocks
+    sq = torch.zeros(n + 1, dtype=torch.float64)  # sum over batches of ||G_k||^2 (disjoint rows)
     full_sq = err_sq = 0.0  # ||g||^2 and ||sum_k G_k - g||^2, g by the model's own autograd
-    comps, param_sums = [], None
-    parts = list(chunks(N, batch_size))
-    bar = tqdm(total=len(parts) * n, desc="exact sweep", unit="block", disable=not progress,
-               leave=False)
-    for sl in parts:
-        xb, yb = take(x, sl), y[sl]
-        lins, g = _forward(view, xb, yb, loss, scale, params=want_params)
+    items, examples, comps, param_sums = 0, 0, [], None
+    total = data.num_batches * n if data.num_batches else None
+    bar = tqdm(total=total, desc="exact sweep", unit="block", leave=False,
+               disable=not (progress and distributed.is_writer()))
+    for xb, yb in data:
+        lins, g = _forward(view, xb, yb, data.loss, 1.0, params=want_params)
         G, P = exact_sweep(lins, g, tol=tol, with_params=want_params, on_block=bar.update)
         zero = next(c for c in G if c is not None)
         G = [torch.zeros_like(zero) if c is None else c for c in G]
         sq += torch.stack([norm(c) ** 2 for c in G]).cpu()
-        total = _sum(G)
+        whole = _sum(G)
         if check:
-            ref = model_gradient(view, xb, yb, loss, scale)
+            ref = model_gradient(view, xb, yb, data.loss, 1.0)
             full_sq += float(norm(ref) ** 2)
-            err_sq += float(norm(total - ref) ** 2)
+            err_sq += float(norm(whole - ref) ** 2)
         else:
-            full_sq += float(norm(total) ** 2)
+            full_sq += float(norm(whole) ** 2)
+        items += data.loss.count(yb)
+        examples += batch_len(xb)
         if want_components:
             comps.append(torch.stack(G))
         if want_params:
             param_sums = _add_param_parts(param_sums, P)
     bar.close()
-    total = sq.sqrt().numpy()
+    # sums over disjoint examples: over ranks too (identity in one process)
+    *sq, full_sq, err_sq, items, examples = distributed.all_sum([*sq.tolist(), full_sq, err_sq,
+                                                                 items, examples])
+    items, examples = int(items), int(examples)
+    if items == 0:
+        raise PathensError("data is empty: it yielded no examples")
+    totals = np.sqrt(sq) / items
     counts = np.array([float(math.comb(n, k)) for k in range(n + 1)])
     param_norms = param_components = None
     if want_params:
         param_components = [
-            {name: torch.stack([torch.zeros_like(p) if parts[k] is None else parts[k][j]
+            {name: torch.stack([torch.zeros_like(p) if parts[k] is None else parts[k][j] / items
                                 for k in range(n + 1)])
              for j, (name, p) in enumerate(branch_parameters(view.blocks[i]))}
             for i, parts in enumerate(param_sums)]
@@ -268,12 +283,14 @@ def _exact(view, x, y, loss, tol, want_components, want_params, batch_size, chec
             [math.sqrt(sum(float(norm(t[k])) ** 2 for t in blk.values()))
              for k in range(n + 1)] for blk in param_components])
     residual = (math.sqrt(err_sq / full_sq) if full_sq > 0 else 0.0) if check else math.nan
+    config = dict(config, num_examples=examples, items=items,
+                  check="model's own autograd" if check else None)
     return PathGradients(
-        method="exact", num_blocks=n, lengths=np.arange(n + 1), counts=counts, total=total,
-        per_path=total / counts, per_path_se=np.full(n + 1, np.nan),
-        samples=np.zeros(n + 1, dtype=int), gradient_norm=math.sqrt(full_sq),
-        residual=residual, config=dict(config, check="model's own autograd" if check else None),
-        components=torch.cat(comps, 1) if want_components else None,
+        method="exact", num_blocks=n, lengths=np.arange(n + 1), counts=counts, total=totals,
+        per_path=totals / counts, per_path_se=np.full(n + 1, np.nan),
+        samples=np.zeros(n + 1, dtype=int), gradient_norm=math.sqrt(full_sq) / items,
+        residual=residual, config=config,
+        components=torch.cat(comps, 1) / items if want_components else None,
         param_norms=param_norms, param_components=param_components if want_params else None)
 
 
@@ -285,37 +302,36 @@ def _add_param_parts(acc, parts):
              for a, b in zip(ra, rb)] for ra, rb in zip(acc, parts)]
 
 
-def _sampled(view, x, y, loss, samples_per_length, lengths, seed, batch_size, want_components,
+def _sampled(view, data, samples_per_length, lengths, seed, batch_size, want_components,
              progress, config):
-    n, N = view.num_blocks, batch_len(x)
+    n = view.num_blocks
     lengths = np.arange(n + 1) if lengths is None else np.asarray(sorted(set(lengths)))
     if lengths.size == 0 or lengths.min() < 0 or lengths.max() > n:
         raise PathensError(f"lengths must lie in 0..{n} (the view has {n} blocks)")
-    if batch_size is not None and (isinstance(batch_size, bool) or
-                                   not isinstance(batch_size, (int, np.integer)) or
-                                   not 1 <= batch_size <= N):
-        raise PathensError(f"batch_size must be an integer in 1..{N} (the number of examples), "
-                           f"got {batch_size!r}")
-    fixed = batch_size in (None, N)  # every measurement on the same examples
+    batches = _measurement_batches(data, batch_size, np.random.default_rng([seed, 1]))
+    fixed = data.pair is not None and batch_size in (None, data.num_examples)
     if want_components and not fixed:
         raise PathensError("components=True needs every measurement on the same examples: "
-                           "leave batch_size=None")
-    rng = np.random.default_rng(seed)
+                           "tensor inputs and batch_size=None")
+    rng = np.random.default_rng(seed)  # the same paths on every rank, whatever their number
     norms = np.zeros((samples_per_length, len(lengths)))
     mean = m2 = None  # Welford running mean and sum of squared deviations of the vectors
-    rounds = tqdm(range(samples_per_length), desc="sampled paths", unit="round",
-                  disable=not progress, leave=False)
+    rounds = tqdm(range(samples_per_length), desc="sampled paths", unit="round", leave=False,
+                  disable=not (progress and distributed.is_writer()))
     for r in rounds:
-        # One round: a batch, then one path of each length through one shared sweep.
-        idx = slice(None) if fixed else torch.as_tensor(
-            np.sort(rng.choice(N, batch_size, replace=False)), device=view.param.device)
-        xb, yb = take(x, idx), y[idx]
-        lins, g = _forward(view, xb, yb, loss, 1.0 / loss.count(yb))
+        # One round: a batch, then one path of each length through one shared sweep, on the
+        # summed loss: the squared norms of disjoint rows add up over ranks, then / items.
+        xb, yb = next(batches)
         masks = np.stack([_paths.sample_paths(n, int(k), 1, seed=rng)[0] for k in lengths])
-        grads = sampled_sweep(lins, g, masks)
-        norms[r] = [float(norm(v)) for v in grads]
+        sq, grads = np.zeros(len(lengths)), None
+        if yb is not None:
+            lins, g = _forward(view, xb, yb, data.loss, 1.0)
+            grads = sampled_sweep(lins, g, masks)
+            sq = np.array([float(norm(v)) ** 2 for v in grads])
+        *sq, items = distributed.all_sum([*sq, 0 if yb is None else data.loss.count(yb)])
+        norms[r] = np.sqrt(sq) / items
         if want_components:
-            v = torch.stack(grads)
+            v = torch.stack(grads) / items
             if mean is None:
                 mean, m2 = v.clone(), torch.zeros_like(v)
             else:
@@ -329,16 +345,55 @@ def _sampled(view, x, y, loss, samples_per_length, lengths, seed, batch_size, wa
     # sampling error: its repeats differ only by rounding, so its standard error is 0.
     deterministic = (counts == 1) & fixed
     per_path[deterministic], se[deterministic] = norms[0, deterministic], 0.0
-    full = math.sqrt(sum(float(norm(model_gradient(view, take(x, sl), y[sl], loss,
-                                                   1.0 / loss.count(y)))) ** 2
-                         for sl in chunks(N, 128)))
     return PathGradients(
         method="sampled", num_blocks=n, lengths=lengths, counts=counts, total=counts * per_path,
         per_path=per_path, per_path_se=se, samples=np.full(len(lengths), samples_per_length),
-        gradient_norm=full, config=config,
+        gradient_norm=_gradient_norm(view, data), config=config,
         components=mean if want_components else None,
         components_se=(m2 / (samples_per_length - 1)).sqrt() / math.sqrt(samples_per_length)
         if want_components else None)
+
+
+def _measurement_batches(data, batch_size, rng):
+    """Endless batches for the sampled protocol, this rank's part of each: tensors, all
+    examples or a random subset of batch_size each time (drawn alike on every rank, each taking
+    the examples of its shard; (None, None) where it holds none); a loader, its batches in turn
+    (again from the start when it ends)."""
+    if data.pair is not None:
+        x, y = data.pair
+        N = data.num_examples
+        if batch_size is not None and (isinstance(batch_size, bool) or
+                                       not isinstance(batch_size, (int, np.integer)) or
+                                       not 1 <= batch_size <= N):
+            raise PathensError(f"batch_size must be an integer in 1..{N} (the number of "
+                               f"examples), got {batch_size!r}")
+        part = distributed.shard(N)
+        while True:
+            idx = np.arange(N) if batch_size in (None, N) else \
+                np.sort(rng.choice(N, batch_size, replace=False))
+            idx = idx[(idx >= part.start) & (idx < part.stop)]
+            if len(idx) == 0:
+                yield None, None
+            elif len(idx) == N:
+                yield x, y
+            else:
+                idx = torch.as_tensor(idx, device=y.device)
+                yield take(x, idx), y[idx]
+    if batch_size is not None:
+        raise PathensError("batch_size applies to tensor inputs; a loader's measurements use "
+                           "its own batches (set the DataLoader's batch_size)")
+    while True:
+        yield from data
+
+
+def _gradient_norm(view, data) -> float:
+    """||g|| of the mean loss over all of data, by the model's own autograd (batch by batch)."""
+    sq, items = 0.0, 0
+    for xb, yb in data.batches(128):
+        sq += float(norm(model_gradient(view, xb, yb, data.loss, 1.0)) ** 2)
+        items += data.loss.count(yb)
+    sq, items = distributed.all_sum([sq, items])
+    return math.sqrt(sq) / items
 
 
 def _fast_layout(h: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,8 @@ from scipy import stats
 
 from .errors import PathensError
 from .fingerprint import fingerprint_model, fingerprint_tensors
-from .lesion_sweep import Condition, Data, calibration_batches, run_conditions, wilson
+from .batches import Data, calibration_batches
+from .lesion_sweep import Condition, run_conditions, wilson
 from .results import Result, _plain
 from .inputs import batch_len
 from .view import wrap

@@ -20,8 +20,6 @@ whole network's statistics, so each condition is its own group and nothing is sh
 from __future__ import annotations
 
 import copy
-import hashlib
-import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -32,14 +30,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import check_batch, chunks
+from . import distributed
+from .batches import Data
 from .errors import PathensError
-from .fingerprint import fingerprint_tensors, hash_item
-from .inputs import batch_len, take, to_model
-from .losses import get_loss
 from .modes import eval_mode
-from .view import wrap
 from .sweep_file import COLUMNS, SweepFile  # noqa: F401 (COLUMNS: the row layout)
+from .view import wrap
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 
@@ -74,133 +70,6 @@ class Condition:
         return min(moved + where, default=n)
 
 
-# ---- data ----------------------------------------------------------------------------------
-
-class Data:
-    """An (inputs, targets) pair (cut into batches of batch_size) or a re-iterable loader of
-    (inputs, targets) batches, e.g. a DataLoader; every batch checked by check_batch against
-    the view and the loss (None: the view's own; it gives the metrics of every condition)."""
-
-    def __init__(self, view, data, batch_size: Optional[int] = 256, loss=None):
-        self.view, self.batch_size, self._pending = view, batch_size, None
-        self.loss = get_loss(loss, view.loss)
-        if _is_pair(data):
-            x = data[0] if torch.is_tensor(data[0]) or isinstance(data[0], dict) else \
-                torch.as_tensor(np.asarray(data[0]))
-            self.pair = check_batch(view, x, data[1], self.loss)
-            self.loader, self.num_examples = None, batch_len(self.pair[0])
-            self.num_batches = len(list(chunks(self.num_examples, batch_size)))
-            return
-        if data is None or isinstance(data, torch.Tensor) or not hasattr(data, "__iter__"):
-            raise PathensError(f"data must be an (inputs, targets) pair or a DataLoader of "
-                               f"(inputs, targets) batches, got {type(data).__name__}")
-        if iter(data) is data:
-            raise PathensError("data is a one-shot iterator (e.g. a generator); pass a DataLoader, "
-                               "a list of (inputs, targets) batches or an (inputs, targets) pair")
-        if isinstance(data, (list, tuple)) and not all(_is_pair(b) for b in data):
-            raise PathensError("data must be an (inputs, targets) pair or a list of (inputs, "
-                               "targets) batches; this list holds something else")
-        self.pair, self.loader = None, data
-        self.num_batches = _length(data)
-        if self.num_batches == 0:
-            raise PathensError("data is empty: the loader yields no batches")
-        dataset = getattr(data, "dataset", None)
-        if dataset is not None:
-            self.num_examples = _length(dataset)
-        elif isinstance(data, (list, tuple)):
-            self.num_examples = sum(batch_len(b[0]) for b in data)
-        else:
-            self.num_examples = None
-
-    def __iter__(self):
-        if self._pending is not None:  # the pass fingerprint() started: its first batch, then on
-            first, rest = self._pending
-            self._pending = None
-            return itertools.chain([first], rest)
-        return self._batches()
-
-    def _batches(self):
-        if self.pair is not None:
-            x, y = self.pair
-            for sl in chunks(self.num_examples, self.batch_size):
-                yield take(x, sl), y[sl]
-            return
-        for b in self.loader:
-            if not isinstance(b, (tuple, list)) or len(b) < 2:
-                raise PathensError(f"each batch of data must be (inputs, targets), got "
-                                   f"{type(b).__name__}")
-            yield check_batch(self.view, b[0], b[1], self.loss)
-
-    def fingerprint(self) -> str:
-        """A short sha256 of the data's contents, so that a resumed sweep never mixes datasets of
-        the same size (other examples, another normalisation).
-
-        A pair: shapes, dtypes, all targets and the inputs as the model sees them (all of them
-        up to 2^22 values, else 2^22 values spread evenly over the whole tensor). A loader over
-        an indexable dataset (e.g. a DataLoader): the dataset's size, the loader's number of
-        batches and the items at 16 evenly spread indices (independent of shuffling). Any other
-        loader: its number of batches and what it yields in its first batch; that batch is
-        kept for the next pass, so the loader is not read once more. Limitation: for loaders,
-        a change confined to items (or batches) not sampled goes unnoticed, and a loader whose
-        items vary between passes (random augmentation, shuffled plain iterables) is taken for
-        different data.
-        """
-        if self.pair is not None:
-            return fingerprint_tensors(self.pair)
-        h = hashlib.sha256()
-        dataset = getattr(self.loader, "dataset", None)
-        size = _length(dataset) if dataset is not None else None
-        if size:
-            h.update(f"dataset:{size}:{self.num_batches};".encode())
-            try:
-                for i in sorted(set(np.linspace(0, size - 1, 16).astype(int).tolist())):
-                    hash_item(h, dataset[i])
-                return h.hexdigest()[:16]
-            except (NotImplementedError, TypeError, KeyError, IndexError):
-                h = hashlib.sha256()  # not indexable by position: fall back to the first batch
-        rest = self._batches()
-        first = next(rest, None)
-        if first is None:
-            raise PathensError("data is empty: the loader yields no batches")
-        self._pending = (first, rest)
-        h.update(f"batches:{self.num_batches}:{self.num_examples};".encode())
-        hash_item(h, first)
-        return h.hexdigest()[:16]
-
-
-def _is_pair(data) -> bool:
-    """An (inputs, targets) pair: two entries, the first a batch (not itself a pair)."""
-    return (isinstance(data, (tuple, list)) and len(data) == 2 and
-            not isinstance(data[0], (tuple, list)) and
-            (torch.is_tensor(data[0]) or isinstance(data[0], (dict, np.ndarray))))
-
-
-def _length(obj) -> Optional[int]:
-    try:
-        return len(obj)
-    except TypeError:
-        return None
-
-
-def calibration_batches(view, data, batch_size: Optional[int]) -> list:
-    """The inputs of a calibration set (a tensor, an (inputs, targets) pair or a loader), in
-    batches on the model's device."""
-    p = view.param
-    if torch.is_tensor(data):
-        out = [data[sl] for sl in chunks(len(data), batch_size)]
-    elif _is_pair(data):
-        out = [take(data[0], sl) for sl in chunks(batch_len(data[0]), batch_size)]
-    elif hasattr(data, "__iter__"):
-        out = [b[0] if isinstance(b, (tuple, list)) else b for b in data]
-    else:
-        raise PathensError(f"recalibrate= must be calibration inputs (a tensor), an (inputs, "
-                           f"targets) pair or a DataLoader, got {type(data).__name__}")
-    out = [to_model(x, p) for x in out if batch_len(x)]
-    if not out:
-        raise PathensError("recalibrate= holds no examples: pass a non-empty calibration set")
-    return out
-
-
 # ---- evaluation ----------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -231,8 +100,6 @@ def evaluate_group(view, data: Data, conds: list, *, cache: bool = True, bar=Non
                 h = view.blocks[p](h, ctx)  # the intact network's input to position p + 1
         if bar is not None and data.num_batches:
             bar.set_postfix_str(f"batch {b + 1}/{data.num_batches}", refresh=False)
-    if acc.size and acc[0, 2] == 0:
-        raise PathensError("data is empty: it yielded no examples")
     return acc
 
 
@@ -283,11 +150,18 @@ class Recalibrator:
 def run_conditions(view, data: Data, conds: list, *, config: dict, seed, out=None,
                    group_size: Optional[int] = None, recalibrate=None, progress: bool = True,
                    cache: bool = True, desc: str = "lesion") -> list:
-    """Rows of all conditions, computing only those not already in `out`."""
+    """Rows of all conditions, computing only those not already in `out`.
+
+    Under torch.distributed every rank evaluates its shard of the data and the sums are
+    all-reduced, so that every rank holds the rows one process would compute; rank 0 alone
+    reads and appends to `out`, and tells the others which conditions are done."""
     down = {b.index for b in view.blocks if b.downsample}
-    store = SweepFile(out, config) if out is not None else None
-    rows = store.load(conds) if store is not None else [None] * len(conds)
+    if distributed.active():
+        distributed.same_everywhere("sweeps", config)
+    store = SweepFile(out, config) if out is not None and distributed.is_writer() else None
+    rows = distributed.agree(lambda: store.load(conds)) if out is not None else [None] * len(conds)
     todo = [i for i, r in enumerate(rows) if r is None]
+    progress = progress and distributed.is_writer()
     recal = Recalibrator(view, recalibrate) if recalibrate is not None and todo else None
     if recal is not None:
         size = 1
@@ -306,7 +180,9 @@ def run_conditions(view, data: Data, conds: list, *, config: dict, seed, out=Non
                 group = todo[g:g + size]
                 cs = [conds[i] for i in group]
                 net = recal(cs[0]) if recal is not None else view
-                stats = evaluate_group(net, data, cs, cache=cache, bar=bar)
+                stats = distributed.all_sum(evaluate_group(net, data, cs, cache=cache, bar=bar))
+                if stats.size and stats[0, 2] == 0:
+                    raise PathensError("data is empty: it yielded no examples")
                 new = [make_row(i, c, s, seed, bool(down & set(c.deleted)))
                        for i, c, s in zip(group, cs, stats)]
                 if store is not None:
@@ -317,7 +193,7 @@ def run_conditions(view, data: Data, conds: list, *, config: dict, seed, out=Non
     finally:
         bar.close()
     bad = [r for r in rows if r["nonfinite"]]
-    if bad:
+    if bad and distributed.is_writer():
         warnings.warn(f"{len(bad)} of {len(rows)} conditions gave non-finite logits (NaN/inf); "
                       f"their error and loss are recorded as NaN (see the nonfinite column)",
                       RuntimeWarning, stacklevel=3)

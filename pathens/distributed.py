@@ -1,0 +1,164 @@
+"""More than one process (torchrun): examples sharded across ranks, sums all-reduced.
+
+Every measurement pathens makes is a sum over examples: a lesion condition's error count, loss
+sum and number of items; the squared norm, by path length, of the gradient's rows (disjoint
+examples); the number of items a mean runs over. So each rank measures its own shard, the sums
+are all-reduced in float64 (integers exact up to 2^53), and every rank then holds the numbers
+one process would have computed on all the examples (the losses to rounding).
+
+    torchrun --nproc_per_node 2 -m pathens lesion CKPT ...    # the command line, as it is
+    torch.distributed.init_process_group("gloo")              # or from Python: then every
+    pathens.lesion.delete_each(view, data)                    # analysis shards and reduces
+
+Shards are contiguous and without padding (unlike DistributedSampler, which repeats examples
+to make the shards equal): rank r of W holds examples [r N / W, (r + 1) N / W). Rank 0 alone
+writes files; what it read from disk (finished conditions) is broadcast to the others.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from .errors import PathensError
+
+TIMEOUT = timedelta(minutes=30)  # a rank that stops answering fails the others after this
+
+
+def active() -> bool:
+    return (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1)
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if active() else 1
+
+
+def is_writer() -> bool:
+    """True on the process that writes files and prints (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def launched() -> bool:
+    """True under torchrun (or any launcher that sets WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device: str) -> str:
+    """Join the process group torchrun describes (gloo on CPUs, NCCL on GPUs) and return this
+    rank's device: cuda:LOCAL_RANK for --device cuda, else the device given."""
+    if not launched() or active():
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device.startswith("cuda")
+    if cuda:
+        have = torch.cuda.device_count()
+        if local >= have:
+            raise PathensError(f"--device cuda under torchrun: local rank {local} has no GPU "
+                               f"(this node has {have}); start at most {have} processes per node "
+                               f"(--nproc_per_node {have}) or use --device cpu")
+        device = f"cuda:{local}"
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    return device
+
+
+def _device() -> torch.device:
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_sum(values) -> np.ndarray:
+    """Element-wise sum over ranks of an array of numbers, in float64 (identity in one process)."""
+    array = np.asarray(values, dtype=np.float64)
+    if not active():
+        return array
+    t = torch.as_tensor(array, device=_device()).clone()
+    torch.distributed.all_reduce(t)
+    return t.cpu().numpy()
+
+
+def all_sum_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A tensor summed over ranks (in place; identity in one process)."""
+    if active():
+        moved = t.to(_device())
+        torch.distributed.all_reduce(moved)
+        t.copy_(moved)
+    return t
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (any picklable object; identity in one process)."""
+    if not active():
+        return obj
+    box = [obj if rank() == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0, device=_device())
+    return box[0]
+
+
+def gather(obj: Any) -> list:
+    """[rank 0's obj, rank 1's obj, ...] on every rank."""
+    if not active():
+        return [obj]
+    out = [None] * world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def shard(n: int) -> slice:
+    """This rank's contiguous share of n examples: every example on exactly one rank."""
+    r, w = rank(), world_size()
+    if w > n:
+        raise PathensError(f"{n} examples cannot be shared among {w} processes: every process "
+                           f"needs at least one; use fewer processes or more examples")
+    return slice(r * n // w, (r + 1) * n // w)
+
+
+def agree(check) -> Any:
+    """Run check() on rank 0 only (it touches shared state: the output folder) and make every
+    rank fail with rank 0's error, so that no rank waits for the others forever."""
+    result, error = None, None
+    if is_writer():
+        try:
+            result = check()
+        except PathensError as err:
+            error = str(err)
+    error = broadcast(error)
+    if error is not None:
+        raise PathensError(error) if is_writer() else Stopped(error)
+    return broadcast(result)
+
+
+def same_everywhere(what: str, value) -> None:
+    """Refuse to go on when the ranks were started with different `value`s (e.g. their command
+    lines), naming the first rank that differs."""
+    values = gather(value)
+    for r, v in enumerate(values):
+        if v != values[0]:
+            raise PathensError(f"the processes were started with different {what}: rank {r} "
+                               f"differs from rank 0 ({host()}); start every rank with the same "
+                               f"command")
+
+
+class Stopped(PathensError):
+    """Raised on ranks other than 0 when rank 0 reported an error (printed there once)."""
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+def describe() -> Optional[str]:
+    """'rank r of W (backend)' under torch.distributed, else None (recorded in configs)."""
+    if not active():
+        return None
+    return f"{world_size()} processes ({torch.distributed.get_backend()})"

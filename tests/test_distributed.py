@@ -1,0 +1,125 @@
+"""torch.distributed: two processes (gloo, on the CPU) give exactly the numbers one process
+gives: lesion sweeps (errors and counts equal, losses to rounding), exact and sampled path
+gradients; rank 0 alone writes; a rank killed mid-sweep loses nothing that resume cannot
+finish, and nothing is counted twice."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import pathens
+from pathens import distributed, lesion, lesion_sweep
+from nets import VARIANTS, batch, small_resnet
+
+N = 11  # examples: odd, so that two ranks hold 5 and 6
+
+
+def setup():
+    torch.set_num_threads(1)
+    view = pathens.wrap(small_resnet(14, **VARIANTS[0][1]))
+    return view, batch(N, seed=3)
+
+
+def measure(out: Path) -> dict:
+    """Everything to compare, as plain numbers."""
+    view, (x, y) = setup()
+    kw = dict(progress=False, batch_size=4)
+    each = lesion.delete_each(view, (x, y), out=out / "each.csv", group_size=2, **kw)
+    rand = lesion.delete_random(view, (x, y), ks=[1, 2], trials=2, seed=5, **kw)
+    swap = lesion.reorder(view, (x, y), swaps=[1], trials=2, seed=5, **kw)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
+    streamed = lesion.delete_each(view, loader, progress=False)
+    exact = pathens.path_gradients(view, x, y, batch_size=3, progress=False)
+    sampled = pathens.path_gradients(view, x, y, method="sampled", samples_per_length=3,
+                                     batch_size=7, seed=2, progress=False)
+    rows = lambda r: [[row["errors"], row["n"], row["loss"]] for row in r.rows]
+    return dict(each=rows(each), rand=rows(rand), swap=rows(swap), streamed=rows(streamed),
+                exact=exact.total.tolist(), exact_norm=exact.gradient_norm,
+                residual=exact.residual, sampled=sampled.per_path.tolist(),
+                sampled_se=sampled.per_path_se.tolist(), sampled_norm=sampled.gradient_norm)
+
+
+def _join(rank, world, init, timeout=60):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init}", rank=rank,
+                                         world_size=world, timeout=timedelta(seconds=timeout))
+
+
+def _worker(rank, world, init, out):
+    _join(rank, world, init)
+    result = measure(Path(out))
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(result, default=float))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_processes_give_the_numbers_of_one(tmp_path):
+    one = measure(tmp_path / "one")
+    two = tmp_path / "two"
+    two.mkdir()
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(two)), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = json.loads((two / f"rank{rank}.json").read_text())
+        for key in ("each", "rand", "swap", "streamed"):
+            assert [r[:2] for r in got[key]] == [r[:2] for r in one[key]], (rank, key)
+            np.testing.assert_allclose([r[2] for r in got[key]], [r[2] for r in one[key]],
+                                       rtol=1e-12, err_msg=f"rank {rank} {key}")
+        for key in ("exact", "exact_norm", "sampled", "sampled_se", "sampled_norm"):
+            np.testing.assert_allclose(got[key], one[key], rtol=1e-10, err_msg=f"{rank} {key}")
+        assert got["residual"] < 1e-12
+    # rank 0 alone wrote the sweep file, each condition once: the rows of one process
+    a, b = (list(csv.DictReader((d / "each.csv").read_text().splitlines()[1:]))
+            for d in (two, tmp_path / "one"))
+    assert len(a) == len(b) == 7
+    for ra, rb in zip(a, b):
+        assert float(ra.pop("loss")) == pytest.approx(float(rb.pop("loss")), rel=1e-12)
+        assert ra == rb
+
+
+def _dies(rank, world, init, out):
+    """Rank 1 is killed (os._exit, as SIGKILL would) at its third group of conditions."""
+    _join(rank, world, init, timeout=20)
+    calls, original = [0], lesion_sweep.evaluate_group
+
+    def evaluate_then_die(*args, **kwargs):
+        calls[0] += 1
+        if rank == 1 and calls[0] == 3:
+            os._exit(1)
+        return original(*args, **kwargs)
+
+    lesion_sweep.evaluate_group = evaluate_then_die
+    view, (x, y) = setup()
+    lesion.delete_each(view, (x, y), out=Path(out) / "each.csv", group_size=1, progress=False)
+
+
+def test_a_killed_rank_loses_nothing_that_resume_cannot_finish(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_dies, args=(r, 2, str(tmp_path / "init"), str(tmp_path)))
+             for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert not p.is_alive(), "a rank hangs after its peer died"
+    assert procs[1].exitcode == 1 and procs[0].exitcode != 0  # rank 0 fails too, not hangs
+    written = (tmp_path / "each.csv").read_text().splitlines()
+    assert len(written) == 2 + 2  # header lines, then the intact network and one deletion
+    view, (x, y) = setup()
+    resumed = lesion.delete_each(view, (x, y), out=tmp_path / "each.csv", group_size=1,
+                                 progress=False)
+    fresh = lesion.delete_each(view, (x, y), progress=False)
+    assert [r["errors"] for r in resumed.rows] == [r["errors"] for r in fresh.rows]
+    lines = (tmp_path / "each.csv").read_text().splitlines()[2:]
+    assert len(lines) == len(fresh.rows) == view.num_blocks + 1  # every condition once
+
+
+def test_more_processes_than_examples_is_refused(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    with pytest.raises(pathens.PathensError, match="2 examples cannot be shared among 3"):
+        distributed.shard(2)
