@@ -48,16 +48,22 @@ class LesionResult(Result):
     rows: dicts with
         condition      index of the condition in the sweep (0: the intact network)
         kind           "intact", "delete" or "reorder"
-        k, trial       blocks deleted (or swaps made) and the trial number for that k
+        k, trial       blocks (or layers, unit="layer") deleted, or swaps made, and the trial
+                       number for that k
         deleted        indices of the blocks whose branch was removed
         order          the block order (a permutation) for reorderings, else None
         downsampling   whether a deleted block is a downsampling block
         tau            Kendall tau of `order` against the original order (reorder only)
         error          misclassified fraction, with error_lo, error_hi its 95% Wilson interval
-        loss           mean cross-entropy
-        errors, n      misclassified examples and examples evaluated
-        nonfinite      examples with NaN/inf logits (then error and loss are NaN)
+                       (a language model: the top-1 next-token error over the tokens; tokens of
+                       one sequence are not independent, so read that interval as a lower bound
+                       on the uncertainty)
+        loss           mean loss (cross-entropy per example, or per next token)
+        errors, n      misclassified items and items evaluated (examples, or tokens); errors
+                       is -1 for a custom loss function (no error rate)
+        nonfinite      items with NaN/inf logits (then error and loss are NaN)
         seed           the sweep's seed
+        perplexity     (table() of a language model's sweep) exp(loss)
     sweep: "evaluate", "delete_each", "delete_random" or "reorder".
     config: the sweep's configuration (as written in an output file's first line).
     """
@@ -71,8 +77,15 @@ class LesionResult(Result):
     downsampling_blocks: tuple
     config: dict = field(default_factory=dict)
 
+    @property
+    def tokens(self) -> bool:
+        """True for a language model's sweep: items are tokens, perplexity applies."""
+        return self.config.get("items") == "tokens"
+
     def table(self) -> list[dict]:
-        return [dict(r) for r in self.rows]
+        if not self.tokens:
+            return [dict(r) for r in self.rows]
+        return [dict(r, perplexity=_exp(r["loss"])) for r in self.rows]
 
     @property
     def errors(self) -> np.ndarray:
@@ -103,6 +116,8 @@ class LesionResult(Result):
                             error_hi=float(hi), error_sd=sd,
                             loss_mean=float(np.mean([r["loss"] for r in ok])) if ok else math.nan,
                             tau_mean=float(np.mean(taus)) if taus else math.nan,
+                            **(dict(perplexity_mean=float(np.mean([_exp(r["loss"]) for r in ok]))
+                                    if ok else math.nan) if self.tokens else {}),
                             nonfinite_trials=len(rs) - len(ok),
                             intact_error=self.intact_error))
         return out
@@ -119,8 +134,9 @@ class LesionResult(Result):
         return buf.getvalue()
 
     def __repr__(self) -> str:
+        items = "tokens" if self.tokens else "examples"
         return (f"LesionResult({self.sweep}, {len(self.rows) - 1} conditions on "
-                f"{self.num_examples} examples, intact error {self.intact_error:.4f})")
+                f"{self.num_examples} {items}, intact error {self.intact_error:.4f})")
 
 
 # ---- the generic evaluation -----------------------------------------------------------------
@@ -343,6 +359,11 @@ def _random_swaps(n: int, groups: list, k: int, rng) -> tuple:
         order[i], order[j] = j, i
         free[gi] = [v for v in free[gi] if v not in (i, j)]
     return tuple(order)
+
+
+def _exp(loss: float) -> float:
+    """Perplexity of a mean next-token loss (inf past float range, NaN for NaN)."""
+    return math.exp(loss) if loss < 700 else math.inf
 
 
 def _tau(order) -> float:

@@ -442,3 +442,15 @@ def test_custom_loss_function():
     row = lesion.evaluate(view, (x, y), loss=mse)
     assert math.isnan(row["error"])
     assert row["loss"] == pytest.approx(float(mse(view(x), y)), rel=1e-12)
+
+
+def test_language_model_lesions_report_perplexity():
+    model, x = tiny_gpt(), ids()
+    view = pathens.wrap(model, example_input=x)
+    rand = lesion.delete_random(view, (x, x), ks=[1], trials=2, progress=False)
+    rows = rand.table()
+    assert all(r["perplexity"] == pytest.approx(math.exp(r["loss"])) for r in rows)
+    summary = rand.summary()[0]
+    assert summary["perplexity_mean"] == pytest.approx(
+        np.mean([math.exp(r["loss"]) for r in rand.rows[1:]]))
+    assert "18 tokens" in repr(rand)
