@@ -26,7 +26,8 @@ _EXPORTS = {
     "Block": "view", "ResidualView": "view", "wrap": "view",
     "Analysis": "analysis", "analyze": "analysis",
 }
-_MODULES = ("lesion", "paths", "report", "plots", "data", "models", "losses")
+_MODULES = ("lesion", "paths", "report", "plots", "data", "models", "losses", "imagefolder",
+            "distributed")
 
 __all__ = sorted(_EXPORTS) + list(_MODULES) + ["__version__"]
 
