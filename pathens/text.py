@@ -27,7 +27,6 @@ import platform
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -242,7 +241,7 @@ class Corpus:
             raise PathensError(f"unknown split {split!r}: choose 'train' or 'test'")
         return self.train if split == "train" else self.test
 
-    def windows(self, split: str = "test", *, seq_len: int, limit: Optional[int] = None) -> tuple:
+    def windows(self, split: str = "test", *, seq_len: int, limit: int | None = None) -> tuple:
         """(ids, ids): the split cut into consecutive, non-overlapping windows of seq_len
         tokens, (N, seq_len) int64; limit keeps that many, evenly spaced through the split."""
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
@@ -296,7 +295,7 @@ def load_corpus(root=None, *, tokenizer="bytes", test_fraction: float = TEST_FRA
 
 
 def text_dataset(root=None, *, split: str = "test", seq_len: int = 64, tokenizer="bytes",
-                 limit: Optional[int] = None) -> tuple:
+                 limit: int | None = None) -> tuple:
     """(ids, ids) windows of one split of load_corpus(root, tokenizer=tokenizer): the
     language-model counterpart of pathens.data.load_dataset (for --data text)."""
     return load_corpus(root, tokenizer=tokenizer).windows(split, seq_len=seq_len, limit=limit)

@@ -210,12 +210,13 @@ def train_lm(model: nn.Module, train_tokens: torch.Tensor, *, steps: int, batch_
 
 
 def save_lm_checkpoint(path, model, result: LMTrainResult, *, data: dict, command: str = "",
-                       dataset: str = "text"):
+                       dataset: str = "text", extra: dict | None = None):
     """save_checkpoint for a trained language model: its architecture, the data's description
-    (data, e.g. Corpus.description), the seed and steps, the test loss and accuracy, the
-    training configuration, perplexity, time and the command that ran it."""
+    (data, e.g. Corpus.description), the seed and steps, the test loss and accuracy, and in
+    its "extra" the training configuration, perplexity, time, the command that ran it and
+    anything in `extra` (plain values, e.g. the loss curve)."""
     c = result.config
     return save_checkpoint(path, model, dataset=dataset, data=data, seed=c["seed"],
                            steps=c["steps"], loss=result.loss, accuracy=result.accuracy,
                            extra=dict(command=command, train=c, perplexity=result.perplexity,
-                                      seconds=round(result.seconds, 1)))
+                                      seconds=round(result.seconds, 1), **(extra or {})))

@@ -33,8 +33,8 @@ import math
 import numbers
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .errors import PathensError
 

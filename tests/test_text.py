@@ -85,7 +85,7 @@ def test_a_single_file_in_bytes_keeps_non_ascii_text(tmp_path):
     path.write_text("naïve café\r\n" * 50, encoding="utf-8")
     corpus = load_corpus(path)
     assert corpus.tokenizer.decode(torch.cat([corpus.train, corpus.test])) == "naïve café\n" * 50
-    ids, targets = text_dataset(path, split="train", seq_len=16)
+    ids, _ = text_dataset(path, split="train", seq_len=16)
     assert ids.shape[1] == 16 and int(ids.max()) > 127
 
 

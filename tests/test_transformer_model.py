@@ -161,7 +161,7 @@ def test_a_format_1_checkpoint_without_builder_is_a_cifar_resnet(tmp_path):
     path = next(bundled_dir().glob("*.pt"))
     assert "builder" not in torch.load(path, weights_only=True)["pathens"]
     model, meta = load(path)
-    assert type(model).__name__ == "CifarResNet"
+    assert type(model).__name__ == "CifarResNet" and model.config == meta["arch"]
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -194,7 +194,7 @@ def test_init_scales_residual_projections_by_depth_for_pre_ln_only():
     torch.manual_seed(0)
     pre = gpt(depth=8, width=64, heads=4, norm="pre")
     post = gpt(depth=8, width=64, heads=4, norm="post")
-    std = lambda m: float(m.h[0].mlp.proj.weight.std())
+    std = lambda m: m.h[0].mlp.proj.weight.std().item()
     assert std(pre) == pytest.approx(0.02 / 4, rel=0.05)   # 1/sqrt(2 * 8) = 1/4
     assert std(post) == pytest.approx(0.02, rel=0.05)
-    assert float(pre.h[0].attn.qkv.weight.std()) == pytest.approx(0.02, rel=0.05)
+    assert pre.h[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
