@@ -260,6 +260,15 @@ class Corpus:
         ids = ids.clone()
         return ids, ids
 
+    def check_vocab(self, vocab_size: int, what: str = "the model") -> None:
+        """A one-line PathensError when this corpus's ids do not fit a vocabulary of vocab_size
+        (a tokenizer that is not the model's own)."""
+        top = max([int(s.max()) for s in (self.train, self.test) if len(s)] or [0])
+        if self.vocab_size > vocab_size or top >= vocab_size:
+            raise PathensError(f"the {self.tokenizer.kind} tokenizer gives a vocabulary of "
+                               f"{self.vocab_size} (ids up to {top}) but {what} has {vocab_size}: "
+                               f"tokenise with the model's own tokenizer")
+
     def __repr__(self) -> str:
         d = self.description
         return (f"Corpus({d.get('source')}, {len(d.get('files', []))} files, {self.tokenizer.kind} "
@@ -292,6 +301,21 @@ def load_corpus(root=None, *, tokenizer="bytes", test_fraction: float = TEST_FRA
                       f"{test_fraction:.0%} test", test_fraction=test_fraction,
                 train_tokens=len(train), test_tokens=len(test))
     return Corpus(train, test, tok, desc)
+
+
+def checkpoint_corpus(data: dict | None, *, root=None, tokenizer=None) -> Corpus:
+    """The corpus a model was trained on, from its checkpoint's data description (meta["data"]):
+    the same source (the stdlib, or the file or folder it names) and tokenizer (for "chars",
+    the checkpoint's own characters), unless root or tokenizer say otherwise. The sha256 of
+    the text read may differ from the checkpoint's (another Python version's stdlib): compare
+    corpus.description["sha256"] with data["sha256"] to know."""
+    data = data or {}
+    if root is None and data.get("source") in ("file", "folder"):
+        root = data.get("root")
+    if tokenizer is None:
+        tokenizer = data.get("tokenizer") or "bytes"
+    return load_corpus(root, tokenizer=tokenizer,
+                       test_fraction=data.get("test_fraction", TEST_FRACTION))
 
 
 def text_dataset(root=None, *, split: str = "test", seq_len: int = 64, tokenizer="bytes",

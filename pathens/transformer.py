@@ -16,16 +16,18 @@ pathens/adapters/pathens_models.py hands them to the view as "h.<i>.attn" and "h
 
 The head is untied from the token embedding: with a byte vocabulary the embedding is small
 anyway, and an untied unembedding lets the length-0 path (embedding -> head, no sublayer) be
-a real bigram model instead of the symmetric e_x . e_y that tying forces on it, so how much
-work the shortest paths do depends on the norm being compared, not on the tying.
+a real bigram model, rather than one that scores the next token by the similarity of its
+embedding to the current token's, which tying forces on it; so how much work the shortest
+paths do depends on the norm being compared, not on the tying.
 
 Initialisation (GPT-2's): every Linear and Embedding weight ~ N(0, 0.02), biases 0, LayerNorm
 (1, 0). The two projections that write into the stream (attn.proj, mlp.proj) are scaled by
 1/sqrt(2 * depth) for "pre" and "none", where the stream is the sum of 2 * depth branches that
 nothing renormalises (GPT-2's reason). Not for "post", whose LayerNorm after every sum resets
-the scale, nor for "rezero", where alpha (0 at init) is the branch's scale: ReZero changes
-nothing in the sublayers but that scalar, which learns the scale the depth-scaling would
-otherwise impose (and a smaller branch would only shrink alpha's first gradients).
+the scale. Not for "rezero" either: ReZero's one change is the gate, x + alpha * F(x) with
+alpha = 0 at init (Bachlechner et al. 2020, eq. 1), the sublayers keeping their usual
+initialisation; alpha learns each branch's scale, and shrinking F as well would only shrink
+alpha's first gradients (dL/dalpha = <dL/dx, F(x)>), the only non-zero ones at init.
 """
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ import torch
 
 import pathens
 from pathens.errors import PathensError
-from pathens.text import STDLIB_MODULES, load_corpus, text_dataset, tokenizer_from
+from pathens.text import STDLIB_MODULES, checkpoint_corpus, load_corpus, text_dataset, \
+    tokenizer_from
 from pathens.train_text import evaluate_lm, save_lm_checkpoint, train_lm
 from pathens.transformer import gpt
 
@@ -78,6 +79,10 @@ def test_a_folder_splits_each_file_and_the_splits_are_disjoint(tmp_path):
     assert all(tok.decode(w) not in train_text for w in ids)  # no test window was trained on
     rebuilt = tokenizer_from(corpus.description["tokenizer"])
     assert rebuilt.encode("é a") == tok.encode("é a")
+    again = checkpoint_corpus(corpus.description)  # what a checkpoint's metadata rebuilds
+    assert torch.equal(again.test, corpus.test) and again.tokenizer.chars == tok.chars
+    corpus.check_vocab(corpus.vocab_size)
+    one_line(lambda: corpus.check_vocab(corpus.vocab_size - 1), "tokenizer gives a vocabulary of")
 
 
 def test_a_single_file_in_bytes_keeps_non_ascii_text(tmp_path):
