@@ -143,8 +143,42 @@ def load_weights(model, state_dict_or_path, *, strict=True):
 
 # --- checkpoints that carry their metadata -------------------------------------------------
 
-CHECKPOINT_FORMAT = 1  # bump when the "pathens" metadata layout changes
+# 2: adds "builder" (which pathens builder "arch" holds the arguments of), "steps", "loss" and
+# "data"; a format-1 checkpoint (no "builder") is a CIFAR ResNet and still loads.
+CHECKPOINT_FORMAT = 2
 _PLAIN = (type(None), bool, int, float, str)
+
+# The arguments a checkpoint must record to rebuild each builder's network: each changes the
+# network, mostly its state-dict keys or shapes, but some keep the keys (cifar_resnet's
+# skip=False, gpt's heads and norm="rezero" vs "none" aside), so a default would load silently
+# into the wrong network. The initial alphas (alpha_init) and dropout are not needed: the
+# trained alphas are among the weights and dropout is off in every analysis.
+_ARCH_ARGS = ("depth", "norm", "shortcut", "preact", "skip", "width", "num_classes", "in_channels")
+_GPT_ARGS = ("depth", "width", "heads", "context", "vocab_size", "norm", "mlp_ratio")
+
+# builder name -> (module, model class, builder function, required arguments)
+BUILDERS = {
+    "cifar_resnet": ("pathens.models", "CifarResNet", "cifar_resnet", _ARCH_ARGS),
+    "gpt": ("pathens.transformer", "GPT", "gpt", _GPT_ARGS),
+}
+
+
+def _builder(name):
+    """(model class, builder function, required arguments) of a BUILDERS entry."""
+    import importlib
+    module, cls, fn, required = BUILDERS[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, cls), getattr(mod, fn), required
+
+
+def builder_of(model) -> str:
+    """The BUILDERS name of a pathens model, or a CheckpointError for any other model."""
+    for name in BUILDERS:
+        if isinstance(model, _builder(name)[0]) and isinstance(getattr(model, "config", None), dict):
+            return name
+    raise CheckpointError(f"save_checkpoint needs a pathens model built by {' or '.join(BUILDERS)} "
+                          f"(it has .config, the arguments that rebuild it); {type(model).__name__} "
+                          f"is not one: save its state_dict with torch.save instead")
 
 
 def _check_plain(obj, where):
@@ -167,32 +201,44 @@ def _check_plain(obj, where):
                           f"float, str, tensors and lists / dicts of them")
 
 
-def save_checkpoint(path, model, *, dataset, seed, epochs, accuracy, normalize=None, extra=None):
+def _number(value, what):
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{what} must be a number or None, got {_kind(value)}") from None
+
+
+def save_checkpoint(path, model, *, dataset, seed, epochs=None, accuracy=None, normalize=None,
+                    extra=None, steps=None, loss=None, data=None):
     """Write {"state_dict": ..., "pathens": metadata} to path, atomically (a temporary file, read
     back with torch.load(weights_only=True), then renamed over path), and return the path.
 
-    The metadata: format, arch (model.config: the cifar_resnet arguments), dataset, normalize
-    (default: the dataset's preset, None for an unknown dataset name), seed, epochs, accuracy,
-    pathens_version, torch_version, and extra (a dict of plain values) if given. Only tensors
-    and plain Python values are stored, so pathens.checkpoints.load(path) and
-    torch.load(path, weights_only=True) both read it."""
+    model: built by a pathens builder (cifar_resnet or gpt: it carries .config). The metadata:
+    format, builder ("cifar_resnet" or "gpt"), arch (model.config: the builder's arguments),
+    dataset (its name, e.g. "digits" or "text"), data (a dict describing the data, e.g. a
+    text corpus's description: source, files, sha256, tokenizer), normalize (default: the
+    dataset's preset, None for an unknown dataset name), seed, epochs and/or steps, accuracy
+    and loss (on the test split; None if not measured), pathens_version, torch_version, and
+    extra (a dict of plain values, e.g. the command) if given. Only tensors and plain Python
+    values are stored, so pathens.checkpoints.load(path) and torch.load(path,
+    weights_only=True) both read it."""
     from pathens.data import DATASETS
     from pathens.version import __version__
 
-    config = getattr(model, "config", None)
-    if not isinstance(config, dict):
-        raise CheckpointError(f"save_checkpoint needs a pathens model built by cifar_resnet (it has .config, "
-                              f"the arguments that rebuild it); {type(model).__name__} has none: "
-                              f"save its state_dict with torch.save instead")
-    if normalize is None and dataset in DATASETS:
+    builder = builder_of(model)
+    if normalize is None and isinstance(dataset, str) and dataset in DATASETS:
         normalize = DATASETS[dataset].normalize
-    meta = {"format": CHECKPOINT_FORMAT, "arch": dict(config), "dataset": dataset, "normalize": normalize,
-            "seed": seed, "epochs": epochs, "accuracy": None if accuracy is None else float(accuracy),
+    meta = {"format": CHECKPOINT_FORMAT, "builder": builder, "arch": dict(model.config),
+            "dataset": dataset, "normalize": normalize, "seed": seed, "epochs": epochs,
+            "steps": steps, "accuracy": _number(accuracy, "accuracy"), "loss": _number(loss, "loss"),
             "pathens_version": str(__version__), "torch_version": str(torch.__version__)}
-    if extra is not None:
-        if not isinstance(extra, dict):
-            raise CheckpointError(f"extra must be a dict of plain values, got {_kind(extra)}")
-        meta["extra"] = extra
+    for name, value in (("data", data), ("extra", extra)):
+        if value is not None:
+            if not isinstance(value, dict):
+                raise CheckpointError(f"{name} must be a dict of plain values, got {_kind(value)}")
+            meta[name] = value
     _check_plain(meta, "metadata")
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
 
@@ -223,22 +269,16 @@ def save_checkpoint(path, model, *, dataset, seed, epochs, accuracy, normalize=N
     return path
 
 
-# The cifar_resnet arguments a checkpoint must record: each changes the network, mostly its
-# state-dict keys or shapes, but skip=False (plain) keeps the keys, so a default would load
-# silently into the wrong network. alpha_init is not needed: it sets SkipInit's alpha only at
-# initialisation, and the trained alpha is among the weights.
-_ARCH_ARGS = ("depth", "norm", "shortcut", "preact", "skip", "width", "num_classes", "in_channels")
-
-
 def load(path, *, device="cpu"):
-    """(model, meta) from a checkpoint written by save_checkpoint: the model is rebuilt with
-    cifar_resnet(**meta["arch"]), its weights loaded strictly, moved to device, in eval mode;
-    meta is the checkpoint's "pathens" metadata dict. A checkpoint without that metadata
-    (a third-party state dict), or whose "arch" lacks any cifar_resnet argument but alpha_init
-    (which then defaults to 0; the trained alpha is in the weights), raises a CheckpointError
-    naming what is missing: for those, pass the architecture yourself (--arch and its flags
-    on the command line, or cifar_resnet + load_weights)."""
-    from pathens.models import cifar_resnet
+    """(model, meta) from a checkpoint written by save_checkpoint: the model is rebuilt with its
+    builder (meta["builder"]: cifar_resnet, the only one of format-1 checkpoints, or gpt) from
+    meta["arch"], its weights loaded strictly, moved to device, in eval mode; meta is the
+    checkpoint's "pathens" metadata dict. A checkpoint without that metadata (a third-party
+    state dict), or whose "arch" lacks any argument the builder needs (all but alpha_init,
+    which then defaults to 0, the trained alpha being in the weights, and gpt's dropout),
+    raises a CheckpointError naming what is missing: for those, pass the architecture yourself
+    (--arch and its flags on the command line, or the builder + load_weights)."""
+    from pathens.version import __version__
 
     path = Path(os.fspath(path))
     obj = _read(path)
@@ -248,17 +288,23 @@ def load(path, *, device="cpu"):
         raise CheckpointError(f"checkpoint {path} carries no pathens metadata, so the architecture argument "
                               f"'arch' is missing (it was not written by pathens.save_checkpoint): {hint}")
     meta = obj["pathens"]
-    arch = meta.get("arch") if isinstance(meta, Mapping) else None
+    builder = meta.get("builder", "cifar_resnet") if isinstance(meta, Mapping) else None
+    if builder not in BUILDERS:
+        raise CheckpointError(f"checkpoint {path} was written for the builder {builder!r}, which this "
+                              f"pathens ({__version__}) does not have (it has "
+                              f"{', '.join(BUILDERS)}): upgrade pathens, or {hint}")
+    _, build, required = _builder(builder)
+    arch = meta.get("arch")
     if not isinstance(arch, Mapping):
         raise CheckpointError(f"checkpoint {path}: its pathens metadata lacks the architecture argument "
-                              f"'arch' (the cifar_resnet arguments): {hint}")
-    missing = [name for name in _ARCH_ARGS if name not in arch]
+                              f"'arch' (the {builder} arguments): {hint}")
+    missing = [name for name in required if name not in arch]
     if missing:
         raise CheckpointError(f"checkpoint {path}: its architecture lacks the argument{'s' * (len(missing) > 1)} "
                               f"{', '.join(map(repr, missing))} (a default might build another network): {hint}")
     try:
-        model = cifar_resnet(**arch)
-    except TypeError as e:  # an argument cifar_resnet does not know
+        model = build(**arch)
+    except TypeError as e:  # an argument the builder does not know
         raise CheckpointError(f"checkpoint {path}: its architecture cannot be rebuilt ({_one_line(e, 120)}): "
                               f"it was written by another pathens version ({meta.get('pathens_version')}); "
                               f"{hint}") from None
