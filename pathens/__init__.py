@@ -25,9 +25,10 @@ _EXPORTS = {
     "cifar_resnet": "models",
     "Block": "view", "ResidualView": "view", "wrap": "view",
     "Analysis": "analysis", "analyze": "analysis",
+    "gpt": "transformer", "load_corpus": "text", "train_lm": "train_text",
 }
 _MODULES = ("lesion", "paths", "report", "plots", "data", "models", "losses", "imagefolder",
-            "distributed")
+            "distributed", "text", "transformer", "train_text", "importance")
 
 __all__ = sorted(_EXPORTS) + list(_MODULES) + ["__version__"]
 
