@@ -77,9 +77,8 @@ class IdentityInEval(nn.Module):
 class Chain:
     """x -> the layers applied in order: a shortcut made of several layers (timm's
     pre-activation shortcut: the block's first norm and activation, then its projection),
-    which transpose_chain expands as it does an nn.Sequential. Not an nn.Module, so that the
-    norm it shares with the branch still counts among the branch's parameters
-    (linearize.branch_parameters leaves out only a shortcut module's)."""
+    which transpose_chain expands as it does an nn.Sequential, and whose parameters
+    linearize.branch_parameters leaves out as it does a shortcut module's."""
 
     def __init__(self, layers: Sequence[Callable]):
         self.layers = tuple(layers)
@@ -94,7 +93,7 @@ def activation(act: nn.Module) -> list:
     """An activation module as the layers a branch lists: [] for nn.Identity, [F.relu] for
     nn.ReLU (in place or not: F.relu never is), else [a copy of act that does not work in
     place] (a post and a listed branch must not overwrite their input)."""
-    if isinstance(act, nn.Identity):
+    if type(act) is nn.Identity:
         return []
     if is_relu(act):
         return [F.relu]
@@ -124,7 +123,7 @@ def why_not(layer) -> Optional[str]:
     """Why `layer` has no closed-form transpose here, or None when it has one. Read from the
     layer and its mode only (nothing runs): e.g. "SEModule" (an input-dependent gate),
     "BatchNorm2d on batch statistics" (training mode)."""
-    if isinstance(layer, (nn.Identity, ZeroPadShortcut)) or is_relu(layer):
+    if _exactly(layer, nn.Identity) or _exactly(layer, ZeroPadShortcut) or is_relu(layer):
         return None
     if isinstance(layer, IdentityInEval):
         return f"{_name(layer.module)} in training mode" if layer.module.training else None
@@ -263,7 +262,7 @@ def transpose_chain(layers: Sequence[Callable], x: torch.Tensor, scale=None):
         return None
     ops, h = [], x
     for layer in layers:
-        if isinstance(layer, nn.Identity):
+        if _exactly(layer, nn.Identity):
             continue
         out = layer(h)
         if isinstance(layer, nn.Conv2d):

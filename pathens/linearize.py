@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .folded import apply, chain_reason, is_relu, relu_mask, transpose_chain
+from .folded import Chain, apply, chain_reason, is_relu, relu_mask, transpose_chain
 
 
 def linearize(block, x: torch.Tensor, params: Sequence[torch.Tensor] = (), ctx=None):
@@ -176,12 +176,22 @@ class Autograd:
 
 
 def branch_parameters(block) -> list[tuple[str, torch.Tensor]]:
-    """(name, parameter) for every trainable parameter of the block outside its shortcut
-    module: the branch's weights (and its scale). Any the branch does not use get zero grads."""
-    shortcut = block.parts.shortcut
-    skip = {id(p) for p in shortcut.parameters()} if isinstance(shortcut, torch.nn.Module) else set()
+    """(name, parameter) for every trainable parameter of the block outside its shortcut: the
+    branch's weights (and its scale), whose gradients the branch alone carries. A layer the
+    shortcut shares with the branch (the first norm of a pre-activation block with a
+    projection, which feeds both) is left out with the shortcut's. Any the branch does not use
+    get zero grads."""
+    skip = _params(block.parts.shortcut)
     return [(n, p) for n, p in block.module.named_parameters()
             if p.requires_grad and id(p) not in skip]
+
+
+def _params(obj) -> set:
+    """ids of the parameters held by a shortcut: a module, or a Chain of layers (functions
+    such as F.relu hold none)."""
+    if isinstance(obj, torch.nn.Module):
+        return {id(p) for p in obj.parameters()}
+    return set().union(*map(_params, obj.layers)) if isinstance(obj, Chain) else set()
 
 
 def add(a: Optional[torch.Tensor], b: torch.Tensor) -> torch.Tensor:

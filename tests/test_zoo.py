@@ -16,7 +16,7 @@ from torch import nn
 
 import pathens
 from pathens import paths
-from pathens.linearize import (Autograd, AutogradTransposes, Folded, autograd_blocks,
+from pathens.linearize import (Autograd, AutogradTransposes, autograd_blocks,
                                autograd_note, linearize, note_autograd_blocks)
 from test_linearize import block_inputs, check_block
 
@@ -62,6 +62,14 @@ def timm_model(name: str, **kwargs) -> nn.Module:
                              **kwargs)
 
 
+def timm_v2_postact() -> nn.Module:
+    from timm.layers import BatchNormAct2d, create_conv2d
+    torch.manual_seed(0)
+    return timm_v2.ResNetV2(layers=[2, 1, 1, 1], channels=(16, 32, 32, 64), stem_chs=8,
+                            preact=False, conv_layer=create_conv2d, norm_layer=BatchNormAct2d,
+                            num_classes=5)
+
+
 def hf_model(layer_type: str) -> nn.Module:
     torch.manual_seed(0)
     sizes = [8, 16, 16, 32] if layer_type == "basic" else [16, 32, 32, 64]
@@ -91,6 +99,8 @@ FAMILIES = {
     "timm-preact-basic": (lambda: timm_model("resnetv2_18", stem_chs=8, **SMALL), 5, 0),
     "timm-preact-bottleneck": (lambda: timm_model("resnetv2_50d", stem_chs=8,
                                                   channels=(16, 32, 32, 64)), 5, 0),
+    # resnetv2's post-activation Bottleneck (hybrid ViT backbones), here with BatchNormAct2d
+    "timm-v2-postact": (lambda: timm_v2_postact(), 5, 0),
     "hf-basic": (lambda: hf_model("basic"), 5, 0),
     "hf-bottleneck": (lambda: hf_model("bottleneck"), 5, 0),
     # 4 blocks: torchvision's stages are 64 .. 512 (x4) channels wide whatever we ask
@@ -157,7 +167,7 @@ def brute_force(view, x, y):
 
 def shortcut_only(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """What `block` computes with its residual branch removed, read off its class's forward."""
-    if isinstance(block, (timm_resnet.BasicBlock, timm_resnet.Bottleneck,
+    if isinstance(block, (timm_resnet.BasicBlock, timm_resnet.Bottleneck, timm_v2.Bottleneck,
                           tv_resnet.BasicBlock, tv_resnet.Bottleneck)):
         # out = act(branch + shortcut), shortcut = downsample(x) or x; act is ReLU here
         return torch.relu(x if block.downsample is None else block.downsample(x))
@@ -249,6 +259,7 @@ def test_lesion_equals_a_hand_edited_model(name):
     ("timm-resnext", "grouped 3x3"), ("tv-resnext", "grouped 3x3"),
     ("timm-resnet-d", "avg-pool shortcut"), ("timm-resnetaa", "avg-pool branch and shortcut"),
     ("timm-preact-bottleneck", "BatchNormAct2d, pre-activation shortcut with avg pool"),
+    ("timm-v2-postact", "BatchNormAct2d without act, DownsampleConv"),
     ("hf-bottleneck", "ResNetShortCut")])
 def test_closed_form_transposes_equal_autograd(name, kinds):
     model, view = family(name)
@@ -331,3 +342,22 @@ def test_adapters_refuse_what_the_closed_form_would_get_wrong():
                                      stem_type="fixed", conv_layer=StdConv2d, num_classes=5))
     view = pathens.wrap(bit, example_input=images(2))
     assert set(autograd_blocks(view).values()) == {"GroupNormAct in the branch"}
+
+
+def test_parameter_gradients_of_a_pre_activation_block_with_a_projection():
+    """norm1 of a pre-activation block feeds both its branch and its projection shortcut: it is
+    left out of the branch's parameters, so that each block's parameter gradients summed over
+    lengths are autograd's (the norms inside the branch only are kept)."""
+    model, view = family("timm-preact-bottleneck")
+    x, y = images(2), torch.tensor([1, 4])
+    res = pathens.path_gradients(view, x, y, parameters=True, progress=False)
+    for i in (1, 2):  # identity shortcut, then a projection
+        block = view.blocks[i].module
+        names = [n for n, _ in pathens.linearize.branch_parameters(view.blocks[i])]
+        assert any(n.startswith("norm1.") for n in names) == (block.downsample is None)
+        assert not any(n.startswith("downsample.") for n in names)
+        params = [block.get_parameter(n) for n in names]
+        want = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        for n, g in zip(names, want):
+            torch.testing.assert_close(res.param_components[i][n].sum(0), g, rtol=1e-10,
+                                       atol=1e-14, msg=n)

@@ -28,7 +28,7 @@ def _conv_layer(layer: hf.ResNetConvLayer) -> list:
 def _parts(block) -> BlockParts:
     layers = tuple(l for conv in block.layer for l in _conv_layer(conv))
     sc = block.shortcut
-    shortcut = (None if isinstance(sc, nn.Identity) else
+    shortcut = (None if type(sc) is nn.Identity else
                 nn.Sequential(sc.convolution, sc.normalization)
                 if isinstance(sc, hf.ResNetShortCut) else sc)
     (post,) = activation(block.activation) or [None]

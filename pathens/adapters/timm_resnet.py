@@ -32,7 +32,7 @@ from . import BlockParts, chain, register_block
 
 def _eval_identity(module) -> list:
     """DropPath / DropBlock2d / dropout (None or nn.Identity when off) as listed layers."""
-    return [] if module is None or isinstance(module, nn.Identity) else [IdentityInEval(module)]
+    return [] if module is None or type(module) is nn.Identity else [IdentityInEval(module)]
 
 
 def _norm(norm) -> list:
@@ -40,7 +40,7 @@ def _norm(norm) -> list:
     anything else (nn.BatchNorm2d, GroupNormAct, nn.Identity) as itself."""
     if isinstance(norm, BatchNormAct2d):
         return [BatchNormOf(norm), *_eval_identity(norm.drop), *activation(norm.act)]
-    return [] if isinstance(norm, nn.Identity) else [norm]
+    return [] if type(norm) is nn.Identity else [norm]
 
 
 def _tail(block) -> list:
@@ -71,7 +71,7 @@ def _shortcut(ds):
 
 
 def _parts(layers: list, shortcut, post) -> BlockParts:
-    layers = tuple(l for l in layers if not isinstance(l, nn.Identity))
+    layers = tuple(l for l in layers if type(l) is not nn.Identity)
     return BlockParts(branch=chain(layers), shortcut=shortcut, post=post, layers=layers)
 
 
@@ -107,7 +107,7 @@ def _preact(block, convs: list) -> BlockParts:
     return _parts(layers, shortcut, None)
 
 
-if hasattr(tr2, "PreActBasic"):  # timm >= 1.0.20 (resnetv2_18/34)
+if hasattr(tr2, "PreActBasic"):  # older timm lacks it (and resnetv2_18 / 34, built of it)
     @register_block(tr2.PreActBasic, builtin=True)
     def preact_basic(block) -> BlockParts:
         return _preact(block, [(block.conv1, None), (block.conv2, block.norm2)])
