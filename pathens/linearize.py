@@ -8,21 +8,25 @@ with P the Jacobian of post at z, S of the shortcut and R of the scaled branch a
 with the block's output (carrying autograd's graph when grad is enabled, so that one forward
 serves both the sweep and the autograd gradient it is checked against), in one of two forms
 that give the same numbers:
-- Folded: when the adapter lists the branch's layers and every part is made of convolutions,
-  eval-mode BatchNorm and ReLU (pathens's CIFAR ResNets, torchvision's ResNets), each product
-  is a few conv_transpose2d and mask multiplies (folded.py); only the ReLU masks are kept.
-- Autograd: any other block. The block's graph is built on first use (so that a forward pass
+- Folded: when the adapter lists the branch's layers and every part is made of convolutions
+  (grouped too), eval-mode BatchNorm, ReLU and average pooling (pathens's CIFAR ResNets,
+  torchvision's, timm's and Hugging Face's ResNets and ResNeXts), each product is a few
+  conv_transpose2d and mask multiplies (folded.py); only the ReLU masks are kept.
+- Autograd: any other block (`autograd_reason` says why, e.g. a squeeze-excitation gate,
+  which depends on the input). The block's graph is built on first use (so that a forward pass
   can hold one linearization per block without holding n graphs) and each transposed product
   is one autograd call on it (retain_graph), which measured ~3x faster than torch.func.vmap
   over the VJP for ResNet branches on CPU. Parameter gradients (with_params) need this form.
 """
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from typing import Optional, Sequence
 
 import torch
 
-from .folded import apply, is_relu, relu_mask, transpose_chain
+from .folded import Chain, apply, chain_reason, is_relu, relu_mask, transpose_chain
 
 
 def linearize(block, x: torch.Tensor, params: Sequence[torch.Tensor] = (), ctx=None):
@@ -37,6 +41,64 @@ def linearize(block, x: torch.Tensor, params: Sequence[torch.Tensor] = (), ctx=N
     return Autograd(block, x, params, ctx), block(x, ctx)
 
 
+def autograd_reason(block) -> Optional[str]:
+    """Why linearize transposes `block` by autograd rather than in closed form, or None (closed
+    form), read from the block's parts and its layers' modes without running anything:
+    e.g. "SEModule in the branch", "BatchNorm2d on batch statistics in the branch"."""
+    parts = block.parts
+    if parts.context:
+        return "its branch takes a context"
+    if not parts.residual:
+        return "a plain layer"
+    if parts.layers is None:
+        return "its adapter lists no layers"
+    if parts.post is not None and not is_relu(parts.post):
+        return f"{getattr(parts.post, '__name__', type(parts.post).__name__)} after the sum"
+    why = chain_reason(parts.layers)
+    if why is not None:
+        return f"{why} in the branch"
+    why = None if parts.shortcut is None else chain_reason((parts.shortcut,))
+    return None if why is None else f"{why} in the shortcut"
+
+
+class AutogradTransposes(UserWarning):
+    """Some blocks of a view that its adapters meant for the closed form are transposed by
+    autograd in the path-gradient sweeps (the same numbers, more time)."""
+
+
+def autograd_blocks(view) -> dict[int, str]:
+    """{block index: why} for the blocks whose adapter lists their layers (the closed form's
+    input) but that linearize transposes by autograd, e.g. {0: "SEModule in the branch"}.
+    Blocks whose adapter lists none (transformer sublayers) are left out: autograd is their
+    only form, nothing to note. Decided in the model's current mode (analyses run in eval)."""
+    return {b.index: why for b in view.blocks
+            if b.parts.layers is not None and (why := autograd_reason(b)) is not None}
+
+
+def autograd_note(view) -> Optional[str]:
+    """One line on the blocks of autograd_blocks(view), or None when there are none:
+    "8 of 8 blocks (SEModule in the branch) use autograd transposes: same numbers, slower"."""
+    why = Counter(autograd_blocks(view).values())
+    if not why:
+        return None
+    n = sum(why.values())
+    parts = ", ".join(r if len(why) == 1 else f"{c} with {r}" for r, c in why.most_common())
+    return (f"{n} of {view.num_blocks} blocks ({parts}) use autograd transposes in the "
+            f"path-gradient sweep: same numbers, slower")
+
+
+def note_autograd_blocks(view, *, stacklevel: int = 1) -> Optional[str]:
+    """Say autograd_note(view) once, as an AutogradTransposes warning; returns it (None:
+    every block is closed form, nothing said). An analysis calls it once for the whole view,
+    before its sweeps: linearize itself, called per block per batch, never warns.
+    stacklevel: 1 points the warning at the caller of this function; an analysis function
+    passes 2 to point it at its own caller."""
+    note = autograd_note(view)
+    if note is not None:
+        warnings.warn(note, AutogradTransposes, stacklevel=stacklevel + 1)
+    return note
+
+
 class Folded:
     """Closed-form VJPs: post_t(g) = P^T g; shortcut_t(u) = S^T u; branch_t(u) = R^T u."""
 
@@ -47,11 +109,9 @@ class Folded:
     @classmethod
     def build(cls, block, x: torch.Tensor) -> Optional[tuple]:
         """(Folded, block(x)), or None when a part is not a chain folded.py can transpose."""
+        if autograd_reason(block) is not None:
+            return None
         parts = block.parts
-        if parts.layers is None or not parts.residual:
-            return None
-        if parts.post is not None and not is_relu(parts.post):
-            return None
         branch = transpose_chain(parts.layers, x, parts.scale)
         shortcut = transpose_chain(() if parts.shortcut is None else (parts.shortcut,), x)
         if branch is None or shortcut is None:
@@ -116,12 +176,22 @@ class Autograd:
 
 
 def branch_parameters(block) -> list[tuple[str, torch.Tensor]]:
-    """(name, parameter) for every trainable parameter of the block outside its shortcut
-    module: the branch's weights (and its scale). Any the branch does not use get zero grads."""
-    shortcut = block.parts.shortcut
-    skip = {id(p) for p in shortcut.parameters()} if isinstance(shortcut, torch.nn.Module) else set()
+    """(name, parameter) for every trainable parameter of the block outside its shortcut: the
+    branch's weights (and its scale), whose gradients the branch alone carries. A layer the
+    shortcut shares with the branch (the first norm of a pre-activation block with a
+    projection, which feeds both) is left out with the shortcut's. Any the branch does not use
+    get zero grads."""
+    skip = _params(block.parts.shortcut)
     return [(n, p) for n, p in block.module.named_parameters()
             if p.requires_grad and id(p) not in skip]
+
+
+def _params(obj) -> set:
+    """ids of the parameters held by a shortcut: a module, or a Chain of layers (functions
+    such as F.relu hold none)."""
+    if isinstance(obj, torch.nn.Module):
+        return {id(p) for p in obj.parameters()}
+    return set().union(*map(_params, obj.layers)) if isinstance(obj, Chain) else set()
 
 
 def add(a: Optional[torch.Tensor], b: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pathens
+from pathens.adapters import chain
 from pathens.linearize import Autograd, Folded, linearize
 from nets import VARIANTS, batch, small_resnet
 
@@ -122,3 +123,119 @@ def test_wrap_refuses_layers_that_do_not_compute_the_branch():
         branch=branch(b), post=F.relu, layers=(b.conv1, F.relu, b.conv2)))
     view = pathens.wrap(TwoConvNet().double(), example_input=x.double())
     check_block(view.blocks[1], x.double())
+
+
+# ---- single layers and chains: grouped convolutions, average pooling, eval identities ------
+
+def chain_vjp_check(layers, x, scale=None):
+    """transpose_chain's output and transpose against autograd through the same layers;
+    returns the transpose ops (for the caller to inspect)."""
+    from pathens.folded import apply, transpose_chain
+    out = transpose_chain(layers, x, scale)
+    assert out is not None, "not folded"
+    h, ops = out
+    xg = x.detach().requires_grad_(True)
+    want = chain(layers)(xg)
+    want = want if scale is None else want * scale
+    torch.testing.assert_close(h, want.detach(), rtol=1e-12, atol=1e-12)
+    u = torch.randn(h.shape, dtype=h.dtype, generator=torch.Generator().manual_seed(2))
+    for layout in (torch.contiguous_format, torch.channels_last):  # the sweep's CPU layout
+        got = apply(ops, u.contiguous(memory_format=layout))
+        torch.testing.assert_close(got, torch.autograd.grad(want, xg, u, retain_graph=True)[0],
+                                   rtol=1e-11, atol=1e-13)
+    return ops
+
+
+def random_bn(c, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bn = nn.BatchNorm2d(c).double().eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(0.2 * torch.randn(c, generator=g))
+        bn.running_var.copy_(0.5 + torch.rand(c, generator=g))
+        bn.weight.copy_(0.5 + torch.rand(c, generator=g))
+        bn.bias.copy_(0.1 * torch.randn(c, generator=g))
+    return bn
+
+
+def test_grouped_convolutions_fold_channel_scales_on_both_sides():
+    """A BN before a grouped conv with no conv ahead of it (a pre-activation ResNeXt) folds
+    into the conv's input channels, group by group; a BN after it into its output channels;
+    a per-channel scale (LayerScale) too. No channel scale is left as its own op."""
+    from pathens.folded import ConvT, Diagonal
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    g1 = nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=4, bias=False).double()
+    g2 = nn.Conv2d(12, 12, 3, padding=1, groups=3).double()
+    gamma = 0.5 + torch.rand(12, 1, 1, dtype=torch.float64)  # as a block's scale broadcasts
+    ops = chain_vjp_check((random_bn(8), F.relu, g1, random_bn(12, 1), F.relu, g2), x, gamma)
+    assert sum(isinstance(op, ConvT) for op in ops) == 2
+    assert not any(isinstance(op, Diagonal) and op.per_channel for op in ops)
+    # the input-side fold alone, for each group count dividing the channels
+    for groups in (1, 2, 4, 8):
+        conv = nn.Conv2d(8, 8, 3, padding=1, groups=groups, bias=False).double()
+        ops = chain_vjp_check((random_bn(8, groups), conv), x)
+        assert len(ops) == 1 and isinstance(ops[0], ConvT)
+
+
+@pytest.mark.parametrize("pool", [
+    nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),  # timm's resnet*d shortcut
+    nn.AvgPool2d(2),                                              # timm's aa layer
+    nn.AvgPool2d(3, 2, padding=1, count_include_pad=True),
+    nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False),
+    nn.AvgPool2d(3, 2, padding=1, divisor_override=4)],
+    ids=["2-ceil-exclude-pad", "2", "3-pad-include", "3-pad-ceil-exclude", "3-divisor"])
+@pytest.mark.parametrize("size", [8, 7])  # odd: partial windows at a ceil_mode edge
+def test_average_pooling_transposes(pool, size):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, size, size + 2, dtype=torch.float64)
+    conv = nn.Conv2d(4, 6, 1, bias=False).double()
+    chain_vjp_check((pool,), x)
+    chain_vjp_check((pool, conv, random_bn(6)), x)  # Sequential(AvgPool2d, Conv2d, BN)
+
+
+def test_layers_that_are_the_identity_in_eval_mode():
+    from pathens.folded import IdentityInEval, transpose_chain, why_not
+
+    class DropSample(nn.Module):  # like timm's DropPath: random in training, x in eval
+        def forward(self, x):
+            return x * (torch.rand(x.shape[0], 1, 1, 1) > 0.5) if self.training else x
+
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    conv = nn.Conv2d(4, 4, 3, padding=1).double()
+    drop, dropout = IdentityInEval(DropSample().eval()), nn.Dropout(0.5).eval()
+    assert len(chain_vjp_check((conv, dropout, F.relu, drop, conv), x)) == 3
+    drop.module.train()
+    dropout.train()
+    assert why_not(drop) == "DropSample in training mode"
+    assert why_not(dropout) == "Dropout in training mode"
+    assert transpose_chain((conv, drop), x) is None
+    assert why_not(DropSample()) == "DropSample"  # unwrapped: an unknown layer
+
+
+def test_layers_computing_something_else_than_their_base_class_are_refused():
+    """The closed form transposes a layer by its class: a subclass whose forward differs
+    (weight standardisation, a BN that adds an activation), reflect padding, or a 'same'
+    padding that torch makes asymmetric would be transposed wrongly, so they are refused."""
+    from pathens.folded import BatchNormOf, transpose_chain, why_not
+
+    class StdConv(nn.Conv2d):
+        def forward(self, x):
+            w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True))
+            return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+    class BNReLU(nn.BatchNorm2d):
+        def forward(self, x):
+            return F.relu(super().forward(x))
+
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    bnrelu = BNReLU(4).double().eval()
+    assert why_not(StdConv(4, 4, 3)) == "StdConv"
+    assert why_not(bnrelu) == "BNReLU"
+    assert why_not(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")) == \
+        "Conv2d with reflect padding"
+    assert why_not(nn.Conv2d(4, 4, 4, padding="same")) == "Conv2d with asymmetric 'same' padding"
+    assert transpose_chain((StdConv(4, 4, 3).double(),), x) is None
+    # split into parts the closed form knows, the same layer is transposed exactly
+    chain_vjp_check((BatchNormOf(bnrelu), F.relu), x)
+    chain_vjp_check((nn.Conv2d(4, 4, 3, padding="same").double(), ), x)
+    chain_vjp_check((nn.Conv2d(4, 4, 3, padding="valid").double(), ), x)

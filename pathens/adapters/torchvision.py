@@ -1,6 +1,8 @@
 """torchvision's ResNet family (models/resnet.py): BasicBlock and Bottleneck, which make up
 resnet18-152, wide_resnet50_2/101_2 and resnext50_32x4d / 101_32x8d / 101_64x4d (grouped
-3x3 convolutions). Their ReLU modules work in place; the branch uses F.relu, which does not."""
+3x3 convolutions, transposed in closed form like the others: folded.ConvT). Their ReLU modules
+work in place; the branch uses F.relu, which does not. The shortcut (`downsample`) is None or
+Sequential(1x1 conv, BN)."""
 from __future__ import annotations
 
 import torch.nn.functional as F
