@@ -32,7 +32,7 @@ from . import distributed, paths as _paths
 from .batches import Data
 from .errors import PathensError
 from .inputs import batch_len, call_model, logits_of, take
-from .linearize import branch_parameters, linearize
+from .linearize import branch_parameters, linearize, note_autograd_blocks
 from .modes import eval_mode
 from .results import Result
 from .sweeps import exact_sweep, norm, sampled_sweep
@@ -166,6 +166,8 @@ def path_gradients(view, inputs, targets=None, *, method: str = "exact", loss=No
                   loss=f"mean {loss.name} over {loss.unit}", batchnorm="eval (running statistics)")
     start = time.perf_counter()
     with eval_mode(view.model):
+        if not parameters and distributed.is_writer():  # said once per analysis
+            note_autograd_blocks(view, stacklevel=2)
         if method == "exact":
             result = _exact(view, data, tol, components, parameters, check, progress,
                             dict(config, tol=tol, batch_size=data.batch_size

@@ -301,8 +301,6 @@ def test_se_blocks_use_autograd_and_say_so_once():
     assert note_autograd_blocks(family("timm-resnext")[1]) is None
 
 
-@pytest.mark.xfail(strict=True, reason="gradients.path_gradients does not yet call "
-                   "linearize.note_autograd_blocks (a file this change does not own)")
 def test_path_gradients_says_the_se_note_once():
     _, view = family("timm-seresnet")
     with warnings.catch_warnings(record=True) as caught:

@@ -60,10 +60,15 @@ class BlockParts:
               broadcasts against the branch (SkipInit's alpha, ReZero, timm's LayerScale).
     residual: False for a layer with no shortcut at all (a plain, VGG-like layer): then the
               layer computes post(branch(x)).
-    layers:   optional, the branch as the chain of layers it applies in order (nn.Conv2d,
-              nn.BatchNorm2d, ReLU, nn.Identity, ...): then the path-gradient sweeps transpose
-              it in closed form (BN folded into the convolutions), ~1.5x faster than autograd.
-              `wrap` checks that the chain computes `branch`.
+    layers:   optional, the branch as the chain of layers it applies in order: then the
+              path-gradient sweeps transpose it in closed form (BN folded into the
+              convolutions), ~1.5x faster than autograd. Known kinds: nn.Conv2d (grouped too,
+              zero padding), nn.BatchNorm2d in eval mode, ReLU (F.relu, torch.relu, nn.ReLU),
+              nn.AvgPool2d, nn.Identity, nn.Dropout (eval), folded.BatchNormOf and
+              folded.IdentityInEval, pathens's ZeroPadShortcut, nested nn.Sequential; a
+              shortcut may be a folded.Chain of them. Only these exact classes: a subclass
+              that overrides forward (timm's StdConv2d) is transposed by autograd. `wrap`
+              checks that the chain computes `branch`.
     name:     the sublayer's name within its module when a module holds several blocks
               ("attn", "mlp"): the block is then called "<module name>.<name>".
     context:  True when branch takes (x, ctx).
