@@ -26,6 +26,8 @@ _EXPORTS = {
     "Block": "view", "ResidualView": "view", "wrap": "view",
     "Analysis": "analysis", "analyze": "analysis",
     "gpt": "transformer", "load_corpus": "text", "train_lm": "train_text",
+    "block_influence": "importance", "angular_distance": "importance",
+    "BlockInfluence": "importance", "AngularDistance": "importance",
 }
 _MODULES = ("lesion", "paths", "report", "plots", "data", "models", "losses", "imagefolder",
             "distributed", "text", "transformer", "train_text", "importance")

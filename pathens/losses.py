@@ -102,8 +102,10 @@ class NextToken(Loss):
             raise PathensError(f"targets hold token ids {int(valid.min())}..{int(valid.max())} "
                                f"but the model's vocabulary has {num_outputs} (0..{num_outputs - 1})")
         mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-        if mask is not None:  # padding predicts nothing and is never predicted
-            targets = targets.masked_fill(mask == 0, IGNORE)
+        if mask is not None:  # padding predicts nothing and is never predicted: a target
+            pad = mask == 0   # counts only where it and the position before it are tokens
+            targets = targets.masked_fill(pad, IGNORE)
+            targets[:, 1:] = targets[:, 1:].masked_fill(pad[:, :-1], IGNORE)
         if not (targets[:, 1:] != IGNORE).any():
             raise PathensError("loss='next_token': no token has a target to predict")
         return targets

@@ -47,7 +47,8 @@ def default_probe(model: nn.Module, param: torch.Tensor):
     if isinstance(config, dict) and "in_channels" in config:  # pathens CIFAR ResNet
         shape = (2, config["in_channels"], 32, 32)
     elif isinstance(cfg, dict) and len(cfg.get("input_size", ())) == 3:
-        shape = (2, *cfg["input_size"])
+        size = getattr(getattr(model, "patch_embed", None), "img_size", None)  # a timm ViT's own
+        shape = (2, cfg["input_size"][0], *size) if size else (2, *cfg["input_size"])
     elif isinstance(getattr(model, "image_size", None), int):  # torchvision VisionTransformer
         shape = (2, 3, model.image_size, model.image_size)
     elif type(model).__module__.startswith("torchvision.models") and hasattr(model, "conv1"):

@@ -67,8 +67,14 @@ def _split(gm: fx.GraphModule, model: nn.Module, block_ids: set):
     if reused:
         raise WrapError(f"block {sorted(reused)[0]} is called more than once in "
                         f"{type(model).__name__}.forward; pathens needs each block used once")
+    for node in block_nodes:
+        if node.kwargs:
+            raise WrapError(f"block {node.target} is called with keyword arguments "
+                            f"({', '.join(node.kwargs)}) in the traced {type(model).__name__}."
+                            f"forward; name its blocks and head with pathens.register_model "
+                            f"(a model adapter) instead")
     for prev, node in zip(block_nodes, block_nodes[1:]):
-        if node.args != (prev,) or node.kwargs or len(prev.users) != 1:
+        if node.args != (prev,) or len(prev.users) != 1:
             raise WrapError(
                 f"blocks {prev.target} and {node.target} are not chained: the output of "
                 f"{prev.target} must feed {node.target} directly and nothing else "

@@ -442,9 +442,6 @@ def test_next_token_loss_is_hugging_faces(views):
     assert err < 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason="losses.NextToken masks padded targets but not padded "
-                   "predictors: with left padding, the last pad's prediction of the first real "
-                   "token counts (and depends on the pad's id)")
 def test_gpt2_left_padding_is_not_counted(views):
     """Left padding: a pair (t, t+1) counts only when both tokens are real."""
     model, view = views["gpt2"]
