@@ -10,6 +10,7 @@ commands are named here and looked up in commands.py only to run one.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -45,24 +46,36 @@ def _run(args) -> int:
         sys.stdout.flush()  # a closed pipe is found here, not at exit (a traceback there)
         return code
     except WriteError as err:  # a full disk, a quota: not the input; the rows on disk are whole
-        then = ("free some space and re-run with --resume to continue: finished lesion rows "
-                "are kept" if resume else "free some space and run the command again")
-        print(f"pathens: error: could not write {err.filename} ({err.strerror}): {then}",
-              file=sys.stderr)
+        print(f"pathens: error: could not write {err.filename} ({err.strerror}): "
+              f"{_after_full_disk(resume)}", file=sys.stderr)
         return 1
     except (PathensError, FileNotFoundError) as err:
         print(f"pathens: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         raise
-    except OSError as err:  # the machine, not the input (an I/O error reading, ...)
-        where = f": {err.filename}" if err.filename else ""
-        print(f"pathens: error: {err.strerror or err}{where}", file=sys.stderr)
+    except OSError as err:  # the machine, not the input
+        if err.errno in _DISK_FULL and getattr(args, "out", None):  # a writer that is not ours
+            print(f"pathens: error: could not write into {args.out} ({err.strerror}): "
+                  f"{_after_full_disk(resume)}", file=sys.stderr)
+        else:
+            where = f": {err.filename}" if err.filename else ""
+            print(f"pathens: error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         again = " (re-run with --resume to continue its lesion sweeps)" if resume else ""
         print(f"pathens: interrupted; files already written are complete{again}", file=sys.stderr)
         return 130
+
+
+# errors of a write that found no room (a figure library's writer raises them without the
+# file's name)
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+
+
+def _after_full_disk(resume: bool) -> str:
+    return ("free some space and re-run with --resume to continue: finished lesion rows are "
+            "kept" if resume else "free some space and run the command again")
 
 
 def _discard_stdout() -> None:

@@ -111,6 +111,28 @@ def test_a_full_disk_at_a_result_file_names_it(capsys, monkeypatch, ckpts, refer
     assert {name: (out / name).read_bytes() for name in RESULTS} == reference
 
 
+def test_a_full_disk_at_the_report_is_one_line_and_resume_completes(capsys, monkeypatch, ckpts,
+                                                                    tmp_path):
+    out = tmp_path / "an"
+    argv = ["analyze", ckpts["bn"], "--limit", "32", "--samples", "0", "--trials", "1",
+            "--gradient-examples", "8", "--quiet", "--out", out]
+    real = matplotlib.figure.Figure.savefig
+
+    def savefig(self, fname, *a, **kw):
+        if Path(fname).name.endswith("_lesions.png"):  # the report's lesion figure
+            raise full_disk(None)
+        return real(self, fname, *a, **kw)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    refused(capsys, *argv, code=1, match=f"could not write into {out} (No space left on "
+                                         f"device): free some space and re-run with --resume")
+    sweeps = snapshot(out / "sweeps")
+    monkeypatch.undo()
+    code, _, err = run(capsys, *argv, "--resume")
+    assert code == 0, err
+    assert snapshot(out / "sweeps") == sweeps and (out / "report.md").is_file()
+    assert (out / "bn_lesions.png").is_file()
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 12 KiB tmpfs (3 pages: the lock, config.json and one sweep file), or a skip."""
