@@ -1,77 +1,217 @@
 """The `pathens` command line: argparse subcommands over the library (commands.py runs them).
 
-Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error.
+Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error or a
+result file that could not be written (one line), 130 interrupted, 141 stdout closed early
+(`pathens paths 54 | head`: quiet, as a tool stopped by SIGPIPE).
+
+Building the parser imports neither torch nor matplotlib (`pathens --help` is instant): the
+commands are named here and looked up in commands.py only to run one.
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import math
+import os
 import sys
 
 from .errors import PathensError
+from .outputs import WriteError
+from .version import __version__
 
-EPILOG = "Exit codes: 0 success, 2 bad input (a one-line message), 1 internal error."
+EPILOG = ("Exit codes: 0 success, 2 bad input (a one-line message), 1 internal error or a\n"
+          "result file that could not be written (a full disk), 130 interrupted.")
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        try:
+            args = parser().parse_args(argv)  # --help, --version and usage errors exit here
+        except SystemExit:
+            sys.stdout.flush()  # argparse ignores a closed pipe; the flush at exit would not
+            raise
+        args._argv = list(sys.argv[1:] if argv is None else argv)  # the command line, as typed
+        return _run(args)
+    except BrokenPipeError:  # the reader of stdout left (e.g. `| head`): stop, quietly
+        _discard_stdout()
+        return 141
+
+
+def _run(args) -> int:
+    resume = hasattr(args, "resume")
     try:
         check_values(args)
-        return args.run(args) or 0
+        from . import commands  # torch, matplotlib: only to run a command
+        code = getattr(commands, args.run)(args) or 0
+        sys.stdout.flush()  # a closed pipe is found here, not at exit (a traceback there)
+        return code
+    except WriteError as err:  # a full disk, a quota: not the input; the rows on disk are whole
+        print(f"pathens: error: could not write {err.filename} ({err.strerror}): "
+              f"{_after_full_disk(resume)}", file=sys.stderr)
+        return 1
     except (PathensError, FileNotFoundError) as err:
         print(f"pathens: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise
+    except OSError as err:  # the machine, not the input
+        if err.errno in _DISK_FULL and getattr(args, "out", None):  # a writer that is not ours
+            print(f"pathens: error: could not write into {args.out} ({err.strerror}): "
+                  f"{_after_full_disk(resume)}", file=sys.stderr)
+        else:
+            where = f": {err.filename}" if err.filename else ""
+            print(f"pathens: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        again = (" (re-run with --resume to continue its lesion sweeps)"
-                 if hasattr(args, "resume") else "")
+        again = " (re-run with --resume to continue its lesion sweeps)" if resume else ""
         print(f"pathens: interrupted; files already written are complete{again}", file=sys.stderr)
         return 130
+
+
+# errors of a write that found no room (a figure library's writer raises them without the
+# file's name)
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+
+
+def _after_full_disk(resume: bool) -> str:
+    return ("free some space and re-run with --resume to continue: finished lesion rows are "
+            "kept" if resume else "free some space and run the command again")
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+        pass
+
+
+# Upper limits on counts, so that a typo (--trials 99999999999999999999) is refused at once
+# instead of filling memory with conditions and running until killed.
+# - Lesion conditions: each is a full pass over the data and a row (~300 bytes) in memory and
+#   on disk. A million is days of compute and ~300 MB, far beyond any study (Veit et al. ran
+#   tens per k); commands.py applies it to --trials times the number of k (or swaps).
+MAX_CONDITIONS = 1_000_000
+# - Veit's sampled protocol: --samples paths per length, each one backward pass over the
+#   gradient examples, for each of the n+1 lengths: 10^5 per length is already ~5.5 million
+#   backward passes for a ResNet-110.
+MAX_SAMPLES = 100_000
+# - `pathens paths n`: the table holds the exact integers C(n, k); at n = 5000 it is ~5.5 MB
+#   of digits and seconds of work, growing as n^2 beyond (n = 10^8 never ends). The deepest
+#   published residual networks have a few hundred blocks (ResNet-1202: 600).
+MAX_PATHS_BLOCKS = 5000
+# - `--enumerate` prints one line per path, 2^n of them (pathens.paths' limit: 2^20).
+MAX_ENUMERATE_BLOCKS = 20
+# - Seeds: numpy's generator takes non-negative integers, and sweep files store them as
+#   signed 64-bit JSON numbers that other tools read back exactly.
+MAX_SEED = 2 ** 63 - 1
+
+
+def _finite(v) -> bool:
+    return isinstance(v, int) or math.isfinite(v)
 
 
 # flag -> (test, what a value must be). Checked before any work, so that a bad value costs
 # no training or sweep first; each command checks the flags it has.
 _VALUES = {
     "margin": (lambda v: 0 <= v < 1, "an error increase in [0, 1), e.g. 0.02"),
-    "samples": (lambda v: v >= 0, "a non-negative integer (paths per length)"),
+    "samples": (lambda v: v == 0 or v >= 2,
+                "0 (no sampled protocol) or at least 2 paths per length (a standard error "
+                "needs 2)"),
     "trials": (lambda v: v >= 1, "a positive integer"),
-    "ks": (lambda v: v >= 0, "non-negative integers (numbers of blocks)"),
-    "swaps": (lambda v: v >= 0, "non-negative integers (numbers of swaps)"),
+    "ks": (lambda v: v >= 1, "positive integers (numbers of blocks to delete; the intact "
+                             "network is always measured)"),
+    "swaps": (lambda v: v >= 1, "positive integers (numbers of swaps; the intact network is "
+                                "always measured)"),
     "limit": (lambda v: v >= 1, "a positive integer (a number of examples)"),
     "gradient_examples": (lambda v: v >= 1, "a positive integer"),
     "recalibrate": (lambda v: v >= 0, "a non-negative integer (0: no recalibration)"),
     "tol": (lambda v: 0 <= v < 1, "a tolerance in [0, 1), e.g. 1e-6"),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, "an integer from 0 to 2^63 - 1"),
+    "n": (lambda v: v >= 0, "a non-negative integer (a number of blocks)"),
+    "alpha": (_finite, "a finite number"),
+    "epochs": (lambda v: v >= 1, "a positive integer"),
+    "batch_size": (lambda v: v >= 1, "a positive integer"),
+    "lr": (lambda v: _finite(v) and v >= 0, "a non-negative number"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0, "a non-negative number"),
+    "warmup": (lambda v: _finite(v) and v >= 0, "a non-negative number of epochs"),
+    "clip": (lambda v: _finite(v) and v > 0, "a positive number (a gradient norm)"),
+    "width": (lambda v: v >= 1, "a positive integer"),
+    "num_classes": (lambda v: v >= 1, "a positive integer"),
+    "in_channels": (lambda v: v >= 1, "a positive integer"),
 }
+# where a command's flag means something else
+_COMMAND_VALUES = {
+    "gradients": {"samples": (lambda v: v >= 2,
+                              "at least 2 paths per length (a standard error needs 2)")},
+}
+# flag -> (the most it may be, why): sizes whose work or output could not finish or fit
+_LIMITS = {
+    "trials": (MAX_CONDITIONS, "lesion conditions, each a pass over the data"),
+    "samples": (MAX_SAMPLES, "paths per length, each a backward pass"),
+    "n": (MAX_PATHS_BLOCKS, "blocks: the table holds every exact C(n, k), growing as n^2"),
+}
+_POSITIONAL = ("n",)
 
 
 def check_values(args) -> None:
     """A one-line PathensError for the first flag value out of its range."""
-    for name, (ok, what) in _VALUES.items():
+    rules = {**_VALUES, **_COMMAND_VALUES.get(getattr(args, "command", None), {})}
+    for name, (ok, what) in rules.items():
         value = getattr(args, name, None)
+        flag = name if name in _POSITIONAL else "--" + name.replace("_", "-")
         for v in value if isinstance(value, list) else [] if value is None else [value]:
             if not ok(v):  # NaN fails every test
-                raise PathensError(f"--{name.replace('_', '-')} must be {what}, got {v}")
+                raise PathensError(f"{flag} must be {what}, got {v}")
+            if name in _LIMITS and v > _LIMITS[name][0]:
+                most, why = _LIMITS[name]
+                raise PathensError(f"{flag} {v} is more than the limit of {most:,} ({why})")
+        if isinstance(value, list) and len(set(value)) < len(value):
+            twice = next(v for v in value if value.count(v) > 1)
+            raise PathensError(f"{flag} lists {twice} twice: each count is measured --trials "
+                               f"times already; give it once (more trials: raise --trials)")
+    if getattr(args, "enumerate", False) and args.n > MAX_ENUMERATE_BLOCKS:
+        raise PathensError(f"--enumerate lists all 2^n paths: n must be at most "
+                           f"{MAX_ENUMERATE_BLOCKS} ({2 ** MAX_ENUMERATE_BLOCKS:,} lines), got "
+                           f"{args.n}")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and every flag's default appended to its help (argparse's
+    ArgumentDefaultsHelpFormatter, without the noise of "default: None" and "default:
+    False", and not where the help already gives it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS  # not 0
+        if action.option_strings and not unset and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import commands as c
-
     p = argparse.ArgumentParser(
-        prog="pathens", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="pathens", epilog=EPILOG, formatter_class=_Formatter,
         description="Residual networks as ensembles of paths (Veit et al. 2016): how much "
                     "gradient flows through paths of each length (exactly), what deleting and "
                     "reordering blocks costs, and the effective depth under BatchNorm and "
                     "SkipInit (De & Smith 2020).\n\nStart with `pathens demo`.")
+    p.add_argument("--version", action="version", version=f"pathens {__version__}")
     sub = p.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    def command(name, help, description, run):
+    def command(name, help, description, run=None):
+        """A subcommand, run by the function commands.<run> (default: its name)."""
         s = sub.add_parser(name, help=help, description=description, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        s.set_defaults(run=run, command=name)
+                           formatter_class=_Formatter)
+        s.set_defaults(run=run or name, command=name)
         return s
 
     s = command("demo", "BN vs SkipInit ResNets (depths 56, 110) on the bundled digits: full report",
                 "Trains (or takes the bundled checkpoints of) BatchNorm and SkipInit CIFAR "
                 "ResNets of depths 56 and 110 on scikit-learn's 8x8 digits, runs the full "
-                "analysis on each and writes a comparison report.", c.demo)
+                "analysis on each and writes a comparison report.")
     s.add_argument("--retrain", action="store_true",
                    help="train the four networks here instead of using the bundled checkpoints")
     s.add_argument("--quick", action="store_true", help="smaller sweeps (for a first look)")
@@ -80,8 +220,7 @@ def parser() -> argparse.ArgumentParser:
     s = command("analyze", "everything about one checkpoint: gradients, lesions, variance, report",
                 "Exact and sampled gradient by path length, single / random / reorder lesions, "
                 "branch variance and effective depth, with figures and report.md. Lesion rows "
-                "are written as they finish; --resume continues an interrupted analysis.",
-                c.analyze)
+                "are written as they finish; --resume continues an interrupted analysis.")
     _model_args(s)
     _data_args(s)
     _analysis_args(s)
@@ -89,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = command("compare", "several checkpoints side by side (e.g. BN vs SkipInit)",
                 "Runs `analyze` on each checkpoint and writes one report comparing them; "
-                "--resume continues an interrupted comparison.", c.compare)
+                "--resume continues an interrupted comparison.")
     s.add_argument("checkpoints", nargs="+", help="checkpoint files (pathens or --arch)")
     _arch_args(s)
     _data_args(s)
@@ -98,10 +237,12 @@ def parser() -> argparse.ArgumentParser:
 
     s = command("gradients", "gradient by path length of a checkpoint",
                 "Gradient of the mean cross-entropy at the first block's input, split by path "
-                "length: exactly (one backward sweep) or by Veit's sampled protocol.", c.gradients)
+                "length: exactly (one backward sweep) or by Veit's sampled protocol.")
     _model_args(s)
     _data_args(s, limit=256)
-    s.add_argument("--method", choices=["exact", "sampled"], default="exact")
+    s.add_argument("--method", choices=["exact", "sampled"], default="exact",
+                   help="exact: the whole decomposition in one backward sweep; sampled: "
+                        "Veit's protocol (random single paths of each length)")
     s.add_argument("--tol", type=float, default=0.0, help="exact: truncation tolerance (e.g. 1e-6)")
     s.add_argument("--samples", type=int, default=100, help="sampled: paths per length")
     _common(s, "pathens-gradients")
@@ -109,31 +250,36 @@ def parser() -> argparse.ArgumentParser:
     s = command("lesion", "delete each block, then k random blocks",
                 "Veit et al.'s lesion study: error with each block's branch deleted, and with k "
                 "random (non-downsampling) blocks deleted, several trials per k. Rows are "
-                "written as they finish; --resume continues an interrupted sweep.", c.lesion)
+                "written as they finish; --resume continues an interrupted sweep.")
     _model_args(s)
     _data_args(s)
-    s.add_argument("--ks", type=int, nargs="+", help="numbers of blocks to delete (default 1, 2, 4, ...)")
-    s.add_argument("--trials", type=int, default=10, help="random draws per k (default 10)")
+    s.add_argument("--ks", type=int, nargs="+", help="numbers of blocks to delete (default: 1, "
+                                                     "2, 4, ... up to the deletable blocks)")
+    s.add_argument("--trials", type=int, default=10, help="random draws per k")
     s.add_argument("--recalibrate", type=int, default=0, metavar="N",
-                   help="re-estimate BatchNorm statistics per condition on N training examples")
+                   help="re-estimate BatchNorm statistics per condition on N training examples "
+                        "(0: keep the trained statistics)")
     _common(s, "pathens-lesion", resume=True)
 
     s = command("reorder", "swap random pairs of same-shape blocks",
                 "Veit et al.'s reordering study: error against the Kendall tau between the "
-                "original and the new block order.", c.reorder)
+                "original and the new block order.")
     _model_args(s)
     _data_args(s)
-    s.add_argument("--swaps", type=int, nargs="+", help="numbers of swaps (default 1, 2, 4, ...)")
-    s.add_argument("--trials", type=int, default=10)
+    s.add_argument("--swaps", type=int, nargs="+", help="numbers of swaps (default: 1, 2, 4, "
+                                                        "... up to the most disjoint swaps)")
+    s.add_argument("--trials", type=int, default=10, help="random reorderings per number of swaps")
     _common(s, "pathens-reorder", resume=True)
 
     s = command("paths", "path counts and analytic path-length distributions (CSV)",
                 "For n residual blocks: the number of paths of each length and the share of "
                 "each length under the analytic models (Binomial(n, 1/2); BN variance model; "
-                "SkipInit with alpha).", c.paths_table)
+                "SkipInit with alpha).", "paths_table")
     s.add_argument("n", type=int, help="number of residual blocks (ResNet-110: 54)")
-    s.add_argument("--alpha", type=float, default=None, help="SkipInit scale for its column")
-    s.add_argument("--enumerate", action="store_true", help="list every path (n <= 20)")
+    s.add_argument("--alpha", type=float, default=None, help="SkipInit scale for its column "
+                                                             "(default: no SkipInit column)")
+    s.add_argument("--enumerate", action="store_true",
+                   help=f"list every path (n <= {MAX_ENUMERATE_BLOCKS})")
     s.add_argument("--out", help="write the table to this file instead of printing it")
     s.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     s.add_argument("--quiet", action="store_true", help="with --out: no message")
@@ -141,27 +287,32 @@ def parser() -> argparse.ArgumentParser:
     s = command("train", "train a CIFAR ResNet and save a checkpoint with its metadata",
                 "SGD with momentum, cosine schedule (optional warm-up), weight decay and the "
                 "dataset's standard augmentation. The checkpoint records the architecture, "
-                "data, seed, epochs and accuracy, so that every other command needs no --arch.",
-                c.train)
-    s.add_argument("--depth", type=int, default=56, help="6n+2 (default 56)")
-    s.add_argument("--norm", choices=["bn", "skipinit", "none"], default="bn")
-    s.add_argument("--shortcut", choices=["A", "B"], default="A")
+                "data, seed, epochs and accuracy, so that every other command needs no --arch.")
+    s.add_argument("--depth", type=int, default=56, help="6n+2 (n blocks per stage)")
+    s.add_argument("--norm", choices=["bn", "skipinit", "none"], default="bn",
+                   help="BatchNorm, SkipInit (a scalar alpha ending each branch, no "
+                        "normalisation) or neither")
+    s.add_argument("--shortcut", choices=["A", "B"], default="A",
+                   help="where the shape changes: A zero-pad, B 1x1 projection")
     s.add_argument("--preact", action="store_true", help="pre-activation blocks")
     s.add_argument("--plain", action="store_true", help="no shortcuts (a plain network)")
-    s.add_argument("--width", type=int, default=16)
+    s.add_argument("--width", type=int, default=16, help="channels of the first stage")
     s.add_argument("--alpha-init", type=float, default=0.0, help="SkipInit's initial alpha")
     _data_args(s, split=False)
-    s.add_argument("--epochs", type=int, default=15)
-    s.add_argument("--lr", type=float, default=0.1)
-    s.add_argument("--batch-size", type=int, default=128)
-    s.add_argument("--weight-decay", type=float, default=5e-4)
-    s.add_argument("--warmup", type=float, default=0.0, help="warm-up epochs")
-    s.add_argument("--clip", type=float, default=None, help="clip the gradient norm to this")
+    s.add_argument("--epochs", type=int, default=15, help="passes over the training split")
+    s.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD, momentum 0.9)")
+    s.add_argument("--batch-size", type=int, default=128, help="examples per step")
+    s.add_argument("--weight-decay", type=float, default=5e-4,
+                   help="on conv and linear weights only")
+    s.add_argument("--warmup", type=float, default=0.0, help="warm-up epochs (may be fractional)")
+    s.add_argument("--clip", type=float, default=None,
+                   help="clip the gradient norm to this (default: no clipping)")
     s.add_argument("--out", required=True, help="checkpoint file to write")
     s.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seeds the initialisation, shuffling and augmentation")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     return p
 
 
@@ -199,11 +350,15 @@ def _arch_args(s) -> None:
 
 def _data_args(s, limit=None, split=True) -> None:
     s.add_argument("--data", help="digits, cifar10, mnist, fashion-mnist, or an .npz file "
-                                  "(default: the checkpoint's own dataset)")
+                                  "(default: the checkpoint's own dataset)" if split else
+                                  "the dataset to train on: digits, cifar10, mnist, "
+                                  "fashion-mnist")
     s.add_argument("--root", help="folder (or .npz file) holding the dataset's files")
     if split:
-        s.add_argument("--split", choices=["test", "train"], default="test")
-    s.add_argument("--limit", type=int, default=limit, help="use the first N examples")
+        s.add_argument("--split", choices=["test", "train"], default="test",
+                       help="the dataset's split to measure on")
+    s.add_argument("--limit", type=int, default=limit, metavar="N",
+                   help="use the first N examples" + (" (default: all)" if limit is None else ""))
     s.add_argument("--normalize", help="normalisation preset (default: the checkpoint's or "
                                        "the dataset's): imagenet, cifar10, mnist, digits, none")
 
@@ -211,20 +366,23 @@ def _data_args(s, limit=None, split=True) -> None:
 def _analysis_args(s) -> None:
     s.add_argument("--samples", type=int, default=20,
                    help="Veit's sampled protocol: paths per length (0: skip)")
-    s.add_argument("--trials", type=int, default=5, help="trials per k for random lesions")
-    s.add_argument("--gradient-examples", type=int, default=128)
+    s.add_argument("--trials", type=int, default=5,
+                   help="random draws per k (random lesions) and per number of swaps (reorder)")
+    s.add_argument("--gradient-examples", type=int, default=128, metavar="N",
+                   help="the first N examples measure the gradient by path length")
     s.add_argument("--margin", type=float, default=0.02,
-                   help="lesion-based effective depth: allowed error increase (default 0.02)")
+                   help="lesion-based effective depth: allowed error increase")
 
 
 def _common(s, default_out: str, resume: bool = False) -> None:
-    s.add_argument("--out", default=default_out, help=f"output folder (default ./{default_out})")
+    s.add_argument("--out", default=default_out, help="output folder, locked while a run "
+                                                      "writes it")
     s.add_argument("--force", action="store_true", help="overwrite the output folder's results")
     if resume:
         s.add_argument("--resume", action="store_true",
                        help="continue the run in --out (same command and settings): finished "
                             "lesion rows are kept, the rest is computed")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seeds every random draw (0 to 2^63 - 1)")
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     s.add_argument("--quiet", action="store_true", help="no progress bars or messages")
 

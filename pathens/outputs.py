@@ -3,56 +3,135 @@
 Every output folder records the run that writes it in config.json, before any result: the
 command and its settings. `--resume` continues a folder only when they are the same, so one
 command never resumes (and overwrites) another one's results.
+
+A command checks its folder twice: `check_out` before it loads anything (a folder that holds
+results is refused at once, touching nothing), and `open_out` once every input is checked: it
+creates the folder, locks it for the whole run (locks.py) and checks it again under the lock,
+since another run may have written it in between. Only then are old results removed (--force).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 from .errors import PathensError
+from .locks import LOCK, lock_folder
 
 SWEEPS = "sweeps"  # subfolder of resumable sweep files (one row per finished condition)
 CONFIG = "config.json"  # the run's command and settings (commands add what they learn later)
 
 
-def prepare_out(out, *, run: dict, force: bool = False, resume=None) -> Path:
-    """Create the output folder for `run` (dict(command=name, settings={...}), plain values)
-    and record it in config.json. A folder that already holds files is refused unless
-    force=True (then its earlier sweep files are removed, so the run starts fresh) or
-    resume=True and its config.json records the same run (its sweep files are continued).
-    resume=None: the command has no --resume (the refusal does not suggest it)."""
+class WriteError(OSError):
+    """A result file could not be written (a full disk, a quota, an I/O error): not the user's
+    input, so the command line exits 1; `filename` is the file, `strerror` the reason. An
+    OSError, so that code catching OSError still catches it."""
+
+    def __init__(self, path, err: OSError):
+        super().__init__(err.errno, err.strerror or str(err), str(path))
+
+
+def check_out(out, *, run: dict, force: bool = False, resume=None) -> Path:
+    """Refuse an --out that cannot take `run`'s results, touching nothing: a file (or a path
+    under one), a folder we may not write into, a folder holding results (unless force, or
+    resume with the same run recorded). resume=None: the command has no --resume."""
     out = Path(out)
-    _check_folder(out, out)
-    holds = out.is_dir() and any(out.iterdir())
-    if holds and resume:
+    above = next((p for p in (out, *out.parents) if p.exists()), None)
+    if above is not None and not above.is_dir():  # mkdir would say only "Not a directory"
+        where = "is a file" if above == out else f"is under {above}, which is a file"
+        raise PathensError(f"--out {out} {where}, not a folder: choose another path")
+    if above is not None and not os.access(above, os.W_OK | os.X_OK):
+        raise PathensError(f"cannot write into {above} (permission denied): choose another --out")
+    if not holds_results(out):
+        return out
+    if resume:
         _check_same_run(out, run)
-    elif holds and not force:
+    elif not force:
         can_resume = resume is not None and (out / SWEEPS).is_dir()
         raise PathensError(f"--out {out} already holds results: choose another folder, pass "
                            f"--force to overwrite them" + (" or --resume to continue its sweeps"
                                                           if can_resume else ""))
-    if force and not resume and (out / SWEEPS).is_dir():
-        shutil.rmtree(out / SWEEPS)
-    if not (holds and resume):  # a resumed folder keeps the fuller config.json of its run
-        write_text(out / CONFIG, json.dumps(run, indent=2, default=str))
     return out
+
+
+@contextlib.contextmanager
+def open_out(out, *, run: dict, force: bool = False, resume=None, holder: str = "pathens"):
+    """The output folder for `run`, created, locked for the duration of the `with` block (a
+    second run on it fails at once, naming this one: `holder`, e.g. its command line) and
+    recorded in config.json. Call it once every input is checked: with force, the folder's
+    earlier sweep files are removed here (the run starts fresh); with resume and the same run
+    recorded, they are continued. Yields the folder's Path."""
+    out = Path(out)
+    check_out(out, run=run, force=force, resume=resume)
+    _make_folder(out, out)
+    with lock_folder(out, holder=holder, what=f"--out {out}"):
+        check_out(out, run=run, force=force, resume=resume)  # again: now no one else writes it
+        resumed = resume and holds_results(out)
+        if not resumed:  # a resumed folder keeps the fuller config.json of its run
+            # the new config first, then the old sweeps: a failure in between leaves a folder
+            # that is still either the old run or the new one, never a mix
+            write_text(out / CONFIG, json.dumps(run, indent=2, default=str))
+            if force and (out / SWEEPS).is_dir():
+                shutil.rmtree(out / SWEEPS)
+        yield out
+
+
+def prepare_out(out, *, run: dict, force: bool = False, resume=None) -> Path:
+    """open_out without the lock, for a caller that writes the folder at once and alone."""
+    with open_out(out, run=run, force=force, resume=resume) as path:
+        return path
+
+
+def holds_results(out) -> bool:
+    """Whether `out` holds anything a run could lose: any file but its lock, pathens'
+    temporary files and a config.json recording a pathens run (a run that stopped on a bad
+    input before computing anything leaves only that). A config.json that is not pathens'
+    (someone else's folder) counts as a result."""
+    out = Path(out)
+    if not out.is_dir():
+        return False
+    for p in out.rglob("*"):
+        if p.is_dir():
+            continue
+        if p.parent == out and (p.name == LOCK or (p.name == CONFIG and _is_run(p))):
+            continue
+        if p.name.startswith(".") and p.name.endswith(".tmp"):  # write_text's, torn by a crash
+            continue
+        return True
+    return False
+
+
+def _is_run(config: Path) -> bool:
+    try:
+        stored = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(stored, dict) and isinstance(stored.get("command"), str) and isinstance(
+        stored.get("settings"), dict)
 
 
 def prepare_file(path, *, force: bool = False) -> Path:
     """Check an output file's path before any long computation: not a folder, not an existing
-    file unless force=True, in a writable folder (created if missing)."""
+    file unless force=True, in a folder (created if missing) where a file can be written."""
     path = Path(path)
     if path.is_dir():
         raise PathensError(f"--out {path} is a folder: pass a file name, e.g. {path / 'out'}")
     if path.exists() and not force:
         raise PathensError(f"{path} exists: choose another --out, or pass --force to overwrite it")
-    _check_folder(path.parent, path)
+    _make_folder(path.parent, path)
+    probe = _tmp(path)  # the temporary file write_text will write: can it be created here?
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as err:  # e.g. /proc, a read-only mount: access() did not know
+        raise PathensError(f"cannot write {path} ({err.strerror or err}): choose another "
+                           f"--out") from None
     return path
 
 
-def _check_folder(folder: Path, given: Path) -> None:
+def _make_folder(folder: Path, given: Path) -> None:
     """Create `folder` (and its parents) for `--out given`, or say in one line why it cannot
     be written to."""
     above = next((p for p in (folder, *folder.parents) if p.exists()), None)
@@ -91,10 +170,45 @@ def _check_same_run(out: Path, run: dict) -> None:
                                f"now): resume with the same settings, or {fix}")
 
 
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+@contextlib.contextmanager
+def atomic(path):
+    """A temporary path next to `path`, renamed onto it when the block ends without error (a
+    crash never leaves half a file, nor destroys the old one); removed on error. A failed
+    write (full disk, ...) is a WriteError naming `path`."""
+    path = Path(path)
+    tmp = _tmp(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise WriteError(path, err) from err
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def write_text(path, text: str) -> Path:
     """Write atomically (temporary file, then rename): a crash never leaves half a file."""
+    with atomic(path) as tmp:
+        tmp.write_text(text if text.endswith("\n") else text + "\n")
+    return Path(path)
+
+
+def save_figure(fig, path, **kw) -> Path:
+    """fig.savefig(path, **kw) atomically (as write_text), then close the figure."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text if text.endswith("\n") else text + "\n")
-    os.replace(tmp, path)
+    try:
+        with atomic(path) as tmp:
+            # the format from the real name: the temporary one ends in .tmp
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or None, **kw)
+    finally:
+        import matplotlib.pyplot as plt  # here: importing this module must stay cheap
+        plt.close(fig)
     return path

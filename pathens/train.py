@@ -122,7 +122,8 @@ def _check_data(data, what):
 
 
 def check_device(device) -> torch.device:
-    """torch.device(device), or a PathensError if it is not a device name or not available here."""
+    """torch.device(device), or a PathensError if it is not a device name, not available here
+    or cannot compute (meta)."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
@@ -133,6 +134,15 @@ def check_device(device) -> torch.device:
                            f"({torch.cuda.device_count()} CUDA devices): use --device cpu")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise PathensError(f"device {device!r} is not available on this machine: use --device cpu")
+    if dev.type == "meta":  # tensors there have shapes but no values: nothing can be measured
+        raise PathensError(f"device {device!r} cannot compute (meta tensors hold no values): "
+                           f"use --device cpu or cuda")
+    try:  # any other device that cannot run a computation here (no backend, no driver, ...)
+        (torch.ones(2, device=dev) * 2).sum().item()
+    except Exception as err:  # what each backend raises differs (RuntimeError, NotImplemented...)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PathensError(f"device {device!r} cannot compute here ({reason}): use --device "
+                           f"cpu") from None
     return dev
 
 

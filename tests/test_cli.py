@@ -178,11 +178,11 @@ def test_train_refuses_an_impossible_network(capsys, tmp_path, flags, match):
     (["analyze", "--margin", "1.5"], "--margin must be an error increase in [0, 1), e.g. 0.02, "
                                      "got 1.5"),
     (["analyze", "--margin", "nan"], "--margin must be"),
-    (["analyze", "--samples", "-1"], "--samples must be a non-negative integer"),
+    (["analyze", "--samples", "-1"], "--samples must be 0 (no sampled protocol) or at least 2"),
     (["compare", "--trials", "0"], "--trials must be a positive integer, got 0"),
     (["analyze", "--gradient-examples", "0"], "--gradient-examples must be a positive integer"),
-    (["lesion", "--ks", "1", "-2"], "--ks must be non-negative integers"),
-    (["reorder", "--swaps", "-1"], "--swaps must be non-negative integers"),
+    (["lesion", "--ks", "1", "-2"], "--ks must be positive integers"),
+    (["reorder", "--swaps", "-1"], "--swaps must be positive integers"),
     (["gradients", "--limit", "0"], "--limit must be a positive integer"),
     (["gradients", "--tol", "-1"], "--tol must be a tolerance"),
 ])
