@@ -24,7 +24,6 @@ import csv
 import io
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -36,6 +35,7 @@ from .batches import Data, calibration_batches
 from .lesion_sweep import Condition, run_conditions, wilson
 from .results import Result, _plain
 from .inputs import batch_len
+from .outputs import write_text
 from .view import wrap
 
 __all__ = ["LesionResult", "evaluate", "delete_each", "delete_random", "reorder", "wilson"]
@@ -130,7 +130,7 @@ class LesionResult(Result):
         writer.writeheader()
         writer.writerows(rows)
         if path is not None:
-            Path(path).write_text(buf.getvalue())
+            write_text(path, buf.getvalue())  # atomic; a full disk names the file
         return buf.getvalue()
 
     def __repr__(self) -> str:

@@ -11,6 +11,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .outputs import write_text
+
 
 def _plain(x):
     """numpy / torch / tuple values as JSON-ready Python values; NaN becomes None."""
@@ -45,7 +47,7 @@ class Result:
     def to_json(self, path: Optional[str | Path] = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            write_text(path, text)  # atomic; a full disk names the file
         return text
 
     def to_csv(self, path: Optional[str | Path] = None) -> str:
@@ -55,5 +57,5 @@ class Result:
         writer.writeheader()
         writer.writerows(rows)
         if path is not None:
-            Path(path).write_text(buf.getvalue())
+            write_text(path, buf.getvalue())
         return buf.getvalue()
