@@ -41,6 +41,10 @@ def _run(args) -> int:
     resume = hasattr(args, "resume")
     try:
         check_values(args)
+        if _launched() and hasattr(args, "device"):  # torchrun: join its process group first
+            from . import distributed
+            args.device = distributed.init_from_env(args.device)
+            distributed.same_everywhere("command lines", args._argv)
         from . import commands  # torch, matplotlib: only to run a command
         code = getattr(commands, args.run)(args) or 0
         sys.stdout.flush()  # a closed pipe is found here, not at exit (a traceback there)
@@ -50,7 +54,8 @@ def _run(args) -> int:
               f"{_after_full_disk(resume)}", file=sys.stderr)
         return 1
     except (PathensError, FileNotFoundError) as err:
-        print(f"pathens: error: {err}", file=sys.stderr)
+        if not _quiet_rank(err):
+            print(f"pathens: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         raise
@@ -62,10 +67,38 @@ def _run(args) -> int:
             where = f": {err.filename}" if err.filename else ""
             print(f"pathens: error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
+    except RuntimeError as err:
+        if not _launched():
+            raise  # an internal error: its traceback is the report
+        # under torchrun: a process died (killed, out of memory, a failure of its own) and the
+        # collectives of the others fail; torchrun stops them all
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        again = ("finished lesion rows are kept: run it again with --resume" if resume else
+                 "run it again")
+        print(f"pathens: error: rank {os.environ.get('RANK', '?')}: stopped: another process "
+              f"failed or the processes lost each other ({first[:200]}); {again}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         again = " (re-run with --resume to continue its lesion sweeps)" if resume else ""
         print(f"pathens: interrupted; files already written are complete{again}", file=sys.stderr)
         return 130
+
+
+def _launched() -> bool:
+    """Started by torchrun (or another launcher of several processes)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _quiet_rank(err) -> bool:
+    """True where a message would repeat rank 0's: a rank other than 0 stopped because rank 0
+    (or another rank, reported by rank 0) failed; or it failed as rank 0 did, before the
+    processes could compare (the same bad flag on every rank)."""
+    if not _launched():
+        return False
+    from . import distributed
+    return isinstance(err, distributed.Stopped) or (
+        int(os.environ.get("RANK", "0")) != 0 and not distributed.active())
 
 
 # errors of a write that found no room (a figure library's writer raises them without the

@@ -20,21 +20,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from . import checkpoints, lesion as lesion_mod, paths, plots, report  # noqa: E402
+from . import checkpoints, distributed, lesion as lesion_mod, paths, plots, report  # noqa: E402
 from .analysis import analyze as run_analysis, doubling  # noqa: E402
 from .batches import check_batch  # noqa: E402
 from .cli import MAX_CONDITIONS  # noqa: E402
 from .data import load_dataset, load_npz  # noqa: E402
 from .errors import PathensError  # noqa: E402
 from .gradients import path_gradients  # noqa: E402
-from .outputs import (CONFIG, SWEEPS, check_out, open_out, prepare_file,  # noqa: E402
-                      save_figure, write_text)
+from .outputs import (CONFIG, SWEEPS, distributed_check_out, open_out,  # noqa: E402
+                      prepare_file, save_figure, write_text, writer)
 from .train import check_device  # noqa: E402
 from .view import wrap  # noqa: E402
 
 
 def _log(args):
-    return (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    """print, unless --quiet or on a torch.distributed rank other than 0 (rank 0 speaks)."""
+    return (lambda *a: None) if args.quiet or not writer() else \
+        (lambda *a: print(*a, flush=True))
 
 
 def _command_line(args) -> str:
@@ -62,8 +64,10 @@ def _run(args) -> dict:
 
 
 def _check_out(args) -> None:
-    """--out refused at once (before anything loads) if it cannot take this run."""
-    check_out(args.out, run=_run(args), force=args.force, resume=getattr(args, "resume", None))
+    """--out refused at once (before anything loads) if it cannot take this run (by rank 0
+    under torchrun, for every rank)."""
+    distributed_check_out(args.out, run=_run(args), force=args.force,
+                          resume=getattr(args, "resume", None))
 
 
 def _open_out(args):
@@ -174,11 +178,13 @@ def _setup(args, *, residual: bool = False, examples: int = 1):
     model) and the wrap. residual: the command measures paths, so a plain network (no
     shortcuts) is refused; otherwise it is wrapped as one (lesions accept it). examples: the
     fewest examples the command can measure."""
-    device = check_device(args.device)
-    model, meta = load_model(args.checkpoint, args.arch, device, _flags(args))
-    (x, y), data_info = load_data(args, meta)
-    view = _wrap(model, x, residual=residual, what=args.checkpoint)
-    return view, _check_data(view, x, y, examples), meta, data_info
+    def step():
+        device = check_device(args.device)
+        model, meta = load_model(args.checkpoint, args.arch, device, _flags(args))
+        (x, y), data_info = load_data(args, meta)
+        view = _wrap(model, x, residual=residual, what=args.checkpoint)
+        return view, _check_data(view, x, y, examples), meta, data_info
+    return distributed.all_agree(step)  # every rank's inputs checked, or all stop
 
 
 def _wrap(model, x, *, residual: bool, what):
@@ -210,6 +216,10 @@ def _check_data(view, x, y, examples: int):
         raise PathensError(f"{len(y)} example{'s' * (len(y) != 1)}: this command needs at least "
                            f"{examples} (the branch variance is a variance across examples); "
                            f"raise --limit or use a larger --data")
+    if len(y) < distributed.world_size():
+        raise PathensError(f"{len(y)} examples cannot be shared among "
+                           f"{distributed.world_size()} processes (torchrun's --nproc_per_node "
+                           f"x --nnodes): each needs at least one; use fewer processes")
     return check_batch(view, x, y)  # labels in range, finite inputs, on the device
 
 

@@ -58,13 +58,14 @@ def init_from_env(device: str) -> str:
     if not launched() or active():
         return device
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", local + 1))
     cuda = device.startswith("cuda")
-    if cuda:
+    if cuda:  # checked alike on every rank of a node, so that rank 0 says it too
         have = torch.cuda.device_count()
-        if local >= have:
-            raise PathensError(f"--device cuda under torchrun: local rank {local} has no GPU "
-                               f"(this node has {have}); start at most {have} processes per node "
-                               f"(--nproc_per_node {have}) or use --device cpu")
+        if per_node > have:
+            raise PathensError(f"--device cuda under torchrun: {per_node} processes on this node "
+                               f"but {have} GPU{'s' * (have != 1)}; start at most {have} per "
+                               f"node (--nproc_per_node {have}) or use --device cpu")
         device = f"cuda:{local}"
         torch.cuda.set_device(device)
     torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
@@ -124,18 +125,41 @@ def shard(n: int) -> slice:
 
 
 def agree(check) -> Any:
-    """Run check() on rank 0 only (it touches shared state: the output folder) and make every
-    rank fail with rank 0's error, so that no rank waits for the others forever."""
+    """Run check() on rank 0 only (it touches shared state: the output folder) and return its
+    result on every rank; if it fails, every rank fails (rank 0 with its own error, the others
+    with Stopped), so that no rank waits for the others forever."""
     result, error = None, None
     if is_writer():
         try:
             result = check()
-        except PathensError as err:
-            error = str(err)
-    error = broadcast(error)
-    if error is not None:
-        raise PathensError(error) if is_writer() else Stopped(error)
+        except Exception as err:  # noqa: BLE001 - whatever it is, the others must stop too
+            error = err
+    if broadcast(None if error is None else str(error)) is not None:
+        if is_writer():
+            raise error
+        raise Stopped("rank 0 stopped (its message says why)")
     return broadcast(result)
+
+
+def all_agree(step) -> Any:
+    """Run step() on every rank (loading and checking its inputs) and stop every rank if any
+    failed: rank 0 raises the first failing rank's PathensError (naming the rank), the others
+    Stopped. Returns this rank's own result. One process: step()."""
+    if not active():
+        return step()
+    result, error = None, None
+    try:
+        result = step()
+    except PathensError as err:
+        error = str(err)
+    errors = gather(error)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if failed:
+        r, message = failed[0]
+        if is_writer():
+            raise PathensError(message if r == 0 else f"rank {r}: {message}")
+        raise Stopped(message)
+    return result
 
 
 def same_everywhere(what: str, value) -> None:

@@ -4,6 +4,10 @@ Every output folder records the run that writes it in config.json, before any re
 command and its settings. `--resume` continues a folder only when they are the same, so one
 command never resumes (and overwrites) another one's results.
 
+Under torch.distributed (torchrun) rank 0 alone checks, creates, locks and writes the folder;
+the other ranks write nothing (write_text and save_figure return at once there) and learn of
+a refusal from rank 0, so that every rank stops with it.
+
 A command checks its folder twice: `check_out` before it loads anything (a folder that holds
 results is refused at once, touching nothing), and `open_out` once every input is checked: it
 creates the folder, locks it for the whole run (locks.py) and checks it again under the lock,
@@ -15,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from .errors import PathensError
@@ -56,8 +61,44 @@ def check_out(out, *, run: dict, force: bool = False, resume=None) -> Path:
     return out
 
 
+def _distributed():
+    """pathens.distributed when torch.distributed runs several processes, else None (this
+    module is imported by `pathens --help`, which must not import torch)."""
+    if "torch" not in sys.modules:
+        return None
+    from . import distributed
+    return distributed if distributed.active() else None
+
+
+def writer() -> bool:
+    """False on the ranks of a torch.distributed run other than 0: they write no results."""
+    dist = _distributed()
+    return dist is None or dist.is_writer()
+
+
 @contextlib.contextmanager
 def open_out(out, *, run: dict, force: bool = False, resume=None, holder: str = "pathens"):
+    """As _open_out (below) in one process; under torch.distributed rank 0 opens the folder and
+    every rank gets its path, or rank 0's refusal."""
+    dist = _distributed()
+    if dist is None:
+        with _open_out(out, run=run, force=force, resume=resume, holder=holder) as path:
+            yield path
+        return
+    with contextlib.ExitStack() as held:  # rank 0 holds the lock for the block's duration
+        path = dist.agree(lambda: held.enter_context(
+            _open_out(out, run=run, force=force, resume=resume, holder=holder)))
+        yield Path(path)
+
+
+def distributed_check_out(out, **kw) -> Path:
+    """check_out on rank 0, its refusal on every rank (check_out in one process)."""
+    dist = _distributed()
+    return check_out(out, **kw) if dist is None else Path(dist.agree(lambda: check_out(out, **kw)))
+
+
+@contextlib.contextmanager
+def _open_out(out, *, run: dict, force: bool = False, resume=None, holder: str = "pathens"):
     """The output folder for `run`, created, locked for the duration of the `with` block (a
     second run on it fails at once, naming this one: `holder`, e.g. its command line) and
     recorded in config.json. Call it once every input is checked: with force, the folder's
@@ -195,16 +236,22 @@ def atomic(path):
 
 
 def write_text(path, text: str) -> Path:
-    """Write atomically (temporary file, then rename): a crash never leaves half a file."""
+    """Write atomically (temporary file, then rename): a crash never leaves half a file.
+    Nothing is written on a torch.distributed rank other than 0."""
+    if not writer():
+        return Path(path)
     with atomic(path) as tmp:
         tmp.write_text(text if text.endswith("\n") else text + "\n")
     return Path(path)
 
 
 def save_figure(fig, path, **kw) -> Path:
-    """fig.savefig(path, **kw) atomically (as write_text), then close the figure."""
+    """fig.savefig(path, **kw) atomically (as write_text), then close the figure (rank 0
+    alone saves it)."""
     path = Path(path)
     try:
+        if not writer():
+            return path
         with atomic(path) as tmp:
             # the format from the real name: the temporary one ends in .tmp
             fig.savefig(tmp, format=path.suffix.lstrip(".") or None, **kw)

@@ -123,3 +123,38 @@ def test_more_processes_than_examples_is_refused(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(pathens.PathensError, match="2 examples cannot be shared among 3"):
         distributed.shard(2)
+
+
+# ---- the command line under torchrun ------------------------------------------------------
+
+def torchrun(*argv, procs=2, timeout=300):
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(pathens.__file__).parent.parent))
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={procs}", "-m", "pathens", *map(str, argv)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def sweep_rows(path: Path) -> list:
+    return list(csv.DictReader(path.read_text().splitlines()[1:]))
+
+
+def test_torchrun_lesion_writes_what_one_process_writes(tmp_path, capsys):
+    from cli_helpers import checkpoint, run
+    ckpt = checkpoint(tmp_path / "net.pt", depth=14)
+    args = ("lesion", ckpt, "--limit", "37", "--ks", "1", "2", "--trials", "2", "--quiet")
+    assert run(capsys, *args, "--out", tmp_path / "one")[0] == 0
+    done = torchrun(*args, "--out", tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("delete_each.csv", "delete_random.csv"):
+        a, b = sweep_rows(tmp_path / "two" / "sweeps" / name), \
+            sweep_rows(tmp_path / "one" / "sweeps" / name)
+        assert len(a) == len(b) and len(a) > 2
+        for ra, rb in zip(a, b):
+            assert float(ra.pop("loss")) == pytest.approx(float(rb.pop("loss")), rel=1e-5)
+            assert ra == rb
+    # a bad input is said once, by rank 0, and every rank exits non-zero
+    bad = torchrun(*args, "--out", tmp_path / "two")  # the folder holds results now
+    assert bad.returncode != 0
+    assert bad.stderr.count("pathens: error: --out") == 1, bad.stderr[-2000:]
