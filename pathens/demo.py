@@ -156,6 +156,11 @@ def run_demo(out: Path, *, retrain: bool = False, quick: bool = False, seed: int
     """Analyse the four networks and write the comparison report into `out`."""
     start = time.perf_counter()
     folder = None if retrain else check_bundled()
+    try:  # before minutes of analysis, not after: an unwritable out fails here
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PathensError(f"cannot create the output folder {out}: "
+                           f"{err.strerror or err}") from None
     if retrain:
         folder = Path(out) / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)

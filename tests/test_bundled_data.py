@@ -3,6 +3,7 @@ command recorded inside it), and shipped by the build so that an installed pathe
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -87,7 +88,11 @@ def test_the_wheel_ships_the_data_and_the_installed_package_finds_it(tmp_path, m
     """Build the wheel as `pip install .` does (setuptools' PEP 517 backend), from a copy of
     the sources, then import pathens from the unpacked wheel: the checkpoints must be inside
     the package, byte for byte, and found there rather than in this checkout."""
-    pytest.importorskip("setuptools")
+    setuptools = pytest.importorskip("setuptools")
+    major, minor = (int(v) for v in setuptools.__version__.split(".")[:2])
+    if (major, minor) < (70, 1) and importlib.util.find_spec("wheel") is None:
+        pytest.skip(f"setuptools {setuptools.__version__} builds wheels only with the wheel "
+                    f"package, which is not installed (pip install wheel, or setuptools>=70.1)")
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
