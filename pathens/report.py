@@ -141,10 +141,12 @@ def _check(analyses) -> None:
 # ---- tables ----------------------------------------------------------------------------------
 
 def _depth_table(analyses) -> str:
-    head = ("| model | blocks | intact error | gradient (exact): mean / mode / 90% interval "
-            "(% of paths) | gradient (sampled): mean / 90% interval | gradient energy (exact): "
-            "mean | variance model: mean | lesion: random blocks deletable within margin (95% CI) "
-            "| single blocks each deletable within margin |")
+    levels = {d.level for a in analyses for k, d in a.depth.items() if k != "lesion"}
+    mass = f"{levels.pop():.0%}" if len(levels) == 1 else "level (see configuration)"
+    head = (f"| model | blocks | intact error | gradient (exact): mean / mode / {mass} interval "
+            f"(% of paths) | gradient (sampled): mean / {mass} interval | gradient energy "
+            f"(exact): mean | variance model: mean | lesion: random blocks deletable within "
+            f"margin (95% CI) | single blocks each deletable within margin |")
     rows = [head, "|" + "---|" * 9]
     for a in analyses:
         d = a.depth
