@@ -3,14 +3,16 @@
 Four CIFAR ResNets (width 8) trained on scikit-learn's 8x8 digits, which ship with the
 package's dependencies: BatchNorm and SkipInit (De & Smith 2020: no normalisation, a scalar
 alpha initialised to 0 at the end of every branch), 27 and 54 residual blocks. Their
-checkpoints are bundled in pathens/bundled/ (written by experiments/train_demo_checkpoints.py
-with the RECIPE below); `retrain=True` trains them afresh. Each is analysed in full on the
-digits test split and the four are compared in one report.
+checkpoints live in the repository's data/bundled/ (written by
+experiments/train_demo_checkpoints.py with the RECIPE below; data/README.md gives each file's
+provenance) and are installed as pathens/bundled/; `retrain=True` trains them afresh. Each is
+analysed in full on the digits test split and the four are compared in one report.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from importlib import resources
 from pathlib import Path
 
 from . import checkpoints, report
@@ -37,8 +39,95 @@ def checkpoint_name(name: str) -> str:
     return name.lower().replace(" ", "_").replace("-", "") + ".pt"
 
 
+MANIFEST = "MANIFEST.json"  # beside the checkpoints: each file's size, sha256 and provenance
+_HERE = Path(__file__).resolve().parent
+
+
 def bundled_dir() -> Path:
-    return Path(str(resources.files("pathens") / "bundled"))
+    """The folder holding the bundled checkpoints and their MANIFEST.json.
+
+    An installed pathens (pip install .) has them in pathens/bundled/, where the build maps
+    data/bundled/ (pyproject.toml); a source checkout (pip install -e ., or PYTHONPATH) reads
+    data/bundled/ beside the package directly. The package's own folder comes first, so an
+    installed copy never reads some other checkout's data.
+    """
+    candidates = (_HERE / "bundled", _HERE.parent / "data" / "bundled")
+    for folder in candidates:
+        if (folder / MANIFEST).is_file():
+            return folder
+    raise PathensError(f"the bundled demo checkpoints are missing (no {MANIFEST} in "
+                       f"{' or '.join(map(str, candidates))}; a broken install?): reinstall "
+                       f"pathens, or run `pathens demo --retrain` to train them here")
+
+
+def read_manifest(folder: Path | None = None) -> dict:
+    """The manifest of the bundled files: {"files": [{"name", "bytes", "sha256", "what",
+    "command", ...}, ...]}."""
+    return json.loads(((folder or bundled_dir()) / MANIFEST).read_text())
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_bundled(folder: Path | None = None) -> Path:
+    """Check every file the manifest lists against its size and sha256 (a few milliseconds
+    for the 5.6 MB); returns the folder, or raises a PathensError naming the first file that
+    is missing or differs. The demo checks before loading, so a truncated or stale install is
+    reported as such rather than as a failure to unpickle."""
+    folder = folder or bundled_dir()
+    entries = read_manifest(folder)["files"]
+    unlisted = sorted({checkpoint_name(n) for n in RECIPE} - {e["name"] for e in entries})
+    if unlisted:
+        raise PathensError(f"{folder / MANIFEST} does not list {', '.join(unlisted)}: the demo "
+                           f"needs all of {', '.join(map(checkpoint_name, RECIPE))}")
+    for entry in entries:
+        path = folder / entry["name"]
+        if not path.is_file():
+            raise PathensError(f"the bundled checkpoint {path} is missing (a broken install?): "
+                               f"reinstall pathens, or run `pathens demo --retrain`")
+        size, digest = path.stat().st_size, sha256(path)
+        if (size, digest) != (entry["bytes"], entry["sha256"]):
+            raise PathensError(f"the bundled checkpoint {path} ({size} bytes, sha256 "
+                               f"{digest[:12]}...) is not the one {MANIFEST} lists "
+                               f"({entry['bytes']} bytes, {entry['sha256'][:12]}...): reinstall "
+                               f"pathens, or run `pathens demo --retrain`")
+    return folder
+
+
+def write_manifest(folder: Path) -> Path:
+    """(Re)write folder/MANIFEST.json from the checkpoints there: per file its size, sha256,
+    what it is and the command that trained it, both read from the checkpoint's own metadata
+    (after experiments/train_demo_checkpoints.py; data/README.md then needs the same rows).
+    Checkpoints of the RECIPE absent from the folder are left out (check_bundled refuses such
+    a manifest)."""
+    folder = Path(folder)
+    files = []
+    for name in RECIPE:
+        path = folder / checkpoint_name(name)
+        if not path.is_file():
+            continue
+        _, meta = checkpoints.load(path)
+        arch = meta["arch"]
+        files.append(dict(
+            name=path.name, bytes=path.stat().st_size, sha256=sha256(path),
+            what=(f"{name}: CIFAR ResNet-{arch['depth']} ({(arch['depth'] - 2) // 2} blocks, "
+                  f"width {arch['width']}, norm {arch['norm']}) trained on {meta['dataset']}, "
+                  f"test accuracy {meta['accuracy']:.2%}"),
+            recipe=meta["extra"]["recipe"], command=meta["extra"]["command"],
+            seed=meta["seed"], train=meta["extra"]["train"],
+            train_seconds=meta["extra"].get("seconds"),
+            torch_version=meta["torch_version"], pathens_version=meta["pathens_version"]))
+    path = folder / MANIFEST
+    path.write_text(json.dumps(dict(
+        about="The checkpoints `pathens demo` analyses (data/README.md). Checked by "
+              "tests/test_bundled_data.py and before every demo run.", files=files),
+        indent=2) + "\n")
+    return path
 
 
 def train_recipe(name: str, folder: Path, *, seed: int = SEED, device="cpu", progress=True,
@@ -66,7 +155,12 @@ def run_demo(out: Path, *, retrain: bool = False, quick: bool = False, seed: int
              device="cpu", progress: bool = True, log=print, command: str = "pathens demo"):
     """Analyse the four networks and write the comparison report into `out`."""
     start = time.perf_counter()
-    folder = bundled_dir()
+    folder = None if retrain else check_bundled()
+    try:  # before minutes of analysis, not after: an unwritable out fails here
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PathensError(f"cannot create the output folder {out}: "
+                           f"{err.strerror or err}") from None
     if retrain:
         folder = Path(out) / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
@@ -76,9 +170,6 @@ def run_demo(out: Path, *, retrain: bool = False, quick: bool = False, seed: int
     analyses = []
     for name in RECIPE:
         path = folder / checkpoint_name(name)
-        if not path.is_file():
-            raise PathensError(f"the bundled checkpoint {path} is missing (a broken install?): "
-                               f"run `pathens demo --retrain` to train it here")
         model, meta = checkpoints.load(path, device=device)
         view = wrap(model)
         analyses.append(analyze(

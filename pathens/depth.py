@@ -4,8 +4,11 @@
    path lengths: its mean, mode and the shortest interval of lengths holding `level` (90%) of
    it, with the fraction of all 2^n paths that interval contains (Veit et al.: 5-17 of 54
    blocks, 0.45% of the paths, carry almost all the gradient of ResNet-110).
-2. lesion-based: from a delete_random result, the largest number of random blocks that can be
-   deleted while the mean error stays within `margin` of the intact error.
+2. lesion-based: from a delete_random result, the largest number k of random blocks that can
+   be deleted together while the mean error over the trials stays within `margin` of the intact
+   error (for that k and every smaller k tested), with a confidence interval from the per-k
+   bands of the trials; given the delete_each result too, how many single blocks can each be
+   deleted within the margin, and the exact error of one random deletion (every draw measured).
 3. variance-based: from `branch_variance(view, data)`, each block's branch-to-shortcut variance
    ratio r_i and the path-length distribution P(k) proportional to e_k(r_1, ..., r_n) they
    imply (DESIGN.md; a forward-only estimate).
@@ -31,15 +34,18 @@ class EffectiveDepth(Result):
     """Effective depth of a network, with the distribution over path lengths it comes from.
 
     source:        "gradients", "variance" or "lesion".
-    mean, mode:    of `distribution` over lengths 0..n (lesion: NaN).
+    mean, mode:    of `distribution` over lengths 0..n (lesion: NaN, not a distribution).
     interval:      (lo, hi), the shortest range of lengths holding at least `level` of the
-                   distribution (ties: the one holding most); lesion: (0, k).
-    mass:          the share of the distribution inside the interval (>= level).
-    path_fraction: the share of all 2^n paths whose length lies in the interval.
+                   distribution (ties: the one holding most); lesion: a `level` confidence
+                   interval on `depth` (see _from_lesion).
+    level:         the interval's mass (gradients, variance) or confidence (lesion).
+    mass:          the share of the distribution inside the interval (>= level; lesion: NaN).
+    path_fraction: the share of all 2^n paths whose length lies in the interval (lesion: NaN).
     depth:         the headline number: the mean length (gradients, variance) or the largest
-                   k deletable within the margin (lesion).
+                   tested k deletable within the margin (lesion).
     distribution:  weights over lengths 0..n (sums to 1); lesion: mean error per k tested.
-    details:       what else the source says (e.g. the lesion margin, the variance ratios).
+    details:       what else the source says (e.g. the lesion margin and single-block counts,
+                   the variance ratios).
     """
 
     source: str
@@ -61,9 +67,24 @@ class EffectiveDepth(Result):
                      path_fraction=self.path_fraction)]
 
     def __repr__(self) -> str:
+        return f"EffectiveDepth({self.describe()})"
+
+    def describe(self) -> str:
+        """One line saying what the number is, with its interval (used by repr and reports)."""
         lo, hi = self.interval
-        return (f"EffectiveDepth({self.source}: {self.depth:.2f} of {self.num_blocks} blocks; "
-                f"{self.level:.0%} in lengths {lo}..{hi}, {self.path_fraction:.3%} of paths)")
+        if self.source != "lesion":
+            return (f"{self.source}: {self.depth:.2f} of {self.num_blocks} blocks; "
+                    f"{self.level:.0%} in lengths {lo}..{hi}, {self.path_fraction:.3%} of paths")
+        d = self.details
+        trials = "/".join(map(str, sorted(set(d["trials"]))))
+        text = (f"lesion: {int(self.depth)} of {self.num_blocks} blocks deletable at random with "
+                f"the mean error within {100 * d['margin']:.3g} points of the intact "
+                f"{d['intact_error']:.2%}; {self.level:.0%} CI {lo}..{hi} over the tested k "
+                f"{_ks(d['ks'])} ({trials} trials each)")
+        if d.get("single_tested") is not None:
+            text += (f"; single blocks: {d['single_within']} of {d['single_tested']} each "
+                     f"within the margin")
+        return text
 
 
 def shortest_interval(weights, level: float = 0.9) -> tuple[int, int, float]:
@@ -102,17 +123,25 @@ def from_distribution(weights, *, level: float = 0.9, source: str = "gradients",
 
 
 def effective_depth(result, *, level: float = 0.9, quantity: str = "magnitude",
-                    margin: float = 0.02) -> EffectiveDepth:
+                    margin: float = 0.02, confidence: float = 0.95,
+                    single=None) -> EffectiveDepth:
     """Effective depth from a PathGradients, BranchVariance or delete_random LesionResult.
 
+    level (gradients, variance): the mass of the shortest interval of lengths.
     quantity (gradients): "magnitude" weighs length k by total[k] (Veit et al.), "energy" by
         total[k]^2 (for the exact method, the share of ||g||^2 when paths are uncorrelated:
         the quantity the analytic variance models predict).
     margin (lesion): the error increase over the intact network still counted as surviving
         (0.02 = 2 points).
+    confidence (lesion): the level of the per-k bands the interval on k is built from.
+    single (lesion): the delete_each result of the same network and data, for the single-block
+        counts and the exact k = 1 (see _from_lesion).
     """
     from .gradients import PathGradients
     from .lesion import LesionResult
+
+    if single is not None and not isinstance(result, LesionResult):
+        raise PathensError("single= (a delete_each result) goes with a delete_random result only")
 
     if isinstance(result, PathGradients):
         if quantity not in ("magnitude", "energy"):
@@ -128,31 +157,99 @@ def effective_depth(result, *, level: float = 0.9, quantity: str = "magnitude",
         return from_distribution(result.distribution, level=level, source="variance",
                                  details=dict(ratios=result.ratios.tolist()))
     if isinstance(result, LesionResult):
-        return _from_lesion(result, margin)
+        return _from_lesion(result, margin, confidence, single)
     raise PathensError(f"effective_depth takes a PathGradients, BranchVariance or LesionResult, "
                        f"got {type(result).__name__}")
 
 
-def _from_lesion(result, margin: float) -> EffectiveDepth:
-    """The largest k such that the mean error with k random blocks deleted, and with every
-    smaller k tested, stays within margin of the intact error."""
+def _from_lesion(result, margin: float, confidence: float = 0.95, single=None) -> EffectiveDepth:
+    """Lesion-based effective depth of a delete_random result.
+
+    depth: the largest tested k such that the mean error over the trials with k random blocks
+        deleted stays within `margin` of the intact error, for that k and every smaller k
+        tested (the means need not be monotone in k: a k back within the margin after one that
+        failed does not count). Only tested ks can be the answer: with ks 1, 2, 4, 8 a depth
+        of 4 means "4 passes, 8 fails", the untested 5..7 unknown.
+    interval (a `confidence` interval on depth): the same rule applied to the upper ends of the
+        per-k bands of result.summary() gives lo (every k up to lo is within the margin even
+        at its band's top), applied to the lower ends gives hi (the largest k the trials cannot
+        exclude). The bands are t intervals over the trials (a single trial: its Wilson
+        interval); they measure the spread of the random draws on these examples, not the
+        test set's own sampling error, which every condition and the intact error share.
+    single: the delete_each result of the same network and data. It measures every possible
+        single deletion, so at k = 1 it replaces the trials: the expected error of one random
+        deletion is exactly its mean over the blocks delete_random draws from (band of zero
+        width). details then count the single blocks each deletable within the margin.
+    """
     if result.sweep != "delete_random":
         raise PathensError(f"a lesion-based effective depth needs a delete_random result, got "
                            f"{result.sweep}")
     if not margin >= 0:
         raise PathensError(f"margin must be >= 0, got {margin}")
-    rows = result.summary()
-    survived = 0
-    for r in rows:
-        if not (r["error_mean"] <= result.intact_error + margin):  # NaN counts as failed
-            break
-        survived = r["k"]
+    if not 0 < confidence < 1:
+        raise PathensError(f"confidence must lie in (0, 1), got {confidence}")
+    rows = result.summary(level=confidence)
+    threshold = result.intact_error + margin
+    ks = [r["k"] for r in rows]
+    means = [r["error_mean"] for r in rows]
+    tops = [r["error_hi"] for r in rows]
+    bottoms = [r["error_lo"] for r in rows]
+    details = dict(margin=margin, intact_error=result.intact_error, threshold=threshold, ks=ks,
+                   trials=[r["trials"] for r in rows], confidence=confidence,
+                   band="t over trials (Wilson for one trial)")
+    if single is not None:
+        exact = _single_blocks(result, single, threshold, details)
+        if 1 in ks:
+            i = ks.index(1)
+            means[i] = tops[i] = bottoms[i] = exact
+        else:
+            ks, means, tops, bottoms = [1] + ks, [exact] + means, [exact] + tops, [exact] + bottoms
+
+    def largest(errors) -> int:
+        survived = 0
+        for k, e in zip(ks, errors):
+            if not e <= threshold:  # NaN (every trial non-finite) counts as failed
+                break
+            survived = k
+        return survived
+
+    depth = largest(means)
+    later = [k for k in ks if k > depth]
+    details["next_tested_k"] = later[0] if later else None
     n = len(result.block_names)
-    means = np.array([r["error_mean"] for r in rows])
-    return EffectiveDepth("lesion", n, float(survived), math.nan, math.nan, (0, survived),
-                          math.nan, math.nan, math.nan, means,
-                          dict(margin=margin, intact_error=result.intact_error,
-                               ks=[r["k"] for r in rows]))
+    return EffectiveDepth("lesion", n, float(depth), math.nan, math.nan,
+                          (largest(tops), largest(bottoms)), confidence, math.nan, math.nan,
+                          np.array([r["error_mean"] for r in rows]), details)
+
+
+def _single_blocks(result, single, threshold: float, details: dict) -> float:
+    """Fill details with delete_each's single-block counts; return the exact mean error of
+    one random deletion from delete_random's pool."""
+    if getattr(single, "sweep", None) != "delete_each":
+        raise PathensError(f"single must be a delete_each result, got "
+                           f"{getattr(single, 'sweep', type(single).__name__)}")
+    same = (single.block_names == result.block_names
+            and single.num_examples == result.num_examples
+            and single.config.get("data") == result.config.get("data"))
+    if not same:
+        raise PathensError("single must be delete_each on the same network and data as the "
+                           "delete_random result (blocks, examples and data fingerprint differ)")
+    rows = [r for r in single.rows if r["kind"] == "delete"]
+    exclude = result.config.get("exclude_downsampling", True)
+    pool = [r for r in rows if not (exclude and r["downsampling"])]
+    within = [r["deleted"][0] for r in rows if r["error"] <= threshold]  # NaN: not within
+    errors = np.array([r["error"] for r in pool], float)
+    exact = float(errors.mean()) if len(errors) and np.isfinite(errors).all() else math.nan
+    details.update(single_tested=len(rows), single_within=len(within), single_within_blocks=within,
+                   single_pool=len(pool),
+                   single_pool_within=sum(r["deleted"][0] in within for r in pool),
+                   single_pool_mean_error=exact,
+                   k1="delete_each: the mean over every block of the pool (exact)")
+    return exact
+
+
+def _ks(ks) -> str:
+    return ", ".join(map(str, ks))
 
 
 # ---- branch variance -----------------------------------------------------------------------

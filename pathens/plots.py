@@ -5,15 +5,19 @@
     plot_per_path({"sampled": ps})                     # one path's gradient vs length, log y
     plot_delete_each(r)   plot_delete_random(r)   plot_reorder(r)       # Figs. 3, 5(a), 5(b)
     plot_compare({"BatchNorm": pg_bn, "SkipInit": pg_si})               # side by side
+    plot_compare_lesions({"ResNet": each_res, "plain": each_plain})      # Veit et al. Fig. 3
 
-Each function takes `ax=None` (a new figure when None), draws labelled axes with a legend,
-sets no title (the caller does), returns the Figure and never calls plt.show(). Results in,
-figures out: no torch, no computation beyond normalising what the results hold. Lesion rows
-whose error is NaN (non-finite outputs) are left out and counted in the legend's title.
+Each function takes `ax=None` (a new figure when None) and `title=None` (the Axes' title when
+given: the caller knows which model it shows), draws labelled axes with a legend, returns the
+Figure and never calls plt.show(). Results in, figures out: no torch, no computation beyond
+normalising what the results hold. Lesion rows whose error is NaN (non-finite outputs) are
+left out and counted in the legend's title. A legend entry is the label the caller gave,
+followed by the method ("(exact)", "(sampled)") unless the label already names it.
 """
 from __future__ import annotations
 
 import math
+import re
 from typing import Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
@@ -25,7 +29,7 @@ from .errors import PathensError
 
 __all__ = ["plot_path_length_distribution", "plot_total_gradient", "plot_gradient_by_length",
            "plot_per_path", "plot_delete_each", "plot_delete_random", "plot_reorder",
-           "plot_compare"]
+           "plot_compare", "plot_compare_lesions"]
 
 # Line style by method: the exact decomposition solid with circles, Veit's sampling dash-dot
 # with squares, so both can share one axis.
@@ -44,6 +48,17 @@ def _axes(ax, figsize=(6, 4)):
 def _as_mapping(results) -> Mapping:
     """A single result becomes {its method: result}."""
     return {results.method: results} if hasattr(results, "method") else results
+
+
+def _label(label: str, res) -> str:
+    """label (method), without repeating a method the label already names: a bare sampled
+    result is "sampled", not "sampled (sampled)"."""
+    return label if re.search(rf"\b{re.escape(res.method)}\b", label) else f"{label} ({res.method})"
+
+
+def _title(ax, title: Optional[str]) -> None:
+    if title:
+        ax.set_title(title, fontsize=10)
 
 
 def _raw(res, quantity: str) -> np.ndarray:
@@ -98,46 +113,50 @@ def _wilson_yerr(rows) -> np.ndarray:
 # ---- path-length distributions and gradients -------------------------------------------------
 
 def plot_path_length_distribution(n: int, *, ax=None, alpha=None,
-                                  variance_ratios: Optional[Sequence[float]] = None):
+                                  variance_ratios: Optional[Sequence[float]] = None,
+                                  title: Optional[str] = None):
     """The fraction of the 2^n paths of each length, Binomial(n, 1/2) (Veit et al. Fig. 6a),
     with the BatchNorm variance model beside it and, when given, the SkipInit model for branch
     scale `alpha` (a number, or a sequence of them for one curve each) and the measured model
     from per-block branch-to-shortcut variance ratios (paths.variance_ratio_distribution).
 
     Lines, in order: all paths (solid), BN model, then SkipInit, then measured (dashed), each
-    over k = 0..n; each legend entry gives the distribution's mean length.
+    over k = 0..n; each legend entry says what it is a share of (paths, or the output variance
+    for the models) and gives the distribution's mean length.
     """
     binomial = _paths.binomial_distribution(n)  # checks n
     n = len(binomial) - 1
     fig, ax = _axes(ax)
     k = np.arange(n + 1)
-    curves = [("all paths: Binomial(n, 1/2)", binomial,
+    curves = [(f"share of the 2^{n} paths: Binomial(n, 1/2)", binomial,
                dict(marker="o", ms=3, ls="-", color="black"))]
-    curves.append(("BatchNorm variance model", _paths.bn_variance_distribution(n),
+    curves.append(("share of variance, BatchNorm model", _paths.bn_variance_distribution(n),
                    dict(_OVERLAY_STYLE)))
     alphas = [] if alpha is None else list(np.atleast_1d(alpha))
     for a in alphas:
-        curves.append((f"SkipInit, alpha={float(a):g}", _paths.skipinit_distribution(n, float(a)),
-                       dict(_OVERLAY_STYLE)))
+        curves.append((f"share of variance, SkipInit alpha={float(a):g}",
+                       _paths.skipinit_distribution(n, float(a)), dict(_OVERLAY_STYLE)))
     if variance_ratios is not None:
         r = np.asarray(variance_ratios, float)
         if r.shape != (n,):
             raise PathensError(f"variance_ratios must hold one ratio per block ({n}), "
                                f"got shape {r.shape}")
-        curves.append(("measured variance ratios", _paths.variance_ratio_distribution(r),
-                       dict(_OVERLAY_STYLE, ls="-.")))
+        curves.append(("share of variance, measured branch ratios",
+                       _paths.variance_ratio_distribution(r), dict(_OVERLAY_STYLE, ls="-.")))
     for label, dist, style in curves:
         ax.plot(k, dist, label=f"{label} (mean {_paths.distribution_mean(dist):.2f})", **style)
     ax.set_xlabel("path length k (residual branches passed)")
-    ax.set_ylabel("fraction of paths (models: of variance)")
+    ax.set_ylabel("share at length k (of paths, or of variance)")
     ax.set_xlim(-0.5, n + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend(ax)
+    _title(ax, title)
     return fig
 
 
 def plot_total_gradient(results, *, ax=None, overlays: Optional[Mapping[str, np.ndarray]] = None,
-                        normalize: bool = True, quantity: str = "magnitude"):
+                        normalize: bool = True, quantity: str = "magnitude",
+                        title: Optional[str] = None):
     """Total gradient magnitude carried by all paths of each length (Veit et al. Fig. 6b),
     one line per result: exact results solid with circles, sampled ones dash-dot with squares
     and, for quantity="magnitude", +- one standard error bars (C(n, k) x per_path_se,
@@ -163,7 +182,7 @@ def plot_total_gradient(results, *, ax=None, overlays: Optional[Mapping[str, np.
         y = raw / denom if denom > 0 else np.full_like(raw, np.nan)
         scale = float(np.nansum(y)) if scale is None else scale
         style = _METHOD_STYLE.get(res.method, dict(marker="^", ls="-"))
-        line, = ax.plot(res.lengths, y, ms=4, label=f"{label} ({res.method})", **style)
+        line, = ax.plot(res.lengths, y, ms=4, label=_label(label, res), **style)
         if res.method == "sampled" and quantity == "magnitude" and denom > 0:
             se = np.asarray(res.counts, float) * np.nan_to_num(res.per_path_se) / denom
             ax.errorbar(res.lengths, y, yerr=se, fmt="none", ecolor=line.get_color(),
@@ -178,6 +197,7 @@ def plot_total_gradient(results, *, ax=None, overlays: Optional[Mapping[str, np.
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _crop_to_mass(ax)
     _legend(ax)
+    _title(ax, title)
     return fig
 
 
@@ -201,7 +221,7 @@ def _crop_to_mass(ax, rel: float = 1e-3) -> None:
 
 def plot_gradient_by_length(results: Mapping[str, "PathGradients"], *, ax=None,
                             overlays: Optional[Mapping[str, np.ndarray]] = None,
-                            quantity: str = "energy"):
+                            quantity: str = "energy", title: Optional[str] = None):
     """Share of the gradient carried by paths of each length, one line per result.
 
     quantity: "energy" plots total[k]^2 / sum total^2 (for the exact method, the share of
@@ -211,10 +231,10 @@ def plot_gradient_by_length(results: Mapping[str, "PathGradients"], *, ax=None,
     Same as plot_total_gradient(results, normalize=True, quantity=quantity).
     """
     return plot_total_gradient(results, ax=ax, overlays=overlays, normalize=True,
-                               quantity=quantity)
+                               quantity=quantity, title=title)
 
 
-def plot_per_path(results, *, ax=None):
+def plot_per_path(results, *, ax=None, title: Optional[str] = None):
     """Gradient magnitude of a single path vs its length, log scale, with standard errors.
 
     Only sampled results measure single paths; exact results are skipped (their per_path,
@@ -229,7 +249,7 @@ def plot_per_path(results, *, ax=None):
             continue
         keep = np.asarray(res.per_path) > 0
         line, = ax.plot(res.lengths[keep], res.per_path[keep], marker="s", ms=4, ls="-.",
-                        label=f"{label} (sampled)")
+                        label=_label(label, res))
         ax.errorbar(res.lengths[keep], res.per_path[keep], yerr=res.per_path_se[keep],
                     fmt="none", ecolor=line.get_color(), elinewidth=1, capsize=2, alpha=0.7)
         drawn += 1
@@ -243,11 +263,13 @@ def plot_per_path(results, *, ax=None):
     ax.set_ylabel("gradient magnitude of one path")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend(ax)
+    _title(ax, title)
     return fig
 
 
 def plot_compare(results: Mapping[str, "PathGradients"], *, quantity: str = "energy", axes=None,
-                 overlays: Optional[Mapping[str, np.ndarray]] = None):
+                 overlays: Optional[Mapping[str, np.ndarray]] = None,
+                 title: Optional[str] = None):
     """Several models side by side (e.g. BatchNorm vs SkipInit): for each, the share of the
     gradient carried by each path length (quantity "energy" or "magnitude", as in
     plot_total_gradient) and its mean length sum_k k share[k] as a vertical line.
@@ -256,6 +278,8 @@ def plot_compare(results: Mapping[str, "PathGradients"], *, quantity: str = "ene
           Axes per model, or a single Axes (every model on it, one colour each).
     overlays: model label -> analytic distribution over 0..n, drawn dashed in that model's
           panel (or colour), with its mean in the legend.
+    title: when given, the figure's title, and each panel of a new figure is titled with its
+          model's label.
     """
     results = _as_mapping(results)
     m = len(results)
@@ -277,7 +301,7 @@ def plot_compare(results: Mapping[str, "PathGradients"], *, quantity: str = "ene
         color = f"C{i}" if shared else "C0"
         share = _share(res, quantity)
         mean = float(np.nansum(res.lengths * share))
-        ax.plot(res.lengths, share, color=color, ms=4, label=f"{label} ({res.method})",
+        ax.plot(res.lengths, share, color=color, ms=4, label=_label(label, res),
                 **_METHOD_STYLE.get(res.method, dict(marker="^", ls="-")))
         ax.axvline(mean, color=color, ls=":", lw=1.5, label=f"mean length {mean:.2f}")
         if overlays and label in overlays:
@@ -292,12 +316,17 @@ def plot_compare(results: Mapping[str, "PathGradients"], *, quantity: str = "ene
             ax.set_ylabel(f"share of gradient {what}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _legend(ax)
+    if title:
+        if own and not shared:
+            for (label, _), ax in zip(results.items(), axes):
+                _title(ax, label)
+        axes[0].figure.suptitle(title)
     return axes[0].figure
 
 
 # ---- lesions ---------------------------------------------------------------------------------
 
-def plot_delete_each(result, *, ax=None, max_names: int = 24):
+def plot_delete_each(result, *, ax=None, max_names: int = 24, title: Optional[str] = None):
     """Error with each block deleted alone (Veit et al. Fig. 3), from delete_each: one point
     per deleted block at x = its index, with its 95% Wilson interval; downsampling blocks in
     red squares (their own legend entry); the intact network's error as a dotted line.
@@ -332,10 +361,11 @@ def plot_delete_each(result, *, ax=None, max_names: int = 24):
     ax.set_xlabel("deleted block (index" + (", name)" if n <= max_names else ")"))
     ax.set_ylabel("error (fraction misclassified)")
     _legend(ax, skipped)
+    _title(ax, title)
     return fig
 
 
-def plot_delete_random(result, *, ax=None):
+def plot_delete_random(result, *, ax=None, title: Optional[str] = None):
     """Error vs the number k of blocks deleted at random (Veit et al. Fig. 5a), from
     delete_random: the mean over trials per k with the band of result.summary() (95%: mean
     +- t sd / sqrt(trials)) shaded, each trial a faint dot, the intact error a dotted line.
@@ -359,10 +389,11 @@ def plot_delete_random(result, *, ax=None):
     ax.set_ylabel("error (fraction misclassified)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend(ax, skipped, "trial")
+    _title(ax, title)
     return fig
 
 
-def plot_reorder(result, *, ax=None):
+def plot_reorder(result, *, ax=None, title: Optional[str] = None):
     """Error vs the Kendall tau between the new block order and the original (Veit et al.
     Fig. 5b), from reorder: each trial a faint dot, the mean error per number of swaps at
     their mean tau as a diamond, the intact error (tau = 1) dotted. The x axis
@@ -387,4 +418,66 @@ def plot_reorder(result, *, ax=None):
     ax.set_xlabel("Kendall tau of the block order vs the original")
     ax.set_ylabel("error (fraction misclassified)")
     _legend(ax, skipped, "trial")
+    _title(ax, title)
+    return fig
+
+
+def plot_compare_lesions(results, *, ax=None, title: Optional[str] = None):
+    """Several networks' lesion results of one kind on one Axes, one colour each (Veit et al.
+    Fig. 3 draws a residual network's single deletions beside a plain network's).
+
+    results: label -> LesionResult, all delete_each, or all delete_random / reorder.
+    delete_each: error with each block deleted alone vs the block's index (circles, hollow
+        squares on downsampling blocks), joined by a thin line that breaks at blocks not
+        deleted (a plain network's layers that change shape).
+    delete_random / reorder: the mean error per k (blocks deleted or swaps made) with the band
+        of result.summary() shaded.
+    Each network's intact error is a dotted line in its colour.
+    """
+    results = dict(results)
+    if not results:
+        raise PathensError("plot_compare_lesions needs at least one result")
+    sweeps = {r.sweep for r in results.values()}
+    if not (sweeps == {"delete_each"} or sweeps <= {"delete_random", "reorder"}):
+        raise PathensError(f"plot_compare_lesions draws results of one kind (all delete_each, or "
+                           f"delete_random / reorder), got {', '.join(sorted(sweeps))}")
+    fig, ax = _axes(ax)
+    each = sweeps == {"delete_each"}
+    skipped = 0
+    for i, (label, res) in enumerate(results.items()):
+        color = f"C{i}"
+        if each:
+            rows, nan = _lesion_rows(res, "delete")
+            skipped += nan
+            # one point per block index, NaN where nothing was deleted (a plain network's
+            # shape-changing layers), so the line breaks there instead of bridging the gap
+            x = np.arange(len(res.block_names))
+            e, down = np.full(len(x), np.nan), np.zeros(len(x), bool)
+            for r in rows:
+                if len(r["deleted"]) == 1:
+                    e[r["deleted"][0]], down[r["deleted"][0]] = r["error"], r["downsampling"]
+            ax.plot(x, e, color=color, lw=0.8, alpha=0.6, marker="o", ms=4, label=label)
+            if down.any():
+                ax.plot(x[down], e[down], ls="none", marker="s", ms=6, mfc="none",
+                        color=color, label=f"{label}: downsampling blocks")
+        else:
+            summ = [s for s in res.summary() if not _nan(s["error_mean"])]
+            skipped += sum(s["nonfinite_trials"] for s in res.summary())
+            k = np.array([s["k"] for s in summ], float)
+            ax.fill_between(k, [s["error_lo"] for s in summ], [s["error_hi"] for s in summ],
+                            color=color, alpha=0.15, lw=0)
+            ax.plot(k, [s["error_mean"] for s in summ], color=color, marker="o", ms=4,
+                    label=f"{label}: mean, 95% band")
+        if not math.isnan(res.intact_error):
+            ax.axhline(res.intact_error, color=color, ls=":", lw=1.2,
+                       label=f"{label}: intact ({res.intact_error:.3f})")
+    if each:
+        ax.set_xlabel("deleted block (index)")
+    else:
+        kinds = {r.sweep for r in results.values()}
+        ax.set_xlabel("number of swaps" if kinds == {"reorder"} else "number of blocks deleted k")
+    ax.set_ylabel("error (fraction misclassified)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _legend(ax, skipped, "condition" if each else "trial")
+    _title(ax, title)
     return fig

@@ -2,12 +2,14 @@
 computation."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 import pathens
 from pathens import paths
@@ -88,12 +90,113 @@ def test_lesion_based_effective_depth():
     # is back within the margin but k = 3 already failed, so it does not count.
     r = lesion_result([[0.10, 0.11], [0.11, 0.12], [0.13, 0.15], [0.11, 0.11]])
     ed = effective_depth(r, margin=0.02)
-    assert ed.depth == 2 and ed.interval == (0, 2)
+    # the interval is now a 95% CI on the depth (see test_lesion_depth_interval_...); with two
+    # trials per k the t bands are wide: k = 1's top already exceeds the margin, and no k's
+    # bottom does
+    assert ed.depth == 2 and ed.interval == (0, 4)
     np.testing.assert_allclose(ed.distribution, [0.105, 0.115, 0.14, 0.11])
     assert effective_depth(r, margin=0.05).depth == 4
     assert effective_depth(r, margin=0.0).depth == 0
     with pytest.raises(pathens.PathensError, match="delete_random"):
         effective_depth(LesionResult("delete_each", r.rows, 0.1, 0.3, 100, (), (), {}))
+
+
+def t_band(errors, level=0.95):
+    """mean -+ t sd / sqrt(m), clipped to [0, 1]: the test's own band over trials."""
+    e = np.asarray(errors, float)
+    half = stats.t.ppf(0.5 + level / 2, len(e) - 1) * e.std(ddof=1) / math.sqrt(len(e))
+    return max(0.0, e.mean() - half), min(1.0, e.mean() + half)
+
+
+def prefix_max(ks, ok):
+    """The largest k such that ok holds for it and every smaller k (0 if none)."""
+    best = 0
+    for k, good in zip(ks, ok):
+        if not good:
+            break
+        best = k
+    return best
+
+
+def test_lesion_depth_interval_from_the_trials():
+    """depth 2; the CI's low end is the last k whose whole band is within the margin (1), its
+    high end the last k whose band reaches into it (3): computed here from the trials."""
+    trials = [[0.10, 0.11, 0.10, 0.11], [0.10, 0.13, 0.11, 0.12], [0.12, 0.15, 0.11, 0.14],
+              [0.20, 0.25, 0.22, 0.24]]
+    r = lesion_result(trials)
+    ed = effective_depth(r, margin=0.02)
+    threshold = 0.12
+    bands = [t_band(t) for t in trials]
+    ks = [1, 2, 3, 4]
+    want = (prefix_max(ks, [hi <= threshold for _, hi in bands]),
+            prefix_max(ks, [lo <= threshold for lo, _ in bands]))
+    assert want == (1, 3) and ed.depth == 2  # the data were chosen to separate the three
+    assert ed.interval == want and ed.level == 0.95
+    assert effective_depth(r, margin=0.02, confidence=0.5).interval[0] >= want[0]
+    text = repr(ed)
+    assert "nan" not in text.lower()
+    assert "2 of 9 blocks" in text and "95% CI 1..3" in text and "2 points" in text
+    assert "1, 2, 3, 4" in text and "4 trials" in text
+    assert ed.details["next_tested_k"] == 3
+    for bad in (dict(confidence=1.0), dict(confidence=0)):
+        with pytest.raises(pathens.PathensError, match="confidence"):
+            effective_depth(r, **bad)
+
+
+def delete_each_result(errors, down=(3, 6), intact=0.10):
+    rows = [dict(kind="intact", k=0, trial=0, deleted=[], downsampling=False, error=intact,
+                 nonfinite=0, tau=math.nan, loss=0.3, error_lo=0, error_hi=1)]
+    rows += [dict(kind="delete", k=1, trial=0, deleted=[i], downsampling=i in down, error=e,
+                  nonfinite=int(math.isnan(e)), tau=math.nan, loss=1.0, error_lo=0, error_hi=1)
+             for i, e in enumerate(errors)]
+    return LesionResult("delete_each", rows, intact, 0.3, 100,
+                        tuple("b%d" % i for i in range(9)), tuple(down), {})
+
+
+def test_lesion_depth_uses_every_single_deletion():
+    """delete_each measures all single deletions: it counts the blocks each deletable within
+    the margin and replaces the k = 1 trials by the exact mean over the pool."""
+    errors = [0.11, 0.30, 0.10, 0.60, 0.12, 0.13, 0.50, 0.115, math.nan]
+    each = delete_each_result(errors)
+    threshold = 0.12
+    within = [i for i, e in enumerate(errors) if e <= threshold]
+    pool = [i for i in range(9) if i not in (3, 6)]
+    # the trials at k = 1 happen to miss the bad blocks: within the margin, depth 2 ...
+    r = lesion_result([[0.10, 0.11, 0.10, 0.11], [0.11, 0.11, 0.11, 0.11], [0.2] * 4])
+    assert effective_depth(r).depth == 2
+    ed = effective_depth(r, single=each)
+    d = ed.details
+    assert d["single_tested"] == 9 and d["single_within"] == len(within) == 4
+    assert d["single_within_blocks"] == within and d["single_pool"] == len(pool)
+    # ... but a NaN block in the pool makes the exact mean undefined: k = 1 fails, depth 0
+    assert math.isnan(d["single_pool_mean_error"]) and ed.depth == 0 and ed.interval == (0, 0)
+    errors[8] = 0.11
+    each = delete_each_result(errors)
+    exact = float(np.mean([errors[i] for i in pool]))
+    assert exact > threshold  # the blocks the trials missed push the true k = 1 mean over
+    ed = effective_depth(r, single=each)
+    assert ed.details["single_pool_mean_error"] == pytest.approx(exact)
+    assert ed.depth == 0 and ed.interval == (0, 0)
+    assert "single blocks: 5 of 9 each within the margin" in repr(ed)
+    # with a looser margin the exact k = 1 passes and the trials decide from k = 2 on
+    loose = effective_depth(r, margin=exact - 0.10 + 1e-9, single=each)
+    assert loose.depth == 2
+    # ks without 1: the single deletions supply it
+    r2 = lesion_result([[0.10, 0.11, 0.10, 0.11], [0.11, 0.11, 0.11, 0.11]])
+    r2 = dataclasses.replace(r2, rows=[row for row in r2.rows if row["k"] != 1])
+    assert effective_depth(r2).depth == 2 and effective_depth(r2, single=each).depth == 0
+    other = dataclasses.replace(each, block_names=tuple("c%d" % i for i in range(9)))
+    with pytest.raises(pathens.PathensError, match="same network and data"):
+        effective_depth(r, single=other)
+    with pytest.raises(pathens.PathensError, match="delete_each"):
+        effective_depth(r, single=r)
+    with pytest.raises(pathens.PathensError, match="delete_random result only"):
+        effective_depth(from_distribution_source(), single=each)
+
+
+def from_distribution_source():
+    view = pathens.wrap(small_resnet(8, **VARIANTS[0][1]))
+    return branch_variance(view, batch(3)[0])
 
 
 def test_branch_variance_equals_direct_computation():

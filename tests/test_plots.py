@@ -297,3 +297,87 @@ def test_total_gradient_crops_a_deep_network_to_its_mass(grads):
     assert visible < hi < 40 and lo < 0
     ax = plots.plot_total_gradient(exact).axes[0]  # 9 blocks: the whole axis
     assert ax.get_xlim()[1] >= exact.num_blocks
+
+
+# ---- labels, titles, comparisons of lesions ---------------------------------------------------
+
+def legend_texts(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_a_bare_result_is_labelled_by_its_method_once(grads):
+    """A single result is labelled by its method, not "sampled (sampled)"; a label that
+    already names the method is not repeated either; any other gets "(method)" appended."""
+    exact, sampled = grads
+    assert legend_texts(plots.plot_per_path(sampled).axes[0]) == ["sampled"]
+    assert legend_texts(plots.plot_total_gradient(exact).axes[0]) == ["exact"]
+    ax = plots.plot_total_gradient({"exact: norm of the sum": exact, "BN": sampled}).axes[0]
+    assert legend_texts(ax) == ["exact: norm of the sum", "BN (sampled)"]
+    assert legend_texts(plots.plot_compare(sampled).axes[0])[0] == "sampled"
+
+
+def test_path_length_axis_says_what_each_curve_is_a_share_of():
+    ax = plots.plot_path_length_distribution(12, alpha=0.5, variance_ratios=np.ones(12)).axes[0]
+    assert "models:" not in ax.get_ylabel() and "share" in ax.get_ylabel()
+    texts = legend_texts(ax)
+    assert texts[0].startswith("share of the 2^12 paths")
+    assert all(t.startswith("share of variance") for t in texts[1:]) and len(texts) == 4
+
+
+def test_every_plot_takes_a_title(grads, lesions):
+    exact, sampled = grads
+    calls = {
+        "distribution": lambda t: plots.plot_path_length_distribution(5, title=t),
+        "total": lambda t: plots.plot_total_gradient(exact, title=t),
+        "by_length": lambda t: plots.plot_gradient_by_length({"m": exact}, title=t),
+        "per_path": lambda t: plots.plot_per_path(sampled, title=t),
+        "delete_each": lambda t: plots.plot_delete_each(lesions["each"], title=t),
+        "delete_random": lambda t: plots.plot_delete_random(lesions["random"], title=t),
+        "reorder": lambda t: plots.plot_reorder(lesions["reorder"], title=t),
+        "compare_lesions": lambda t: plots.plot_compare_lesions({"a": lesions["each"]}, title=t),
+    }
+    for name, call in calls.items():
+        assert call(f"net: {name}").axes[0].get_title() == f"net: {name}", name
+    fig = plots.plot_compare({"BN": exact, "SkipInit": sampled}, title="BN vs SkipInit")
+    assert fig._suptitle.get_text() == "BN vs SkipInit"
+    assert [ax.get_title() for ax in fig.axes] == ["BN", "SkipInit"]
+
+
+def test_compare_lesions_draws_each_network_in_its_colour(lesions):
+    """Single deletions of two networks on one axis: per network, y = the error of deleting
+    block x (NaN at blocks not deleted: a plain network's shape-changing layers), hollow
+    squares on downsampling blocks, its intact error dotted in the same colour."""
+    each = lesions["each"]
+    rows = [r for r in each.rows if r["kind"] == "delete"]
+    drop = rows[1]["deleted"][0]
+    plain = dataclasses.replace(each, rows=[r for r in each.rows if r is not rows[1]],
+                                intact_error=0.5)
+    ax = plots.plot_compare_lesions({"res": each, "plain": plain}).axes[0]
+    (res,), (pl,) = ([ln for ln in ax.lines if ln.get_label() == k] for k in ("res", "plain"))
+    want = np.full(len(each.block_names), np.nan)
+    for r in rows:
+        want[r["deleted"][0]] = r["error"]
+    np.testing.assert_allclose(res.get_ydata(), want)
+    want[drop] = np.nan
+    np.testing.assert_allclose(pl.get_ydata(), want)
+    assert res.get_color() != pl.get_color()
+    down = line(ax, "res: downsampling")
+    np.testing.assert_array_equal(down.get_xdata(), each.downsampling_blocks)
+    for label, result, ln in (("res", each, res), ("plain", plain, pl)):
+        intact = line(ax, f"{label}: intact")
+        np.testing.assert_allclose(intact.get_ydata(), [result.intact_error] * 2)
+        assert intact.get_color() == ln.get_color()
+    # random deletions: the mean per k and the summary's band, per network
+    r = lesions["random"]
+    ax = plots.plot_compare_lesions({"a": r, "b": with_nan(r, [1])}).axes[0]
+    np.testing.assert_allclose(line(ax, "a: mean").get_ydata(),
+                               [s["error_mean"] for s in r.summary()])
+    band = ax.collections[0].get_paths()[0].vertices
+    for s in r.summary():
+        ys = band[np.isclose(band[:, 0], s["k"]), 1]
+        np.testing.assert_allclose([ys.min(), ys.max()], [s["error_lo"], s["error_hi"]])
+    assert "1 trial with NaN error" in ax.get_legend().get_title().get_text()
+    with pytest.raises(PathensError, match="one kind"):
+        plots.plot_compare_lesions({"a": each, "b": r})
+    with pytest.raises(PathensError, match="at least one"):
+        plots.plot_compare_lesions({})
