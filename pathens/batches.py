@@ -80,7 +80,7 @@ class Data:
     def __init__(self, view, data, batch_size: Optional[int] = 256, loss=None):
         self.view, self.batch_size, self._pending = view, batch_size, None
         self.loss = get_loss(loss, view.loss)
-        if _is_pair(data):
+        if is_pair(data):
             x = data[0] if torch.is_tensor(data[0]) or isinstance(data[0], dict) else \
                 torch.as_tensor(np.asarray(data[0]))
             self.pair = check_batch(view, x, data[1], self.loss)
@@ -93,7 +93,7 @@ class Data:
         if iter(data) is data:
             raise PathensError("data is a one-shot iterator (e.g. a generator); pass a DataLoader, "
                                "a list of (inputs, targets) batches or an (inputs, targets) pair")
-        if isinstance(data, (list, tuple)) and not all(_is_pair(b) for b in data):
+        if isinstance(data, (list, tuple)) and not all(is_pair(b) for b in data):
             raise PathensError("data must be an (inputs, targets) pair or a list of (inputs, "
                                "targets) batches; this list holds something else")
         self.pair, self.loader = None, data
@@ -129,7 +129,7 @@ class Data:
                 sl = slice(part.start + sl.start, part.start + sl.stop)
                 yield take(x, sl), y[sl]
             return
-        yield from self._checked(_local(self.loader))
+        yield from self._checked(local_batches(self.loader))
 
     def _checked(self, batches):
         for b in batches:
@@ -176,7 +176,7 @@ class Data:
         return h.hexdigest()[:16]
 
 
-def _local(loader):
+def local_batches(loader):
     """The loader's batches for this process: all of them in one process; under
     torch.distributed, a DataLoader over a sized dataset is re-made over this rank's contiguous
     share of the dataset (same batch size, workers and collate function, no shuffling: lesions
@@ -194,7 +194,7 @@ def _local(loader):
     return itertools.islice(loader, distributed.rank(), None, distributed.world_size())
 
 
-def _is_pair(data) -> bool:
+def is_pair(data) -> bool:
     """An (inputs, targets) pair: two entries, the first a batch (not itself a pair)."""
     return (isinstance(data, (tuple, list)) and len(data) == 2 and
             not isinstance(data[0], (tuple, list)) and
@@ -214,7 +214,7 @@ def calibration_batches(view, data, batch_size: Optional[int]) -> list:
     p = view.param
     if torch.is_tensor(data):
         out = [data[sl] for sl in chunks(len(data), batch_size)]
-    elif _is_pair(data):
+    elif is_pair(data):
         out = [take(data[0], sl) for sl in chunks(batch_len(data[0]), batch_size)]
     elif hasattr(data, "__iter__"):
         out = [b[0] if isinstance(b, (tuple, list)) else b for b in data]

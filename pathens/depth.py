@@ -22,8 +22,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import paths
+from . import distributed, paths
 from .errors import PathensError
+from .batches import chunks, is_pair, local_batches
+from .inputs import batch_len, take, to_model
 from .modes import eval_mode
 from .results import Result
 from .view import wrap
@@ -287,23 +289,26 @@ def branch_variance(view, data, *, batch_size: int = 256) -> BranchVariance:
     view = wrap(view)
     if not view.residual:
         raise PathensError("branch_variance needs a residual network: this view has plain layers")
-    batches = _input_batches(data, batch_size)
     p = view.param
     n = view.num_blocks
     sums = [[0.0, 0.0, 0.0, 0.0] for _ in range(n)]  # per block: S(r), S(r^2), S(s), S(s^2) per feature
     count = 0
     with eval_mode(view.model):
-        for x in batches:
-            h = view.stem(x.to(device=p.device, dtype=p.dtype))
+        for x in _input_batches(data, batch_size):
+            h, ctx = view.embed(to_model(x, p))
             count += len(h)
             for i, b in enumerate(view.blocks):
-                s, r = b.shortcut(h), b.branch(h)
+                s, r = b.shortcut(h), b.branch(h, ctx)
                 acc = sums[i]
                 for j, t in enumerate((r, s)):
                     t = t.double()
                     acc[2 * j] = acc[2 * j] + t.sum(0)
                     acc[2 * j + 1] = acc[2 * j + 1] + t.pow(2).sum(0)
                 h = b.post(s + r)
+    # sums over disjoint examples: over the ranks of a torch.distributed run too
+    count = int(distributed.all_sum([count])[0])
+    sums = [[distributed.all_sum_tensor(t) if torch.is_tensor(t) else t for t in acc]
+            for acc in sums]
     if count < 2:
         raise PathensError("branch_variance needs at least 2 examples")
 
@@ -323,15 +328,20 @@ def branch_variance(view, data, *, batch_size: int = 256) -> BranchVariance:
 
 
 def _input_batches(data, batch_size: int):
-    if torch.is_tensor(data):
+    """The inputs of data (a tensor, dict of tensors, (inputs, targets) pair or a loader of
+    batches), batch by batch as it streams; under torch.distributed, this rank's share."""
+    if torch.is_tensor(data) or isinstance(data, dict):
         x = data
-    elif isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
+    elif is_pair(data):
         x = data[0]
-    elif hasattr(data, "__iter__"):
-        return [b[0] if isinstance(b, (tuple, list)) else b for b in data]
+    elif hasattr(data, "__iter__") and not isinstance(data, (str, bytes)):
+        yield from (b[0] if isinstance(b, (tuple, list)) else b for b in local_batches(data))
+        return
     else:
         raise PathensError(f"data must be inputs, an (inputs, targets) pair or a DataLoader, "
                            f"got {type(data).__name__}")
-    if len(x) == 0:
+    if batch_len(x) == 0:
         raise PathensError("data is empty: pass at least two examples")
-    return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+    part = distributed.shard(batch_len(x))
+    for sl in chunks(part.stop - part.start, batch_size):
+        yield take(x, slice(part.start + sl.start, part.start + sl.stop))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,6 +26,9 @@ from matplotlib.ticker import FixedLocator, MaxNLocator
 
 from . import paths as _paths
 from .errors import PathensError
+
+if TYPE_CHECKING:  # for annotations only: plots consume results, never import them
+    from .gradients import PathGradients
 
 __all__ = ["plot_path_length_distribution", "plot_total_gradient", "plot_gradient_by_length",
            "plot_per_path", "plot_delete_each", "plot_delete_random", "plot_reorder",

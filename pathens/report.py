@@ -22,7 +22,7 @@ import torch
 
 from . import __version__, paths, plots
 from .errors import PathensError
-from .outputs import write_text
+from .outputs import save_figure, write_text
 
 __all__ = ["write"]
 
@@ -205,8 +205,8 @@ def _section(a, slug: str, figs: dict) -> str:
         lines.append(f"- Deleting one non-downsampling block: error {_range(non_down)}; a "
                      f"downsampling block: {_range(down)}.")
     else:
-        lines += [f"- Path gradients, branch variance: not applicable: a plain network has a "
-                  f"single path (no shortcuts), so there is nothing to split by length.",
+        lines += ["- Path gradients, branch variance: not applicable: a plain network has a "
+                  "single path (no shortcuts), so there is nothing to split by length.",
                   f"- Deleting one layer that keeps the shape (replaced by the identity): error "
                   f"{_range(non_down)}; layers that change the shape cannot be deleted "
                   f"({len(each.downsampling_blocks)} of {a.num_blocks})."]
@@ -255,8 +255,7 @@ def _range(v) -> str:
 # ---- figures ---------------------------------------------------------------------------------
 
 def _save(fig, out: Path, name: str) -> str:
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / name, dpi=110)  # atomic; a full disk names the file; rank 0 only
     return name
 
 
