@@ -173,6 +173,17 @@ _VALUES = {
     "width": (lambda v: v >= 1, "a positive integer"),
     "num_classes": (lambda v: v >= 1, "a positive integer"),
     "in_channels": (lambda v: v >= 1, "a positive integer"),
+    "image_size": (lambda v: v >= 1, "a positive integer (pixels)"),
+    "crop_pct": (lambda v: 0 < v <= 1, "a fraction in (0, 1], e.g. 0.875"),
+    "workers": (lambda v: v >= 0, "a non-negative integer (0: decode in this process)"),
+    "seq_len": (lambda v: v >= 2, "an integer >= 2 (a next token to predict)"),
+    "depth": (lambda v: v >= 1, "a positive integer"),
+    "steps": (lambda v: v >= 1, "a positive integer"),
+    "warmup_steps": (lambda v: v >= 0, "a non-negative integer"),
+    "heads": (lambda v: v >= 1, "a positive integer"),
+    "context": (lambda v: v >= 2, "an integer >= 2 (tokens)"),
+    "mlp_ratio": (lambda v: v >= 1, "a positive integer"),
+    "dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
 }
 # where a command's flag means something else
 _COMMAND_VALUES = {
@@ -292,6 +303,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--recalibrate", type=int, default=0, metavar="N",
                    help="re-estimate BatchNorm statistics per condition on N training examples "
                         "(0: keep the trained statistics)")
+    _unit_arg(s)
     _common(s, "pathens-lesion", resume=True)
 
     s = command("reorder", "swap random pairs of same-shape blocks",
@@ -302,6 +314,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--swaps", type=int, nargs="+", help="numbers of swaps (default: 1, 2, 4, "
                                                         "... up to the most disjoint swaps)")
     s.add_argument("--trials", type=int, default=10, help="random reorderings per number of swaps")
+    _unit_arg(s)
     _common(s, "pathens-reorder", resume=True)
 
     s = command("paths", "path counts and analytic path-length distributions (CSV)",
@@ -317,29 +330,47 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     s.add_argument("--quiet", action="store_true", help="with --out: no message")
 
-    s = command("train", "train a CIFAR ResNet and save a checkpoint with its metadata",
-                "SGD with momentum, cosine schedule (optional warm-up), weight decay and the "
-                "dataset's standard augmentation. The checkpoint records the architecture, "
-                "data, seed, epochs and accuracy, so that every other command needs no --arch.")
-    s.add_argument("--depth", type=int, default=56, help="6n+2 (n blocks per stage)")
-    s.add_argument("--norm", choices=["bn", "skipinit", "none"], default="bn",
-                   help="BatchNorm, SkipInit (a scalar alpha ending each branch, no "
-                        "normalisation) or neither")
+    s = command("train", "train a CIFAR ResNet or a small GPT; save a checkpoint with its metadata",
+                "--arch resnet (default): a CIFAR ResNet, SGD with momentum, cosine schedule "
+                "(optional warm-up), weight decay and the dataset's standard augmentation. "
+                "--arch gpt: pathens's decoder-only transformer on --data text, AdamW with "
+                "warm-up and cosine decay. The checkpoint records the architecture, data, "
+                "seed and test accuracy or loss, so that every other command needs no --arch.")
+    s.add_argument("--arch", choices=["resnet", "gpt"], default="resnet",
+                   help="the network to train")
+    s.add_argument("--depth", type=int, help="resnet: 6n+2, n blocks per stage (default 56); "
+                                             "gpt: layers, two blocks each (default 6)")
+    s.add_argument("--norm", choices=["bn", "skipinit", "none", "pre", "post", "rezero"],
+                   help="resnet: bn (default), skipinit (a scalar alpha ending each branch, no "
+                        "normalisation) or none; gpt: pre (default, GPT-2), post (the original "
+                        "Transformer), rezero (a scalar alpha per sublayer, no normalisation) "
+                        "or none")
     s.add_argument("--shortcut", choices=["A", "B"], default="A",
-                   help="where the shape changes: A zero-pad, B 1x1 projection")
-    s.add_argument("--preact", action="store_true", help="pre-activation blocks")
-    s.add_argument("--plain", action="store_true", help="no shortcuts (a plain network)")
-    s.add_argument("--width", type=int, default=16, help="channels of the first stage")
-    s.add_argument("--alpha-init", type=float, default=0.0, help="SkipInit's initial alpha")
+                   help="resnet: where the shape changes: A zero-pad, B 1x1 projection")
+    s.add_argument("--preact", action="store_true", help="resnet: pre-activation blocks")
+    s.add_argument("--plain", action="store_true", help="resnet: no shortcuts (a plain network)")
+    s.add_argument("--width", type=int, help="resnet: channels of the first stage (default 16); "
+                                             "gpt: the residual stream's width (default 64)")
+    s.add_argument("--alpha-init", type=float, default=0.0,
+                   help="skipinit / rezero: the initial alpha")
+    s.add_argument("--heads", type=int, default=4, help="gpt: attention heads")
+    s.add_argument("--context", type=int, default=64, help="gpt: longest sequence (tokens)")
+    s.add_argument("--mlp-ratio", type=int, default=4, help="gpt: MLP width / stream width")
+    s.add_argument("--dropout", type=float, default=0.0, help="gpt: dropout while training")
     _data_args(s, split=False)
-    s.add_argument("--epochs", type=int, default=15, help="passes over the training split")
-    s.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD, momentum 0.9)")
-    s.add_argument("--batch-size", type=int, default=128, help="examples per step")
-    s.add_argument("--weight-decay", type=float, default=5e-4,
-                   help="on conv and linear weights only")
-    s.add_argument("--warmup", type=float, default=0.0, help="warm-up epochs (may be fractional)")
+    s.add_argument("--epochs", type=int, default=15, help="resnet: passes over the training split")
+    s.add_argument("--steps", type=int, default=800, help="gpt: optimisation steps")
+    s.add_argument("--warmup-steps", type=int, default=100, help="gpt: linear warm-up steps")
+    s.add_argument("--lr", type=float, help="peak learning rate (default: resnet 0.1, SGD with "
+                                            "momentum 0.9; gpt 1e-3, AdamW)")
+    s.add_argument("--batch-size", type=int, help="examples per step (default: resnet 128, "
+                                                  "gpt 32)")
+    s.add_argument("--weight-decay", type=float,
+                   help="default: resnet 5e-4 (conv and linear weights), gpt 0.1")
+    s.add_argument("--warmup", type=float, default=0.0,
+                   help="resnet: warm-up epochs (may be fractional)")
     s.add_argument("--clip", type=float, default=None,
-                   help="clip the gradient norm to this (default: no clipping)")
+                   help="clip the gradient norm to this (default: resnet none, gpt 1.0)")
     s.add_argument("--out", required=True, help="checkpoint file to write")
     s.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
     s.add_argument("--seed", type=int, default=0,
@@ -350,24 +381,34 @@ def parser() -> argparse.ArgumentParser:
 
 
 _ARCH_HELP = """\
-A pathens checkpoint records its architecture; a bare state dict needs --arch:
-  resnetD      the pathens CIFAR ResNet of depth D = 6n+2 (20, 32, 44, 56, 110, ...); by
-               default BatchNorm with option-A shortcuts, the layout of the akamaster
-               checkpoints. The flags below (named as in `pathens train`) describe others,
-               e.g. --arch resnet56 --norm skipinit --shortcut B --preact. Sizes not given
-               are read from the weights.
-  torchvision.resnet18 / resnet50 / ...
-               takes its number of classes from the checkpoint's fc.weight."""
+A pathens checkpoint records its architecture. Anything else says how to build the model:
+  --arch resnetD          the pathens CIFAR ResNet of depth D = 6n+2 (20, 32, 44, 56, 110, ...):
+                          BatchNorm, option-A shortcuts (the akamaster checkpoints' layout) unless
+                          the flags below say otherwise (named as in `pathens train`); sizes
+                          not given are read from the weights
+  --arch torchvision.NAME resnet18 ... resnet152, wide_resnet50_2, resnext50_32x4d, vit_b_16, ...
+  --arch timm:NAME        any timm model name (pip install 'pathens[timm]'), e.g. timm:resnet50
+  --arch hf:DIR           a local Hugging Face model folder: config.json + model.safetensors
+                          (pip install 'pathens[hf]'); its tokenizer, if any, tokenises --data text
+  --model FILE.py:FUNCTION  (or package.module:function) your own code: the file is imported
+                          (it may register its blocks with pathens.register_block and its model
+                          with pathens.register_model) and FUNCTION() returns the model; CHECKPOINT,
+                          if given, is loaded into it
+Weights: .pth / .pt / .th (read with weights_only=True; `module.` stripped) or .safetensors.
+Class counts are read from the weights."""
 
 
 def _model_args(s) -> None:
-    s.add_argument("checkpoint", help="a checkpoint file (read with weights_only=True)")
+    s.add_argument("checkpoint", nargs="?", help="a checkpoint file (read with weights_only=True; "
+                                                 "optional with --model)")
     _arch_args(s)
 
 
 def _arch_args(s) -> None:
-    g = s.add_argument_group("third-party checkpoints", _ARCH_HELP)
-    g.add_argument("--arch", help="resnetD or torchvision.resnetXX (see above)")
+    g = s.add_argument_group("models pathens did not train", _ARCH_HELP)
+    g.add_argument("--arch", help="resnetD, torchvision.NAME, timm:NAME or hf:DIR (see above)")
+    g.add_argument("--model", metavar="FILE.py:FUNCTION",
+                   help="a function of yours that returns the model (see above)")
     g.add_argument("--norm", choices=["bn", "skipinit", "none"], help="resnetD: default bn")
     g.add_argument("--shortcut", choices=["A", "B"],
                    help="resnetD: A zero-pad (default) or B projection where the shape changes")
@@ -375,25 +416,53 @@ def _arch_args(s) -> None:
     g.add_argument("--plain", action="store_true", help="resnetD: no shortcuts (a plain network)")
     g.add_argument("--width", type=int, help="resnetD: channels of the first stage "
                                              "(default: from conv1.weight, else 16)")
-    g.add_argument("--num-classes", type=int, help="default: from the checkpoint's last layer "
-                                                   "(linear.weight or fc.weight)")
+    g.add_argument("--num-classes", type=int, help="default: from the checkpoint's classifier")
     g.add_argument("--in-channels", type=int, help="resnetD: input channels (default: from "
                                                    "conv1.weight, else 3)")
 
 
 def _data_args(s, limit=None, split=True) -> None:
-    s.add_argument("--data", help="digits, cifar10, mnist, fashion-mnist, or an .npz file "
-                                  "(default: the checkpoint's own dataset)" if split else
+    s.add_argument("--data", help="digits, cifar10, mnist, fashion-mnist, an .npz file, "
+                                  "imagefolder (--root DIR: one subfolder per class) or text "
+                                  "(the Python standard library's source, or --root FILE_OR_DIR "
+                                  "of UTF-8 text) (default: the checkpoint's own)" if split else
                                   "the dataset to train on: digits, cifar10, mnist, "
-                                  "fashion-mnist")
-    s.add_argument("--root", help="folder (or .npz file) holding the dataset's files")
+                                  "fashion-mnist, or text (with --arch gpt)")
+    s.add_argument("--root", help="folder (or file) holding the dataset's files")
     if split:
         s.add_argument("--split", choices=["test", "train"], default="test",
                        help="the dataset's split to measure on")
     s.add_argument("--limit", type=int, default=limit, metavar="N",
-                   help="use the first N examples" + (" (default: all)" if limit is None else ""))
+                   help="use the first N examples (image folders: a seeded subset spread over "
+                        "the classes; text: N windows)" + (" (default: all)" if limit is None
+                                                           else ""))
     s.add_argument("--normalize", help="normalisation preset (default: the checkpoint's or "
-                                       "the dataset's): imagenet, cifar10, mnist, digits, none")
+                                       "the dataset's; image folders: the model's): imagenet, "
+                                       "cifar10, mnist, digits, none (pixels in [0, 1])")
+    g = s.add_argument_group("image folders and text")
+    if split:
+        g.add_argument("--image-size", type=int, help="imagefolder: centre-crop size (default: "
+                                                      "the timm model's, else 224)")
+        g.add_argument("--crop-pct", type=float, help="imagefolder: crop fraction, the short "
+                                                      "side resized to size / crop-pct "
+                                                      "(default: the timm model's, else 0.875)")
+        g.add_argument("--workers", type=int, help="imagefolder: decoding processes (default: "
+                                                   "one per CPU, at most 4)")
+        g.add_argument("--skip-bad-images", action="store_true",
+                       help="imagefolder: leave out files that cannot be decoded (counted in "
+                            "config.json) instead of stopping")
+        g.add_argument("--batch-size", type=int, default=64, help="examples per batch read")
+    g.add_argument("--tokenizer", help="text: bytes, chars or hf:DIR (default: the checkpoint's, "
+                                       "a Hugging Face folder's own, else bytes)")
+    g.add_argument("--seq-len", type=int, help="text: tokens per window (default: the model's "
+                                               "context)")
+
+
+def _unit_arg(s) -> None:
+    s.add_argument("--unit", choices=["block", "layer"], default="block",
+                   help="what a lesion deletes or moves: each residual block (a transformer's "
+                        "attention and MLP sublayers apart) or each layer (a module with all "
+                        "its blocks)")
 
 
 def _analysis_args(s) -> None:
@@ -405,6 +474,7 @@ def _analysis_args(s) -> None:
                    help="the first N examples measure the gradient by path length")
     s.add_argument("--margin", type=float, default=0.02,
                    help="lesion-based effective depth: allowed error increase")
+    _unit_arg(s)
 
 
 def _common(s, default_out: str, resume: bool = False) -> None:

@@ -20,17 +20,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from . import checkpoints, distributed, lesion as lesion_mod, paths, plots, report  # noqa: E402
+from . import checkpoints, lesion as lesion_mod, paths, plots, report  # noqa: E402
 from .analysis import analyze as run_analysis, doubling  # noqa: E402
-from .batches import check_batch  # noqa: E402
 from .cli import MAX_CONDITIONS  # noqa: E402
-from .data import load_dataset, load_npz  # noqa: E402
+from .command_inputs import build_cifar, checkpoint_name, recalibration, setup  # noqa: E402
+from .data import load_dataset  # noqa: E402
 from .errors import PathensError  # noqa: E402
 from .gradients import path_gradients  # noqa: E402
 from .outputs import (CONFIG, SWEEPS, distributed_check_out, open_out,  # noqa: E402
                       prepare_file, save_figure, write_text, writer)
 from .train import check_device  # noqa: E402
-from .view import wrap  # noqa: E402
 
 
 def _log(args):
@@ -77,151 +76,7 @@ def _open_out(args):
                     resume=getattr(args, "resume", None), holder=_command_line(args))
 
 
-# ---- models and data ---------------------------------------------------------------------------
-
-# Flags that shape a third-party checkpoint's network (--arch); None / False: not given.
-ARCH_FLAGS = ("norm", "shortcut", "preact", "plain", "width", "num_classes", "in_channels")
-
-
-def build_cifar(what: str, **kw) -> torch.nn.Module:
-    """cifar_resnet(**kw), with a bad value (depth 57, width 0, ...) a one-line user error
-    that starts with `what` (the flags that asked for it)."""
-    from .models import cifar_resnet
-    try:
-        return cifar_resnet(**kw)
-    except ValueError as err:  # cifar_resnet's checks of its arguments; nothing else runs yet
-        raise PathensError(f"{what}: the network cannot be built: {err}") from None
-
-
-def build_arch(name: str, state=None, **flags) -> torch.nn.Module:
-    """A model from an --arch name: resnetD / cifar_resnetD, shaped by the ARCH_FLAGS given
-    in flags, or torchvision.<resnet name>. state: the checkpoint's state dict, which gives
-    the sizes not given: width and in_channels from conv1.weight, num_classes from
-    linear.weight (CIFAR) or fc.weight (torchvision)."""
-    state, get = state or {}, flags.get
-    key = name.lower().removeprefix("cifar_")
-    if key.startswith("resnet") and key[6:].isdigit():
-        return build_cifar(f"--arch {name}", depth=int(key[6:]), norm=get("norm", "bn"),
-                           shortcut=get("shortcut", "A"), preact=get("preact", False),
-                           skip=not get("plain", False),
-                           width=_size(get("width"), state, "conv1.weight", 0, 16),
-                           num_classes=_size(get("num_classes"), state, "linear.weight", 0, 10),
-                           in_channels=_size(get("in_channels"), state, "conv1.weight", 1, 3))
-    if key.startswith(("torchvision.", "tv.")):
-        cifar_only = [f for f in flags if f != "num_classes"]
-        if cifar_only:
-            raise PathensError(f"--{cifar_only[0].replace('_', '-')} shapes only pathens CIFAR "
-                               f"ResNets (--arch resnetD), not {name}")
-        try:
-            from torchvision import models as tvm
-        except ImportError:
-            raise PathensError("torchvision is not installed: pip install torchvision") from None
-        arch = key.split(".", 1)[1]
-        if not arch.startswith(("resnet", "wide_resnet")) or not hasattr(tvm, arch):
-            raise PathensError(f"unknown torchvision ResNet {arch!r}: e.g. torchvision.resnet50")
-        classes = _size(get("num_classes"), state, "fc.weight", 0, 1000)
-        return getattr(tvm, arch)(weights=None, num_classes=classes)
-    raise PathensError(f"unknown --arch {name!r}: use resnetD (D = 6n+2, e.g. resnet56) or "
-                       f"torchvision.resnet18 / resnet50 / ...")
-
-
-def _size(given, state, key: str, dim: int, default: int):
-    """given if passed, else state[key]'s size along dim (the checkpoint knows), else default."""
-    if given is not None:
-        return given
-    weight = state.get(key)
-    return int(weight.shape[dim]) if weight is not None and weight.dim() > dim else default
-
-
-def load_model(path, arch, device, flags=None):
-    """(model in eval mode on device, metadata dict) from a checkpoint file. flags: ARCH_FLAGS
-    values for --arch, None / False where not given (a pathens checkpoint records its own
-    architecture)."""
-    flags = {k: v for k, v in (flags or {}).items() if v is not None and v is not False}
-    if arch:
-        state = checkpoints.load_state_dict(path)
-        model = checkpoints.load_weights(build_arch(arch, state, **flags), state)
-        meta = dict(arch=arch, **getattr(model, "config", {}))
-    elif flags:
-        name = next(iter(flags)).replace("_", "-")
-        raise PathensError(f"--{name} needs --arch: it shapes a third-party checkpoint's network "
-                           f"(a pathens checkpoint records its own architecture)")
-    else:
-        model, meta = checkpoints.load(path)
-    return model.to(device).eval(), meta
-
-
-def _flags(args) -> dict:
-    return {k: getattr(args, k) for k in ARCH_FLAGS}
-
-
-def load_data(args, meta: dict):
-    """(x, y) named by --data (or the checkpoint's dataset), on the CPU."""
-    name = args.data or meta.get("dataset")
-    if not name:
-        raise PathensError("--data is needed: the checkpoint does not say which dataset it was "
-                           "trained on (e.g. --data cifar10 --root DIR, or --data test.npz)")
-    normalize = args.normalize or meta.get("normalize")
-    if name.endswith(".npz"):
-        return load_npz(name, normalize=normalize or "imagenet", limit=args.limit), dict(
-            dataset=name, normalize=normalize or "imagenet")
-    x, y = load_dataset(name, root=args.root, split=getattr(args, "split", "test"),
-                        normalize=normalize, limit=args.limit)
-    return (x, y), dict(dataset=name, split=getattr(args, "split", "test"), root=args.root,
-                        normalize=normalize or "dataset default", examples=len(y))
-
-
-
-def _setup(args, *, residual: bool = False, examples: int = 1):
-    """(view, (x, y) on the device, checkpoint metadata, data description), every input
-    checked: the device, the checkpoint, the data (its shapes, labels and values against the
-    model) and the wrap. residual: the command measures paths, so a plain network (no
-    shortcuts) is refused; otherwise it is wrapped as one (lesions accept it). examples: the
-    fewest examples the command can measure."""
-    def step():
-        device = check_device(args.device)
-        model, meta = load_model(args.checkpoint, args.arch, device, _flags(args))
-        (x, y), data_info = load_data(args, meta)
-        view = _wrap(model, x, residual=residual, what=args.checkpoint)
-        return view, _check_data(view, x, y, examples), meta, data_info
-    return distributed.all_agree(step)  # every rank's inputs checked, or all stop
-
-
-def _wrap(model, x, *, residual: bool, what):
-    """The view of model, probed with the first examples of the data (in the model's dtype
-    and device), with a failure on them said in terms of the command line."""
-    param = next(model.parameters(), x)
-    probe = x[:2].to(device=param.device, dtype=param.dtype)
-    try:
-        with torch.no_grad():
-            model(probe)
-    except Exception as err:  # whatever the model raises on inputs it cannot take
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PathensError(f"{what} cannot run on the --data examples (shape "
-                           f"{tuple(probe.shape[1:])}): {reason}; check --data, --normalize "
-                           f"and --arch") from None
-    view = wrap(model, example_input=probe, allow_plain=True)
-    if residual and not view.residual:
-        plain = [b.name for b in view.blocks if not b.residual]
-        raise PathensError(f"{what} is a plain network (no shortcuts in {', '.join(plain[:3])}"
-                           f"{'...' if len(plain) > 3 else ''}): it has no residual paths to "
-                           f"measure; `pathens lesion` and `pathens reorder` accept it")
-    return view
-
-
-def _check_data(view, x, y, examples: int):
-    """(x, y) checked against the view and moved to its device; examples: the fewest the
-    command can use (analyze: 2, for the branch variance)."""
-    if len(y) < examples:
-        raise PathensError(f"{len(y)} example{'s' * (len(y) != 1)}: this command needs at least "
-                           f"{examples} (the branch variance is a variance across examples); "
-                           f"raise --limit or use a larger --data")
-    if len(y) < distributed.world_size():
-        raise PathensError(f"{len(y)} examples cannot be shared among "
-                           f"{distributed.world_size()} processes (torchrun's --nproc_per_node "
-                           f"x --nnodes): each needs at least one; use fewer processes")
-    return check_batch(view, x, y)  # labels in range, finite inputs, on the device
-
+# ---- models and data: command_inputs.py ---------------------------------------------------
 
 def _conditions(count: int, what: str) -> None:
     """Refuse a sweep of more lesion conditions than could finish (cli.MAX_CONDITIONS)."""
@@ -230,28 +85,17 @@ def _conditions(count: int, what: str) -> None:
                            f"{MAX_CONDITIONS:,} (each is a pass over the data): lower --trials")
 
 
-def _recalibration(args, view, meta):
-    """The --recalibrate examples (training split) on the view's device, or None; checked
-    (BatchNorm present, data loads) before --out is touched."""
-    if not args.recalibrate:
-        return None
-    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in view.model.modules()):
-        raise PathensError("--recalibrate re-estimates BatchNorm statistics, but the model has "
-                           "no BatchNorm layers: drop --recalibrate")
-    (cx, _), _ = load_data(_with(args, split="train", limit=args.recalibrate), meta)
-    return cx.to(device=view.param.device, dtype=view.param.dtype)
-
-
 # ---- commands ----------------------------------------------------------------------------------
 
 def analyze(args) -> int:
     _check_out(args)
     torch.manual_seed(args.seed)
-    view, data, meta, data_info = _setup(args, examples=2)
+    view, data, meta, data_info = setup(args, examples=2)
     _analysis_counts(args, view)
+    name = checkpoint_name(args, args.checkpoint)
     with _open_out(args) as out:
-        a = _analysis(args, view, data, Path(args.checkpoint).stem, meta, data_info, out)
-        path = report.write(out, [a], title=f"pathens analysis of {args.checkpoint}",
+        a = _analysis(args, view, data, name, meta, data_info, out)
+        path = report.write(out, [a], title=f"pathens analysis of {args.checkpoint or args.model}",
                             command=_command_line(args))
     _log(args)(f"wrote {path} (and results.json, CSVs, figures in {out}/)")
     return 0
@@ -259,8 +103,8 @@ def analyze(args) -> int:
 
 def _analysis_counts(args, view) -> None:
     """The lesion conditions of one analysis (its default ks and swaps), within the limit."""
-    ks = doubling(len(lesion_mod.random_pool(view)))
-    swaps = doubling(lesion_mod.most_swaps(view))
+    ks = doubling(len(lesion_mod.random_units(view, unit=args.unit)))
+    swaps = doubling(lesion_mod.most_swaps(view, args.unit))
     _conditions(args.trials * (len(ks) + len(swaps)), f"--trials {args.trials} x "
                 f"({len(ks)} k + {len(swaps)} swap counts)")
 
@@ -269,8 +113,17 @@ def _analysis(args, view, data, name, meta, data_info, out):
     return run_analysis(view, data, name=name, model_info=meta, data_info=data_info,
                         gradient_examples=args.gradient_examples, samples_per_length=args.samples,
                         trials=args.trials, seed=args.seed, margin=args.margin,
-                        lesion_dir=Path(out) / SWEEPS / _slug(name), progress=not args.quiet,
-                        log=_log(args))
+                        lesion_dir=Path(out) / SWEEPS / _slug(name), progress=_progress(args),
+                        log=_log(args), **_analysis_options(args))
+
+
+def _analysis_options(args) -> dict:
+    """The analysis keywords newer than the command line's first ones, passed where analyze
+    takes them."""
+    import inspect
+    known = inspect.signature(run_analysis).parameters
+    wanted = dict(unit=args.unit, batch_size=args.batch_size)
+    return {k: v for k, v in wanted.items() if k in known}
 
 
 def _slug(name: str) -> str:
@@ -279,19 +132,16 @@ def _slug(name: str) -> str:
 
 def compare(args) -> int:
     _check_out(args)
-    device = check_device(args.device)
     runs, slugs = [], set()
     for path in args.checkpoints:  # every model and its data checked before --out
-        model, meta = load_model(path, args.arch, device, _flags(args))
-        (x, y), data_info = load_data(args, meta)
-        view = _wrap(model, x, residual=False, what=path)
+        view, data, meta, data_info = setup(args, examples=2, checkpoint=path)
         _analysis_counts(args, view)
         name, copy = Path(path).stem, 1
         while _slug(name) in slugs:  # the slug names its files and sweeps: keep them apart
             copy += 1
             name = f"{Path(path).stem} ({copy})"
         slugs.add(_slug(name))
-        runs.append((view, _check_data(view, x, y, 2), name, meta, data_info))
+        runs.append((view, data, name, meta, data_info))
     with _open_out(args) as out:
         analyses = [_analysis(args, *r, out) for r in runs]
         path = report.write(out, analyses, title="pathens comparison",
@@ -302,11 +152,12 @@ def compare(args) -> int:
 
 def gradients(args) -> int:
     _check_out(args)
-    view, (x, y), meta, data_info = _setup(args, residual=True)
+    view, data, meta, data_info = setup(args, residual=True)
+    name = checkpoint_name(args, args.checkpoint)
     with _open_out(args) as out:
-        res = path_gradients(view, x, y, method=args.method, tol=args.tol,
+        res = path_gradients(view, data, method=args.method, tol=args.tol,
                              samples_per_length=args.samples, seed=args.seed,
-                             progress=not args.quiet)
+                             progress=_progress(args))
         res.config.update(checkpoint=str(args.checkpoint), model=meta, data=data_info)
         write_text(out / f"gradients_{args.method}.csv", res.to_csv())
         write_text(out / f"gradients_{args.method}.json", res.to_json())
@@ -314,9 +165,11 @@ def gradients(args) -> int:
         fig, axes = plt.subplots(1, 1 + sampled, figsize=(6 + 6 * sampled, 4.5),
                                  layout="constrained")
         axes = np.atleast_1d(axes)
-        plots.plot_total_gradient({Path(args.checkpoint).stem: res}, ax=axes[0])
+        plots.plot_total_gradient({name: res}, ax=axes[0],
+                                  title=f"{name}: gradient magnitude by path length")
         if sampled:  # single paths are measured only by the sampled protocol
-            plots.plot_per_path(res, ax=axes[1])
+            plots.plot_per_path({name: res}, ax=axes[1],
+                                title=f"{name}: gradient of one path vs its length")
         save_figure(fig, out / f"gradients_{args.method}.png", dpi=120)
     share = res.fraction()
     top = np.argsort(share)[::-1][:5]
@@ -326,15 +179,19 @@ def gradients(args) -> int:
     return 0
 
 
+def _progress(args) -> bool:
+    return not args.quiet and writer()
+
+
 def lesion(args) -> int:
     _check_out(args)
-    view, data, meta, data_info = _setup(args)
-    pool = len(lesion_mod.random_pool(view))
+    view, data, meta, data_info = setup(args)
+    pool = len(lesion_mod.random_units(view, unit=args.unit))
     ks = _counts(args.ks or doubling(pool), pool, "--ks", f"random lesions can delete only {pool} "
-                 f"of the network's blocks (downsampling blocks are kept)")
+                 f"of the network's {args.unit}s (downsampling blocks are kept)")
     _conditions(len(ks) * args.trials, f"{len(ks)} k x --trials {args.trials}")
-    recal = _recalibration(args, view, meta)
-    kw = dict(progress=not args.quiet, recalibrate=recal)
+    recal = recalibration(args, view, meta)
+    kw = dict(progress=_progress(args), recalibrate=recal, unit=args.unit)
     with _open_out(args) as out:
         each = lesion_mod.delete_each(view, data, out=out / SWEEPS / "delete_each.csv", **kw)
         rand = lesion_mod.delete_random(view, data, ks=ks, trials=args.trials, seed=args.seed,
@@ -383,14 +240,15 @@ def _pct(v, sign: bool = False) -> str:
 
 def reorder(args) -> int:
     _check_out(args)
-    view, data, meta, data_info = _setup(args)
-    most = lesion_mod.most_swaps(view)
-    swaps = _counts(args.swaps or doubling(most), most, "--swaps", f"the blocks of equal shape "
-                    f"allow at most {most} disjoint swaps")
+    view, data, meta, data_info = setup(args)
+    most = lesion_mod.most_swaps(view, args.unit)
+    swaps = _counts(args.swaps or doubling(most), most, "--swaps", f"the {args.unit}s of equal "
+                    f"shape allow at most {most} disjoint swaps")
     _conditions(len(swaps) * args.trials, f"{len(swaps)} swap counts x --trials {args.trials}")
     with _open_out(args) as out:
         res = lesion_mod.reorder(view, data, swaps=swaps, trials=args.trials, seed=args.seed,
-                                 out=out / SWEEPS / "reorder.csv", progress=not args.quiet)
+                                 unit=args.unit, out=out / SWEEPS / "reorder.csv",
+                                 progress=_progress(args))
         write_text(out / "reorder.csv", res.to_csv())
         write_text(out / "reorder_summary.csv", res.summary_csv())
         save_figure(plots.plot_reorder(res), out / "reorder.png", dpi=120)
@@ -434,15 +292,37 @@ def paths_table(args) -> int:
     return 0
 
 
+# train's flags whose default depends on --arch: (resnet, gpt)
+_TRAIN_DEFAULTS = dict(depth=(56, 6), width=(16, 64), lr=(0.1, 1e-3), batch_size=(128, 32),
+                       weight_decay=(5e-4, 0.1), clip=(None, 1.0), norm=("bn", "pre"))
+_NORMS = dict(resnet=("bn", "skipinit", "none"), gpt=("pre", "post", "rezero", "none"))
+
+
 def train(args) -> int:
+    gpt = args.arch == "gpt"
+    for key, defaults in _TRAIN_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, defaults[gpt])
+    if args.norm not in _NORMS[args.arch]:
+        raise PathensError(f"--norm {args.norm} is not a {args.arch} normalisation: choose "
+                           f"{', '.join(_NORMS[args.arch])}")
+    device = check_device(args.device)
+    if gpt and args.data != "text":
+        raise PathensError("--arch gpt trains on --data text (the Python standard library's "
+                           "source, or --root FILE_OR_DIR of UTF-8 text)")
+    if not gpt and args.data == "text":
+        raise PathensError("--data text trains a language model: add --arch gpt")
+    out = prepare_file(args.out, force=args.force)  # before training: never lose a trained model
+    return (_train_gpt if gpt else _train_resnet)(args, device, out)
+
+
+def _train_resnet(args, device, out) -> int:
     from .data import dataset_info
     from .train import train as run_training
-    device = check_device(args.device)
     if not args.data or args.data.endswith(".npz"):
         raise PathensError("--data must name a dataset to train on: digits, cifar10, mnist, "
-                           "fashion-mnist")
+                           "fashion-mnist (or text, with --arch gpt)")
     info = dataset_info(args.data)
-    out = prepare_file(args.out, force=args.force)  # before training: never lose a trained model
     model = build_cifar("pathens train", depth=args.depth, norm=args.norm, shortcut=args.shortcut,
                         preact=args.preact, skip=not args.plain, width=args.width,
                         num_classes=info.num_classes, in_channels=info.in_channels,
@@ -461,6 +341,32 @@ def train(args) -> int:
                                            seconds=round(result.seconds, 1)))
     _log(args)(f"test accuracy {result.accuracy:.2%} after {args.epochs} epochs "
                f"({result.seconds:.0f} s); wrote {out}")
+    return 0
+
+
+def _train_gpt(args, device, out) -> int:
+    from .text import load_corpus
+    from .train_text import save_lm_checkpoint, train_lm
+    from .transformer import gpt
+    torch.manual_seed(args.seed)
+    corpus = load_corpus(args.root, tokenizer=args.tokenizer or "bytes")
+    try:
+        model = gpt(depth=args.depth, width=args.width, heads=args.heads, context=args.context,
+                    vocab_size=corpus.vocab_size, norm=args.norm, mlp_ratio=args.mlp_ratio,
+                    dropout=args.dropout, alpha_init=args.alpha_init)
+    except PathensError as err:
+        raise PathensError(f"pathens train: the network cannot be built: {err}") from None
+    result = train_lm(model, corpus.train, steps=args.steps, batch_size=args.batch_size,
+                      seq_len=args.seq_len or args.context, lr=args.lr,
+                      warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+                      clip_grad_norm=args.clip, seed=args.seed, device=device,
+                      eval_data=corpus.windows("test", seq_len=args.seq_len or args.context,
+                                               limit=args.limit or 512),
+                      eval_every=max(1, args.steps // 10), progress=not args.quiet,
+                      log=_log(args))
+    save_lm_checkpoint(out, model, result, data=corpus.description, command=_command_line(args))
+    _log(args)(f"test next-token loss {result.loss:.4f} (perplexity {result.perplexity:.2f}) "
+               f"after {args.steps} steps; wrote {out}")
     return 0
 
 

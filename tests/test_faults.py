@@ -118,13 +118,14 @@ def test_a_full_disk_at_the_report_is_one_line_and_resume_completes(capsys, monk
             "--gradient-examples", "8", "--quiet", "--out", out]
     real = matplotlib.figure.Figure.savefig
 
-    def savefig(self, fname, *a, **kw):
-        if Path(fname).name.endswith("_lesions.png"):  # the report's lesion figure
+    def savefig(self, fname, *a, **kw):  # the report's lesion figure (its temporary file)
+        if Path(fname).name.startswith(".bn_lesions.png"):
             raise full_disk(None)
         return real(self, fname, *a, **kw)
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
-    refused(capsys, *argv, code=1, match=f"could not write into {out} (No space left on "
-                                         f"device): free some space and re-run with --resume")
+    refused(capsys, *argv, code=1, match=f"could not write {out / 'bn_lesions.png'} (No space "
+                                         f"left on device): free some space and re-run with "
+                                         f"--resume")
     sweeps = snapshot(out / "sweeps")
     monkeypatch.undo()
     code, _, err = run(capsys, *argv, "--resume")
