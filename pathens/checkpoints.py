@@ -1,11 +1,15 @@
 """Loading third-party checkpoints safely.
 
 Files are always read with torch.load(weights_only=True): a checkpoint that needs arbitrary
-Python objects is refused, never loaded with the unsafe pickle fallback. Training wrappers are
-peeled off: a {"state_dict": ...} or {"model": ...} entry is unwrapped (one level) and the
-"module." prefix that DataParallel adds to every key is stripped.
+Python objects is refused, never loaded with the unsafe pickle fallback. `.safetensors` files
+(timm and Hugging Face's format: tensors only, nothing to unpickle) are read with
+safetensors.torch.load_file. Training wrappers are peeled off: a {"state_dict": ...} or
+{"model": ...} entry is unwrapped (one level) and the "module." prefix that DataParallel adds
+to every key is stripped.
 """
 
+import argparse
+import contextlib
 import os
 import pickle
 import re
@@ -22,6 +26,16 @@ _PREFIX = "module."
 _SHOW = 5  # how many keys of each kind an error message names
 
 _RESAVE = "re-save the weights alone with torch.save(model.state_dict(), path) where the model is defined"
+_CIFAR_HINT = ("build the model with the architecture the checkpoint was trained with "
+               "(depth, width, shortcut, norm, preact)")
+
+# The one class the safe unpickler is allowed to build beyond its own: timm's train.py saves
+# its argparse.Namespace of arguments beside the weights ({"state_dict", "args", ...}). A
+# Namespace only holds attributes (whose values the safe unpickler still restricts to plain
+# types) and runs no code when rebuilt, so allowing it keeps the loader safe.
+_SAFE_CLASSES = [argparse.Namespace]
+
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
 def _one_line(text, limit=200):
@@ -43,8 +57,17 @@ def _read(path):
         raise CheckpointError(f"checkpoint {path} is a directory, not a file: pass the checkpoint file inside it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a regular file: pass a file written by torch.save")
+    head = _head(path)
+    if head.startswith(_LFS_POINTER):
+        raise CheckpointError(f"checkpoint {path} is a Git LFS pointer (a small text file naming the weights), "
+                              f"not the weights: fetch them with `git lfs pull` in its repository, or "
+                              f"download the file itself")
+    if path.suffix == ".safetensors" or _is_safetensors(head, path):
+        return _read_safetensors(path)
+    safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with safe(_SAFE_CLASSES) if safe else contextlib.nullcontext():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # The weights-only unpickler wraps its reason; the original error is the clean one.
         reason = e.__context__ if isinstance(e.__context__, pickle.UnpicklingError) else e
@@ -66,6 +89,43 @@ def _read(path):
             f"checkpoint {path} is not a PyTorch checkpoint (torch.load failed with "
             f"{type(e).__name__}: {_one_line(e, 80) or 'no message'}): pass a file written by torch.save, "
             f"e.g. torch.save(model.state_dict(), path)") from None
+
+
+def _head(path, size=64):
+    """The file's first bytes ("" if it cannot be read: torch.load then says why)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""
+
+
+def _is_safetensors(head, path):
+    """A safetensors file under another name: an 8-byte little-endian header length, then the
+    header's JSON ("{"), the header within the file. A torch.save zip starts with "PK", a
+    legacy pickle with 0x80, neither of which passes."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
+def _read_safetensors(path):
+    """safetensors.torch.load_file (tensors only, no pickle), failures as one-line errors."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"checkpoint {path} is a safetensors file, and reading it needs the "
+                              f"safetensors package: pip install safetensors "
+                              f"(or pip install 'pathens[hf]')") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except PermissionError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e.strerror}): check its permissions") from None
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError, and others
+        raise CheckpointError(
+            f"checkpoint {path} is not a valid safetensors file ({type(e).__name__}: "
+            f"{_one_line(e, 80) or 'no message'}): it is corrupt or truncated; download it again, "
+            f"or save it with safetensors.torch.save_file(model.state_dict(), path)") from None
 
 
 def _clean(obj, source):
@@ -100,7 +160,10 @@ def _clean(obj, source):
 def load_state_dict(path):
     """Read a checkpoint file safely and return its state dict: an OrderedDict name -> tensor,
     on the CPU, with one {"state_dict": ...} or {"model": ...} wrapper removed and leading
-    "module." prefixes stripped. Raises CheckpointError (one line) if that is not possible."""
+    "module." prefixes stripped. A torch.save file is read with torch.load(weights_only=True)
+    (timm's training checkpoints, which also hold an argparse.Namespace of arguments, too); a
+    .safetensors file (or a file in that format under another name) with safetensors. Raises
+    CheckpointError (one line) if that is not possible."""
     path = Path(os.fspath(path))
     return _clean(_read(path), f"checkpoint {path}")
 
@@ -111,30 +174,49 @@ def _keys(names):
     return f"{len(names)} ({shown})" if names else "0"
 
 
-def load_weights(model, state_dict_or_path, *, strict=True):
+def _tied(own, missing, present):
+    """The missing keys that name the same tensor as a key the checkpoint has (tied weights: a
+    language model's output layer is its input embedding, and Hugging Face's save_pretrained
+    writes it once): loading the present key fills them."""
+    by_storage = {}
+    for key in present:
+        t = own[key]
+        if t.numel():
+            by_storage.setdefault((t.data_ptr(), tuple(t.shape), t.stride()), key)
+    return [k for k in missing if own[k].numel()
+            and (own[k].data_ptr(), tuple(own[k].shape), own[k].stride()) in by_storage]
+
+
+def load_weights(model, state_dict_or_path, *, strict=True, hint=None):
     """Load a state dict (or a checkpoint file, read with load_state_dict) into model and return
     the model. Tensors are cast to the dtype and device of the model's own.
 
     strict=True: the keys must match exactly, except num_batches_tracked buffers missing from
-    the checkpoint (older checkpoints lack them; the model keeps its own). strict=False: missing
-    and unexpected keys are allowed. A shape mismatch is an error either way. Errors are one-line
-    CheckpointErrors listing missing keys, unexpected keys and shape mismatches with counts."""
+    the checkpoint (older checkpoints lack them; the model keeps its own) and tied weights
+    written once (a key missing whose tensor is the same as one the checkpoint has). strict=False:
+    missing and unexpected keys are allowed. A shape mismatch is an error either way. Errors are
+    one-line CheckpointErrors listing missing keys, unexpected keys and shape mismatches with
+    counts, ending with hint (what to do; default: build the CIFAR ResNet the checkpoint was
+    trained with)."""
     if isinstance(state_dict_or_path, (str, os.PathLike)):
+        source = f"checkpoint {Path(os.fspath(state_dict_or_path))}"
         state_dict = load_state_dict(state_dict_or_path)
     else:
+        source = "checkpoint"
         state_dict = _clean(state_dict_or_path, "the state dict")
 
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    tied = set(_tied(own, missing, [k for k in state_dict if k in own]))
+    missing = [k for k in missing if k not in tied]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
     if mismatched or (strict and (missing or unexpected)):
         raise CheckpointError(
-            f"checkpoint does not fit {type(model).__name__}: missing keys {_keys(missing)}; "
+            f"{source} does not fit {type(model).__name__}: missing keys {_keys(missing)}; "
             f"unexpected keys {_keys(unexpected)}; shape mismatches {_keys(mismatched)}; "
-            f"build the model with the architecture the checkpoint was trained with "
-            f"(depth, width, shortcut, norm, preact)")
+            f"{hint or _CIFAR_HINT}")
 
     cast = {k: v.to(device=own[k].device, dtype=own[k].dtype) for k, v in state_dict.items() if k in own}
     model.load_state_dict(cast, strict=False)  # the checks above are the strict ones
