@@ -34,7 +34,6 @@ import torch
 import pathens
 from pathens import report
 from pathens.analysis import analyze
-from pathens.commands import build_arch
 from pathens.data import load_dataset, load_npz
 
 HERE = Path(__file__).resolve().parent
@@ -87,7 +86,7 @@ def load_inputs(args):
         x, y = load_dataset(args.data, root=args.root, split="test", limit=args.limit)
         data_info = dict(dataset=args.data, root=args.root, split="test")
     data_info["examples"] = len(y)
-    model = pathens.load_weights(build_arch(args.arch), ckpt).to(args.device).eval()
+    model = pathens.zoo.build(args.arch, ckpt)[0].to(args.device).eval()
     return model, (x.to(args.device), y.to(args.device)), dict(arch=args.arch, checkpoint=ckpt.name), data_info
 
 

@@ -30,7 +30,8 @@ _EXPORTS = {
     "BlockInfluence": "importance", "AngularDistance": "importance",
 }
 _MODULES = ("lesion", "paths", "report", "plots", "data", "models", "losses", "imagefolder",
-            "distributed", "text", "transformer", "train_text", "importance")
+            "distributed", "text", "transformer", "train_text", "importance", "zoo",
+            "user_model")
 
 __all__ = sorted(_EXPORTS) + list(_MODULES) + ["__version__"]
 

@@ -22,9 +22,9 @@ from .errors import PathensError
 from .inputs import batch_len, take, to_model
 from .train import check_device
 from .view import wrap
+from .zoo import ARCH_FLAGS  # the flags that shape an --arch resnetD
 
 # Flags that shape a pathens CIFAR ResNet given as --arch resnetD; None / False: not given.
-ARCH_FLAGS = ("norm", "shortcut", "preact", "plain", "width", "num_classes", "in_channels")
 DATA_KINDS = ("imagefolder", "text")  # besides the named datasets and .npz files
 
 
@@ -49,14 +49,15 @@ def load_model(args, checkpoint, device):
     --model), as the flags say."""
     from . import user_model, zoo
     spec, arch, shaped = getattr(args, "model", None), getattr(args, "arch", None), flags(args)
-    if spec and arch:
-        raise PathensError("--model and --arch both say how to build the model: give one")
+    if spec and (arch or shaped):
+        raise PathensError("--model builds the network itself: drop --arch and its flags")
     if spec:
         model, meta = user_model.load(spec, weights=checkpoint)
     elif arch:
-        if checkpoint is None:
-            raise PathensError(f"--arch {arch} needs a CHECKPOINT with its weights (or --model "
-                               f"FILE.py:FUNCTION for a model whose code builds it)")
+        if checkpoint is None and not arch.startswith("hf:"):
+            raise PathensError(f"--arch {arch} needs a CHECKPOINT with its weights (a hf:DIR "
+                               f"folder holds its own; --model FILE.py:FUNCTION builds a model "
+                               f"whose code loads them)")
         model, meta = zoo.build(arch, checkpoint, flags=shaped)
     elif shaped:
         name = next(iter(shaped)).replace("_", "-")
@@ -109,7 +110,7 @@ def _text(args, meta, model, split):
     from . import text
     corpus = text.checkpoint_corpus(meta.get("data") if isinstance(meta.get("data"), dict)
                                     else None, root=args.root,
-                                    tokenizer=args.tokenizer or meta.get("tokenizer"))
+                                    tokenizer=args.tokenizer or _hf_tokenizer(meta))
     arch = meta.get("arch") if isinstance(meta.get("arch"), dict) else {}
     seq_len = args.seq_len or arch.get("context") or 64
     vocab = _vocab(model)
@@ -120,6 +121,12 @@ def _text(args, meta, model, split):
     return (ids, ids), dict(dataset="text", split=split, seq_len=seq_len, windows=len(ids),
                             source=d.get("source"), root=d.get("root"), sha256=d.get("sha256"),
                             python=d.get("python"), tokenizer=d.get("tokenizer"))
+
+
+def _hf_tokenizer(meta):
+    """A Hugging Face folder's own tokenizer (--arch hf:DIR), as text.tokenizer_from takes it."""
+    return f"hf:{meta['tokenizer']}" if meta.get("source") == "hf" and meta.get("tokenizer") \
+        else None
 
 
 def _vocab(model):
@@ -193,7 +200,7 @@ def setup(args, *, residual: bool = False, examples: int = 1, checkpoint=None):
         path = checkpoint if checkpoint is not None else getattr(args, "checkpoint", None)
         model, meta = load_model(args, path, device)
         data, info = load_data(args, meta, model)
-        what = path or args.model
+        what = path or getattr(args, "model", None) or args.arch
         view = wrap_on(model, data, residual=residual, what=what)
         return view, check_data(view, data, examples), meta, info
     return distributed.all_agree(step)

@@ -59,6 +59,10 @@ def _run(args) -> dict:
             settings[key] = str(Path(settings[key]).absolute())
     if str(settings.get("data")).endswith(".npz"):
         settings["data"] = str(Path(settings["data"]).absolute())
+    spec = settings.get("model")
+    if spec and ".py:" in spec:  # --model FILE.py:FUNCTION: the file's absolute path
+        file, function = spec.rsplit(":", 1)
+        settings["model"] = f"{Path(file).absolute()}:{function}"
     return dict(command=args.command, settings=settings)
 
 

@@ -282,10 +282,10 @@ def test_torchvision_arch_takes_its_classes_from_the_checkpoint(tmp_path):
     from torchvision.models import resnet18
     path = tmp_path / "r18.pt"
     torch.save(resnet18(num_classes=100).state_dict(), path)
-    model, meta = commands.load_model(path, "torchvision.resnet18", "cpu", {})
+    model, meta = pathens.zoo.build("torchvision.resnet18", path)
     assert model.fc.out_features == 100 and meta["arch"] == "torchvision.resnet18"
-    with pytest.raises(pathens.PathensError, match="--width shapes only pathens CIFAR ResNets"):
-        commands.load_model(path, "torchvision.resnet18", "cpu", {"width": 8})
+    with pytest.raises(pathens.PathensError, match="--width"):
+        pathens.zoo.build("torchvision.resnet18", path, flags={"width": 8})
 
 
 def test_paths_writes_a_file_and_never_overwrites_it(capsys, tmp_path):

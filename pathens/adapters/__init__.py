@@ -192,6 +192,18 @@ def adapter_class(module: nn.Module) -> Optional[type]:
     return found[0] if found else None
 
 
+def model_adapter_class(cls: type) -> Optional[type]:
+    """The registered class whose model adapter instances of `cls` would use, or None (such a
+    model is traced with torch.fx)."""
+    _load_families(cls)
+    return next((c for c in cls.__mro__ if c in _MODELS), None)
+
+
+def model_classes() -> list[type]:
+    """The model classes with a model adapter now (families load when a model uses them)."""
+    return list(_MODELS)
+
+
 def find_model_adapter(model: nn.Module) -> Optional[ModelAdapter]:
     found = _find(_MODELS, model)
     return found[1] if found else None

@@ -97,9 +97,9 @@ def _model_class(transformers, arch: str, config, raw: dict):
                            f"{transformers.__version__}{custom}: upgrade transformers, or {_MOVED}")
     # Hugging Face models cannot be traced by torch.fx: pathens wraps only the classes a model
     # adapter names (their family files load on this lookup).
-    adapters._load_families(cls)
-    if not any(c in adapters._MODELS for c in cls.__mro__):
-        known = sorted(c.__name__ for c in adapters._MODELS if c.__module__.startswith("transformers"))
+    if adapters.model_adapter_class(cls) is None:
+        known = sorted(c.__name__ for c in adapters.model_classes()
+                       if c.__module__.startswith("transformers"))
         raise PathensError(f"{arch}: pathens cannot wrap {name} (it wraps {', '.join(known)}): teach it "
                            f"the class with pathens.register_model (its blocks and head) and "
                            f"pathens.register_block (each block's branch) in a file, and load it with "
