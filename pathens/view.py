@@ -371,11 +371,13 @@ def _block_modules(model: nn.Module) -> list:
             found.append(m)
             inside.add(name)
     if not found:
+        known = sorted({name.rsplit(".", 1)[-1] for name in registered_classes()})
+        shown = ", ".join(known[:8]) + (f" and {len(known) - 8} more" if len(known) > 8 else "")
         raise WrapError(
-            f"{type(model).__name__} has no residual blocks pathens knows (it knows "
-            f"{', '.join(registered_classes())}); register your block class with "
-            f"pathens.register_block (and, if torch.fx cannot trace the model, the model with "
-            f"pathens.register_model)")
+            f"{type(model).__name__} has no residual blocks pathens knows ({shown}): register "
+            f"your block class with pathens.register_block (and, if torch.fx cannot trace the "
+            f"model, the model with pathens.register_model), e.g. in a file that the command "
+            f"line loads with --model FILE.py:FUNCTION")
     return found
 
 
