@@ -23,8 +23,21 @@ def small_resnet(depth: int = 20, *, seed: int = 0, width: int = 4, **kwargs):
     """A float64 CIFAR ResNet with random BN statistics/affines and SkipInit alphas in
     [0.3, 0.9], in eval mode."""
     torch.manual_seed(seed)
-    model = pathens.cifar_resnet(depth, width=width, **kwargs).double().eval()
     g = torch.Generator().manual_seed(seed + 1)
+    model = randomize_bn(pathens.cifar_resnet(depth, width=width, **kwargs).double(), generator=g)
+    with torch.no_grad():
+        for b in model.modules():
+            if getattr(b, "alpha", None) is not None:
+                b.alpha.copy_(0.3 + 0.6 * torch.rand((), generator=g))
+    return model
+
+
+def randomize_bn(model, seed: int = 0, generator=None):
+    """The model in eval mode with random BatchNorm statistics and affines (every BatchNorm2d
+    subclass too: timm's BatchNormAct2d): initialisation leaves them 0 / 1, which would make a
+    Jacobian factor the identity, and which a loader that skipped buffers would reproduce.
+    generator: draw from it (and leave it advanced) instead of a new one seeded with seed."""
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -33,10 +46,7 @@ def small_resnet(depth: int = 20, *, seed: int = 0, width: int = 4, **kwargs):
                 m.running_var.copy_(0.5 + torch.rand(c, generator=g))
                 m.weight.copy_(0.5 + torch.rand(c, generator=g))
                 m.bias.copy_(0.1 * torch.randn(c, generator=g))
-        for b in model.modules():
-            if getattr(b, "alpha", None) is not None:
-                b.alpha.copy_(0.3 + 0.6 * torch.rand((), generator=g))
-    return model
+    return model.eval()
 
 
 def batch(n: int = 4, *, size: int = 8, channels: int = 3, classes: int = 10, seed: int = 0):

@@ -54,12 +54,7 @@ def errors(table) -> list:
     return [int(r["errors"]) for r in csv.DictReader(table.read_text().splitlines())]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_a_user_block_class_through_model(capsys, tmp_path):

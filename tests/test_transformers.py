@@ -95,15 +95,7 @@ FAMILIES = {
 NAMES = list(FAMILIES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny (matrices of 16 x 32): one intra-op thread is faster than two,
-    and far faster on a loaded machine, where every op's threads wait for each other (a path
-    of GPT-2 measured 0.015 s on one thread, 0.6 s on two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

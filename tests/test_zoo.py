@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pathens
+from nets import randomize_bn
 from pathens import paths
 from pathens.linearize import (Autograd, AutogradTransposes, autograd_blocks,
                                autograd_note, linearize, note_autograd_blocks)
@@ -28,31 +29,13 @@ from torchvision.models import resnet as tv_resnet  # noqa: E402
 from transformers.models.resnet import modeling_resnet as hf_resnet  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: on a shared 2-core machine two threads contending measured ~25x
-    slower than one (a 5-block wrap: 5 s against 0.2 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """float64, eval mode, random BN statistics and affines (every BN subclass too: timm's
-    BatchNormAct2d), so that no Jacobian factor is the identity (timm's zero_init_last and
-    HF's init set the last BN's weight to 0 or 1 and the statistics to 0 / 1)."""
-    model = model.double().eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-    return model
+    """float64, eval mode, random BN statistics and affines (timm's zero_init_last and HF's init
+    set the last BN's weight to 0 or 1 and the statistics to 0 / 1)."""
+    return randomize_bn(model.double(), seed)
 
 
 def timm_model(name: str, **kwargs) -> nn.Module:

@@ -29,6 +29,7 @@ import pathens  # noqa: E402
 from pathens import user_model, zoo  # noqa: E402
 from pathens.checkpoints import load_state_dict  # noqa: E402
 from pathens.errors import CheckpointError, PathensError  # noqa: E402
+from nets import randomize_bn  # noqa: E402
 
 timm = pytest.importorskip("timm")
 tv = pytest.importorskip("torchvision")
@@ -38,13 +39,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: two contending threads are far slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(autouse=True)
@@ -66,19 +61,7 @@ def no_network(monkeypatch):
 
 # ---- helpers ---------------------------------------------------------------------------------
 
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Eval mode with random BN statistics and affines: init leaves them 0 / 1, which a loader
-    that skipped buffers would reproduce by accident."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-    return model.eval()
+randomize = randomize_bn  # random BN statistics: a loader that skipped buffers would show
 
 
 def save(model: nn.Module, path: Path) -> Path:
