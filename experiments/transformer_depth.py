@@ -12,9 +12,9 @@ depth (6, 12, 24 layers = 12, 24, 48 residual blocks), a GPT trained on the embe
    in mean next-token loss (perplexity = exp(loss));
 3. k-layer deletion: k random layers deleted together, --trials draws per k;
 4. reordering: k random swaps of whole layers, loss against the Kendall tau of the order;
-5. ShortGPT's Block Influence (1 - cosine between a layer's input and output, mean over
-   tokens) against the single-deletion cost: Spearman rank correlation, per layer and per
-   sublayer.
+5. ShortGPT's Block Influence (pathens.block_influence: 1 - cosine between a layer's input
+   and output, mean over tokens) against the single-deletion cost: Spearman rank correlation,
+   per layer and per sublayer.
 
 CPU scale (the default; see experiments/transformer_depth.md for times):
 
@@ -143,20 +143,6 @@ def trained_model(args, corpus, norm, depth, ckpt_dir, command, log):
 
 # ---- the measurements --------------------------------------------------------------------------
 
-@torch.no_grad()
-def block_influence(view, ids, units) -> np.ndarray:
-    """ShortGPT's Block Influence of each unit (a tuple of consecutive blocks): 1 - the cosine
-    between the stream entering its first block and leaving its last, averaged over tokens.
-    Inline until pathens.importance.block_influence lands; to be replaced by it."""
-    h, ctx = view.embed(ids)
-    states = [h.double()]
-    for b in view.blocks:
-        h = b(h, ctx)
-        states.append(h.double())
-    cos = torch.nn.functional.cosine_similarity
-    return np.array([1 - float(cos(states[u[0]], states[u[-1] + 1], dim=-1).mean()) for u in units])
-
-
 def spearman(a, b) -> float:
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
@@ -194,8 +180,8 @@ def analyse(args, model, init_model, norm, depth, test, grad_ids, log) -> tuple:
     intact = each_block.intact_loss
     names = [b.name for b in view.blocks]
     layer_units, block_units = lesion.units(view, "layer"), lesion.units(view, "block")
-    bi = dict(layer=block_influence(view, test[0], layer_units),
-              block=block_influence(view, test[0], block_units))
+    bi = {unit: pathens.block_influence(view, test, unit=unit).influence
+          for unit in ("layer", "block")}
     rows, dloss = [], {}
     for unit, res, us in (("block", each_block, block_units), ("layer", each_layer, layer_units)):
         d = np.array([r["loss"] - intact for r in res.rows[1:]])
