@@ -1,6 +1,8 @@
-"""The full analysis of one network on one labelled dataset: everything pathens measures.
+"""The full analysis of one network on one dataset: everything pathens measures.
 
     a = pathens.analyze(view, (x, y), name="ResNet-56")    # pathens.analysis.analyze
+    a = pathens.analyze(gpt_view, (ids, ids), name="GPT")  # a language model: next-token loss
+    a = pathens.analyze(view, loader, unit="layer")        # streamed; whole transformer layers
     pathens.report.write("out", [a])                       # report.md, results.json, CSVs, PNGs
     pathens.report.write("out", [a_resnet, a_plain])       # several networks side by side
 
@@ -8,11 +10,12 @@
 the same settings gets the same numbers and the same report as the command line.
 
 A residual network gets everything: the exact and the sampled gradient by path length, lesions
-(each block alone, k random blocks, reorderings), branch variance, and effective depth from
-each. A plain network (`wrap(model, allow_plain=True)`, e.g. `cifar_resnet(20, skip=False)`)
-gets the lesions only: it has a single path, so there is nothing to split by length and no
-shortcut to compare a branch with (Veit et al.'s residual-vs-plain contrast is a report of the
-two).
+(each block alone, k random blocks, reorderings), branch variance, effective depth from each,
+and ShortGPT's Block Influence of every block (or layer) beside the cost of deleting it
+alone, with their rank correlation (influence_cost.py). A plain network (`wrap(model,
+allow_plain=True)`, e.g. `cifar_resnet(20, skip=False)`) gets the lesions only: it has a single
+path, so there is nothing to split by length and no shortcut to compare a branch with (Veit et
+al.'s residual-vs-plain contrast is a report of the two).
 
 Lesion sweeps write their rows to `lesion_dir` as they finish, so an interrupted analysis
 resumes where it stopped when run again with the same settings.
@@ -25,12 +28,16 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 
 from . import lesion
-from .batches import check_batch
+from .batches import Data, check_batch
 from .depth import BranchVariance, branch_variance, effective_depth
 from .errors import PathensError
 from .gradients import PathGradients, path_gradients
+from .importance import BlockInfluence, block_influence
+from .influence_cost import InfluenceVsDeletion, influence_vs_deletion
+from .inputs import batch_len, concat, main_tensor, take
 from .lesion import LesionResult
 from .view import wrap
 
@@ -43,17 +50,23 @@ class Analysis:
 
     name:          the label used in the report (its section, the `<slug>_*` file names).
     model, data:   what the caller said about the network and the examples (recorded as is).
-    residual:      False for a plain network: then exact, sampled and variance are None.
+    residual:      False for a plain network: then exact, sampled, variance and influence are
+                   None.
     exact:         the exact gradient by path length (PathGradients, method "exact").
     sampled:       Veit et al.'s sampled protocol (None when samples_per_length=0).
-    delete_each:   every deletable block deleted alone (LesionResult).
+    delete_each:   every deletable block (or layer, unit="layer") deleted alone (LesionResult).
     delete_random: k random blocks deleted together, `trials` draws per k (None when no block
                    can be drawn: every one changes shape or is a downsampling block).
     reorder:       random swaps of same-shape blocks (None when no two blocks share a shape).
     variance:      per-block branch-to-shortcut variance ratios (BranchVariance).
     depth:         label -> EffectiveDepth: "gradient (exact)", "gradient (sampled)",
                    "gradient energy (exact)", "variance", "lesion" (those that apply).
-    config:        the settings behind the numbers (examples, ks, trials, seed, dtype, ...).
+    config:        the settings behind the numbers (examples, loss, unit, ks, trials, seed,
+                   dtype, ...).
+    influence:     ShortGPT's Block Influence per unit (BlockInfluence; None when not run).
+    influence_vs_deletion: the influence beside each unit's single-deletion cost (the loss
+                   increase) and their Spearman correlation (InfluenceVsDeletion; None when
+                   not run).
     """
 
     name: str
@@ -68,10 +81,23 @@ class Analysis:
     depth: dict  # label -> EffectiveDepth
     config: dict = field(default_factory=dict)
     residual: bool = True
+    influence: Optional[BlockInfluence] = None
+    influence_vs_deletion: Optional[InfluenceVsDeletion] = None
 
     @property
     def intact_error(self) -> float:
+        """The intact network's error (a language model: its top-1 next-token error)."""
         return self.delete_each.intact_error
+
+    @property
+    def intact_loss(self) -> float:
+        """The intact network's mean loss (a language model: per next token)."""
+        return self.delete_each.intact_loss
+
+    @property
+    def tokens(self) -> bool:
+        """A language model's analysis: the lesions count tokens, perplexity applies."""
+        return self.delete_each.tokens
 
     @property
     def num_blocks(self) -> int:
@@ -79,34 +105,53 @@ class Analysis:
 
 
 def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = None,
-            data_info: Optional[dict] = None, gradient_examples: int = 128,
-            samples_per_length: int = 20, ks=None, trials: int = 5, swaps=None, seed: int = 0,
-            level: float = 0.9, margin: float = 0.02, lesion_dir: Optional[Path] = None,
+            data_info: Optional[dict] = None, loss=None, unit: str = "block",
+            batch_size: int = 256, gradient_examples: int = 128, samples_per_length: int = 20,
+            ks=None, trials: int = 5, swaps=None, seed: int = 0, level: float = 0.9,
+            margin: float = 0.02, influence: bool = True, lesion_dir: Optional[Path] = None,
             progress: bool = True, log=print) -> Analysis:
     """Run every analysis of pathens that applies to `view`, on the labelled examples `data`.
 
     view:               a ResidualView, or a model `pathens.wrap` accepts as it is (wrap a
                         plain network yourself with allow_plain=True).
-    data:               (inputs, targets): inputs (N, *view.input_shape), targets (N,) class
-                        indices; moved to the view's device and dtype. All N examples serve
-                        the lesions and branch variance, the first `gradient_examples` the path
-                        gradients. A residual network needs N >= 2 (a variance over examples).
+    data:               (inputs, targets): inputs (N, *view.input_shape) images, (N, T) token
+                        ids or a dict of tensors; targets what the loss needs ((N,) class
+                        indices; a language model: the token ids themselves); moved to the
+                        view's device and dtype. Or a DataLoader (any re-iterable) of such
+                        (inputs, targets) batches, streamed: the lesions, branch variance and
+                        Block Influence take it as it is, the path gradients take its first
+                        `gradient_examples` examples, collected from its first batches. A
+                        residual network needs at least 2 examples (a variance over examples).
     name:               the network's label in the report and its file names.
     model_info, data_info: dicts recorded as they are in the report and results.json (e.g.
                         architecture, checkpoint; dataset, split); default
                         {"class": <the model's class>} and {}.
+    loss:               "classification", "next_token" (a language model: position t predicts
+                        token t+1; lesion rows count tokens and give the perplexity), a function
+                        fn(logits, targets) -> mean loss (no error rate), or None: the view's
+                        own ("next_token" for language models).
+    unit:               what the lesions and the Block Influence take as one: "block" (each
+                        residual block; a transformer's attention and MLP sublayers apart) or
+                        "layer" (each module with all its blocks: whole transformer layers).
+                        The path gradients and branch variance are per block either way.
+    batch_size:         examples per batch when data is a pair (lesions, branch variance, Block
+                        Influence; a loader's batches are its own); the numbers do not depend on
+                        it beyond floating-point rounding.
     gradient_examples:  how many of the first examples the path gradients use (exact and
-                        sampled): the gradient of their mean cross-entropy.
+                        sampled): the gradient of their mean loss (over examples, or tokens).
     samples_per_length: Veit's sampled protocol, paths drawn per length (0 skips it).
-    ks:                 blocks deleted together in the random deletions (default 1, 2, 4, ...
-                        up to the pool: the deletable blocks that are not downsampling).
+    ks:                 units deleted together in the random deletions (default 1, 2, 4, ...
+                        up to the pool: the deletable units holding no downsampling block).
     trials:             random draws per k, and per number of swaps.
     swaps:              numbers of disjoint same-shape swaps in the reorderings (default 1, 2,
-                        4, ... up to the most possible; none when no two blocks share a shape).
+                        4, ... up to the most possible; none when no two units share a shape).
     seed:               seeds the sampled paths, the random deletions and the swaps.
     level:              the mass of the effective-depth intervals over path lengths.
     margin:             the error increase still counted as surviving a lesion (0.02 = 2
-                        points): the lesion-based effective depth.
+                        points; a language model: of the top-1 next-token error): the
+                        lesion-based effective depth (not computed for a custom loss).
+    influence:          ShortGPT's Block Influence per unit (residual networks), compared with
+                        the single-deletion cost (influence_cost.py); False skips it.
     lesion_dir:         a folder for the sweeps' rows (delete_each.csv, delete_random.csv,
                         reorder.csv), appended as each condition finishes; re-running with the
                         same settings resumes. None: in memory only.
@@ -117,43 +162,59 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
     computation starts, so a bad one costs a one-line PathensError, not the lost work.
     """
     view = wrap(view)
-    x, y = check_batch(view, *data)
+    _check(name, gradient_examples, samples_per_length, trials, seed, level, margin,
+           batch_size, influence)
+    lesion.units(view, unit)  # checks unit
+    d = Data(view, data, batch_size, loss)  # checks a pair whole, a loader's kind and length
     residual = view.residual
-    pool, most = lesion.random_pool(view), lesion.most_swaps(view)
-    _check(residual, len(y), name, gradient_examples, samples_per_length, trials, seed, level,
-           margin)
+    if d.pair is not None:
+        data = d.pair  # checked, on the view's device
+        examples = d.num_examples
+        _enough(residual, examples)
+    pool, most = lesion.random_units(view, True, unit), lesion.most_swaps(view, unit)
     ks = doubling(len(pool)) if ks is None else _counts(ks, "ks", len(pool),
-                                                        "blocks random deletions can draw from")
+                                                        f"{unit}s random deletions can draw from")
     swaps = doubling(most) if swaps is None else _counts(swaps, "swaps", most,
-                                                         "disjoint swaps of same-shape blocks")
+                                                         f"disjoint swaps of same-shape {unit}s")
     files = _lesion_files(lesion_dir)
+    if d.pair is not None:
+        gx, gy = take(data[0], slice(0, gradient_examples)), data[1][:gradient_examples]
+    else:  # a loader: its first examples, read now (a few batches), which also checks them
+        gx, gy, seen, ended = _first_examples(view, data, gradient_examples, d.loss)
+        examples = d.num_examples if d.num_examples is not None else seen if ended else None
+        _enough(residual, seen if ended else 2)
     start = time.perf_counter()
     # Order: what can still refuse the input first (branch variance: a constant shortcut; each
     # sweep: a lesion_dir file from other settings), and the sweeps, which keep their rows on
     # disk, before the path gradients, which are lost if anything after them fails.
-    variance = exact = sampled = None
+    variance = exact = sampled = bi = versus = None
+    common = dict(loss=loss, unit=unit, batch_size=batch_size, progress=progress)
     if residual:
         log(f"[{name}] branch variance")
-        variance = branch_variance(view, x)
+        variance = branch_variance(view, data, batch_size=batch_size)
+        if influence:
+            log(f"[{name}] Block Influence per {unit}")
+            bi = block_influence(view, data, unit=unit, batch_size=batch_size)
     else:
         log(f"[{name}] plain network ({view.num_blocks} layers): one path, lesions only")
-    log(f"[{name}] lesions on {len(y)} examples")
-    each = lesion.delete_each(view, (x, y), out=files.get("delete_each"), progress=progress)
+    log(f"[{name}] lesions on {_count(examples, d)}")
+    each = lesion.delete_each(view, data, out=files.get("delete_each"), **common)
     rand = swap = None  # None: nothing to draw from / no two blocks of the same shape
     if ks:
-        rand = lesion.delete_random(view, (x, y), ks=ks, trials=trials, seed=seed,
-                                    out=files.get("delete_random"), progress=progress)
+        rand = lesion.delete_random(view, data, ks=ks, trials=trials, seed=seed,
+                                    out=files.get("delete_random"), **common)
     if swaps:
-        swap = lesion.reorder(view, (x, y), swaps=swaps, trials=trials, seed=seed,
-                              out=files.get("reorder"), progress=progress)
+        swap = lesion.reorder(view, data, swaps=swaps, trials=trials, seed=seed,
+                              out=files.get("reorder"), **common)
+    if bi is not None:
+        versus = influence_vs_deletion(bi, each)
     if residual:
-        gx, gy = x[:gradient_examples], y[:gradient_examples]
-        log(f"[{name}] exact gradient by path length ({view.num_blocks} blocks, {len(gx)} "
-            f"examples)")
-        exact = path_gradients(view, gx, gy, progress=progress)
+        log(f"[{name}] exact gradient by path length ({view.num_blocks} blocks, "
+            f"{batch_len(gx)} examples)")
+        exact = path_gradients(view, gx, gy, loss=loss, progress=progress)
         if samples_per_length:
             log(f"[{name}] sampled protocol, {samples_per_length} paths per length")
-            sampled = path_gradients(view, gx, gy, method="sampled",
+            sampled = path_gradients(view, gx, gy, method="sampled", loss=loss,
                                      samples_per_length=samples_per_length, seed=seed,
                                      progress=progress)
     depth = {}
@@ -163,17 +224,59 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
             depth["gradient (sampled)"] = effective_depth(sampled, level=level)
         depth["gradient energy (exact)"] = effective_depth(exact, level=level, quantity="energy")
         depth["variance"] = effective_depth(variance, level=level)
-    if rand is not None:
+    if rand is not None and not np.isnan(each.intact_error):  # a custom loss: no error rate
         depth["lesion"] = effective_depth(rand, margin=margin, single=each)
-    config = dict(residual=residual, examples=len(y), ks=list(ks), trials=trials,
+    if examples is None:  # a loader of unknown length: counted by the passes over it
+        examples = variance.num_examples if variance is not None else None
+    config = dict(residual=residual, examples=examples, ks=list(ks), trials=trials,
                   swaps=list(swaps), seed=seed, level=level, margin=margin,
-                  dtype=str(view.param.dtype), device=str(view.param.device))
+                  dtype=str(view.param.dtype), device=str(view.param.device),
+                  loss=d.loss.name, unit=unit, batch_size=batch_size)
+    if each.tokens:
+        config["tokens"] = each.num_examples
     if residual:
-        config.update(gradient_examples=min(gradient_examples, len(y)),
-                      samples_per_length=samples_per_length)
+        config.update(gradient_examples=batch_len(gx), samples_per_length=samples_per_length,
+                      influence=bool(influence))
     config["seconds"] = round(time.perf_counter() - start, 1)
     return Analysis(name, model_info or {"class": type(view.model).__name__}, data_info or {},
-                    exact, sampled, each, rand, swap, variance, depth, config, residual)
+                    exact, sampled, each, rand, swap, variance, depth, config, residual, bi,
+                    versus)
+
+
+def _count(examples, d: Data) -> str:
+    what = f"{examples} examples" if examples is not None else "the loader's examples"
+    return what + (" (every next token)" if d.loss.unit == "tokens" else "")
+
+
+def _first_examples(view, loader, want: int, loss) -> tuple:
+    """(inputs, targets, examples read, whether the loader ended): the loader's first batches
+    holding `want` examples, each checked and joined into one batch, cut to `want`; one batch
+    more is read (not kept) when they hold fewer than 2, to tell whether the loader has 2."""
+    xs, ys, seen, ended = [], [], 0, True
+    for b in loader:
+        if not isinstance(b, (tuple, list)) or len(b) < 2:
+            raise PathensError(f"each batch of data must be (inputs, targets), got "
+                               f"{type(b).__name__}")
+        x, y = check_batch(view, b[0], b[1], loss)
+        if seen < want:
+            xs.append(x)
+            ys.append(y)
+        seen += batch_len(x)
+        if seen >= max(want, 2):
+            ended = False
+            break
+    if not xs:
+        raise PathensError("data is empty: the loader yields no batches")
+    try:
+        x, y = (xs[0], ys[0]) if len(xs) == 1 else (concat(xs), torch.cat(ys))
+    except RuntimeError:
+        shapes = [tuple(main_tensor(x).shape) for x in xs]
+        other = next((s for s in shapes if s[1:] != shapes[0][1:]), shapes[-1])
+        raise PathensError(f"gradient_examples={want} spans the loader's first batches, whose "
+                           f"inputs differ in shape ({shapes[0]} and {other}): the path "
+                           f"gradients need one batch; give gradient_examples <= "
+                           f"{shapes[0][0]} or batches of one shape") from None
+    return take(x, slice(0, want)), y[:want], seen, ended
 
 
 def doubling(top: int) -> list:
@@ -191,13 +294,10 @@ def _integer(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _check(residual, examples, name, gradient_examples, samples_per_length, trials, seed, level,
-           margin) -> None:
+def _check(name, gradient_examples, samples_per_length, trials, seed, level, margin,
+           batch_size, influence) -> None:
     if not isinstance(name, str) or not name.strip():
         raise PathensError(f"name must be a non-empty string, got {name!r}")
-    if residual and examples < 2:
-        raise PathensError(f"analyze needs at least 2 examples for a residual network (branch "
-                           f"variance is a variance over examples), got {examples}")
     if not _integer(gradient_examples) or gradient_examples < 1:
         raise PathensError(f"gradient_examples must be a positive integer, got "
                            f"{gradient_examples!r}")
@@ -215,6 +315,16 @@ def _check(residual, examples, name, gradient_examples, samples_per_length, tria
             or not 0 <= margin <= 1):
         raise PathensError(f"margin must be an error increase in [0, 1] (0.02 = 2 points), got "
                            f"{margin!r}")
+    if not _integer(batch_size) or batch_size < 1:
+        raise PathensError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(influence, bool):
+        raise PathensError(f"influence must be True or False, got {influence!r}")
+
+
+def _enough(residual: bool, examples: int) -> None:
+    if residual and examples < 2:
+        raise PathensError(f"analyze needs at least 2 examples for a residual network (branch "
+                           f"variance is a variance over examples), got {examples}")
 
 
 def _counts(values, what: str, top: int, of: str) -> list:

@@ -66,6 +66,9 @@ class LesionResult(Result):
         perplexity     (table() of a language model's sweep) exp(loss)
     sweep: "evaluate", "delete_each", "delete_random" or "reorder".
     config: the sweep's configuration (as written in an output file's first line).
+    sublayers: per block, its sublayer's name within its module ("attn", "mlp": Block.sublayer),
+        for views whose modules hold several blocks (transformers); () when every module holds
+        one block (CNNs), and for results made before it was recorded.
     """
 
     sweep: str
@@ -76,6 +79,7 @@ class LesionResult(Result):
     block_names: tuple
     downsampling_blocks: tuple
     config: dict = field(default_factory=dict)
+    sublayers: tuple = ()
 
     @property
     def tokens(self) -> bool:
@@ -96,29 +100,26 @@ class LesionResult(Result):
         """Per k (deleted blocks or swaps): trials, mean error and a `level` band for it across
         trials (mean +- t * sd / sqrt(trials); with a single trial, that trial's Wilson
         interval), mean loss, mean Kendall tau, and trials with non-finite outputs (left out of
-        the means)."""
+        the means). A language model's sweep also gives the mean perplexity and the loss's band
+        (loss_lo, loss_hi: the same t band over trials; NaN for a single trial, the loss having
+        no interval of its own)."""
         out = []
         for k in sorted({r["k"] for r in self.rows if r["kind"] != "intact"}):
             rs = [r for r in self.rows if r["kind"] != "intact" and r["k"] == k]
             ok = [r for r in rs if not r["nonfinite"]]
-            e = np.array([r["error"] for r in ok], float)
-            mean = float(e.mean()) if len(e) else math.nan
-            sd = float(e.std(ddof=1)) if len(e) > 1 else math.nan
-            if len(e) > 1:
-                half = stats.t.ppf(0.5 + level / 2, len(e) - 1) * sd / math.sqrt(len(e))
-                lo, hi = max(0.0, mean - half), min(1.0, mean + half)
-            elif len(e) == 1:
+            mean, lo, hi, sd = _band([r["error"] for r in ok], level, top=1.0)
+            if len(ok) == 1:
                 lo, hi = ok[0]["error_lo"], ok[0]["error_hi"]
-            else:
-                lo = hi = math.nan
             taus = [r["tau"] for r in ok if not math.isnan(r["tau"])]
-            out.append(dict(k=k, trials=len(rs), error_mean=mean, error_lo=float(lo),
-                            error_hi=float(hi), error_sd=sd,
-                            loss_mean=float(np.mean([r["loss"] for r in ok])) if ok else math.nan,
-                            tau_mean=float(np.mean(taus)) if taus else math.nan,
-                            **(dict(perplexity_mean=float(np.mean([_exp(r["loss"]) for r in ok]))
-                                    if ok else math.nan) if self.tokens else {}),
-                            nonfinite_trials=len(rs) - len(ok),
+            row = dict(k=k, trials=len(rs), error_mean=mean, error_lo=float(lo),
+                       error_hi=float(hi), error_sd=sd,
+                       loss_mean=float(np.mean([r["loss"] for r in ok])) if ok else math.nan,
+                       tau_mean=float(np.mean(taus)) if taus else math.nan)
+            if self.tokens:
+                _, loss_lo, loss_hi, _ = _band([r["loss"] for r in ok], level, top=math.inf)
+                row.update(perplexity_mean=float(np.mean([_exp(r["loss"]) for r in ok]))
+                           if ok else math.nan, loss_lo=loss_lo, loss_hi=loss_hi)
+            out.append(dict(row, nonfinite_trials=len(rs) - len(ok),
                             intact_error=self.intact_error))
         return out
 
@@ -202,7 +203,14 @@ def _sweep(view, data, sweep: str, conds: list, config: dict, *, seed, out, prog
     intact = rows[0]
     return LesionResult(sweep, rows, intact["error"], intact["loss"], intact["n"],
                         tuple(b.name for b in view.blocks),
-                        tuple(b.index for b in view.blocks if b.downsample), config)
+                        tuple(b.index for b in view.blocks if b.downsample), config,
+                        sublayers=sublayers(view))
+
+
+def sublayers(view) -> tuple:
+    """Each block's sublayer name (LesionResult.sublayers): () when no module holds several."""
+    names = tuple(b.sublayer for b in wrap(view).blocks)
+    return names if any(names) else ()
 
 
 _COMMON = """
@@ -359,6 +367,18 @@ def _random_swaps(n: int, groups: list, k: int, rng) -> tuple:
         order[i], order[j] = j, i
         free[gi] = [v for v in free[gi] if v not in (i, j)]
     return tuple(order)
+
+
+def _band(values, level: float, top: float) -> tuple:
+    """(mean, lo, hi, sd) of values across trials: the t band mean +- t sd / sqrt(trials),
+    clipped to [0, top]; lo and hi NaN for fewer than two values (mean NaN for none)."""
+    e = np.array(values, float)
+    mean = float(e.mean()) if len(e) else math.nan
+    if len(e) < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(e.std(ddof=1))
+    half = stats.t.ppf(0.5 + level / 2, len(e) - 1) * sd / math.sqrt(len(e))
+    return mean, float(max(0.0, mean - half)), float(min(top, mean + half)), sd
 
 
 def _exp(loss: float) -> float:

@@ -6,46 +6,46 @@
     plot_delete_each(r)   plot_delete_random(r)   plot_reorder(r)       # Figs. 3, 5(a), 5(b)
     plot_compare({"BatchNorm": pg_bn, "SkipInit": pg_si})               # side by side
     plot_compare_lesions({"ResNet": each_res, "plain": each_plain})      # Veit et al. Fig. 3
+    plot_block_influence(c)   plot_influence_vs_deletion(c)   # ShortGPT's BI vs deletion cost
 
-Each function takes `ax=None` (a new figure when None) and `title=None` (the Axes' title when
-given: the caller knows which model it shows), draws labelled axes with a legend, returns the
-Figure and never calls plt.show(). Results in, figures out: no torch, no computation beyond
-normalising what the results hold. Lesion rows whose error is NaN (non-finite outputs) are
-left out and counted in the legend's title. A legend entry is the label the caller gave,
-followed by the method ("(exact)", "(sampled)") unless the label already names it.
+This module draws the path-length and gradient figures; the lesion figures live in
+plots_lesion.py, the Block Influence ones in plots_influence.py, what they share in
+plots_common.py; all are importable from here. Each function takes `ax=None` (a new figure
+when None) and `title=None` (the Axes' title when given: the caller knows which model it
+shows), draws labelled axes with a legend, returns the Figure and never calls plt.show().
+Results in, figures out: no torch, no computation beyond normalising what the results hold.
+Lesion rows whose value is NaN (non-finite outputs) are left out and counted in the legend's
+title. A legend entry is the label the caller gave, followed by the method ("(exact)",
+"(sampled)") unless the label already names it.
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import FixedLocator, MaxNLocator
+from matplotlib.ticker import MaxNLocator
 
 from . import paths as _paths
 from .errors import PathensError
+from .plots_common import axes as _axes, legend as _legend, title as _title
+from .plots_influence import plot_block_influence, plot_influence_vs_deletion
+from .plots_lesion import (plot_compare_lesions, plot_delete_each, plot_delete_random,
+                           plot_reorder)
 
 if TYPE_CHECKING:  # for annotations only: plots consume results, never import them
     from .gradients import PathGradients
 
 __all__ = ["plot_path_length_distribution", "plot_total_gradient", "plot_gradient_by_length",
            "plot_per_path", "plot_delete_each", "plot_delete_random", "plot_reorder",
-           "plot_compare", "plot_compare_lesions"]
+           "plot_compare", "plot_compare_lesions", "plot_block_influence",
+           "plot_influence_vs_deletion"]
 
 # Line style by method: the exact decomposition solid with circles, Veit's sampling dash-dot
 # with squares, so both can share one axis.
 _METHOD_STYLE = {"exact": dict(marker="o", ls="-"), "sampled": dict(marker="s", ls="-.")}
 _OVERLAY_STYLE = dict(ls="--", lw=1.2, marker=None)
-_INTACT_STYLE = dict(color="black", ls=":", lw=1.2)
-_DOWNSAMPLING_COLOR = "tab:red"
-
-
-def _axes(ax, figsize=(6, 4)):
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize, layout="constrained")
-    return ax.figure, ax
 
 
 def _as_mapping(results) -> Mapping:
@@ -57,11 +57,6 @@ def _label(label: str, res) -> str:
     """label (method), without repeating a method the label already names: a bare sampled
     result is "sampled", not "sampled (sampled)"."""
     return label if re.search(rf"\b{re.escape(res.method)}\b", label) else f"{label} ({res.method})"
-
-
-def _title(ax, title: Optional[str]) -> None:
-    if title:
-        ax.set_title(title, fontsize=10)
 
 
 def _raw(res, quantity: str) -> np.ndarray:
@@ -78,42 +73,6 @@ def _share(res, quantity: str) -> np.ndarray:
     s = np.nansum(v)
     return v / s if s > 0 else np.full_like(v, np.nan)
 
-
-def _legend(ax, skipped: int = 0, what: str = "condition"):
-    """A legend (when anything is labelled), its title counting the rows left out."""
-    title = (f"{skipped} {what}{'s' if skipped != 1 else ''} with NaN error not shown"
-             if skipped else None)
-    handles, _ = ax.get_legend_handles_labels()
-    if handles or title:
-        ax.legend(fontsize=8, title=title, title_fontsize=8)
-
-
-def _intact_line(ax, result):
-    if not math.isnan(result.intact_error):
-        ax.axhline(result.intact_error, label=f"intact network ({result.intact_error:.3f})",
-                   **_INTACT_STYLE)
-
-
-def _lesion_rows(result, kind: str):
-    """(finite rows of this kind, number of rows of this kind with a NaN error)."""
-    rows = [r for r in result.rows if r["kind"] == kind]
-    ok = [r for r in rows if not _nan(r["error"])]
-    return ok, len(rows) - len(ok)
-
-
-def _nan(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _wilson_yerr(rows) -> np.ndarray:
-    """(2, len(rows)) distances from each error down to error_lo and up to error_hi."""
-    e = np.array([r["error"] for r in rows], float)
-    lo = np.array([r["error_lo"] for r in rows], float)
-    hi = np.array([r["error_hi"] for r in rows], float)
-    return np.clip(np.vstack([e - lo, hi - e]), 0, None).reshape(2, len(rows))
-
-
-# ---- path-length distributions and gradients -------------------------------------------------
 
 def plot_path_length_distribution(n: int, *, ax=None, alpha=None,
                                   variance_ratios: Optional[Sequence[float]] = None,
@@ -325,162 +284,3 @@ def plot_compare(results: Mapping[str, "PathGradients"], *, quantity: str = "ene
                 _title(ax, label)
         axes[0].figure.suptitle(title)
     return axes[0].figure
-
-
-# ---- lesions ---------------------------------------------------------------------------------
-
-def plot_delete_each(result, *, ax=None, max_names: int = 24, title: Optional[str] = None):
-    """Error with each block deleted alone (Veit et al. Fig. 3), from delete_each: one point
-    per deleted block at x = its index, with its 95% Wilson interval; downsampling blocks in
-    red squares (their own legend entry); the intact network's error as a dotted line.
-    With at most `max_names` blocks, the block names are written under the indices."""
-    fig, ax = _axes(ax, figsize=(min(12, max(6, 0.25 * len(result.block_names) + 2)), 4))
-    rows, skipped = _lesion_rows(result, "delete")
-    rows = [r for r in rows if len(r["deleted"]) == 1]
-    down = set(result.downsampling_blocks)
-    groups = [("deleted block, 95% Wilson interval", [r for r in rows if r["deleted"][0] not in down],
-               dict(color="tab:blue", marker="o")),
-              ("downsampling block", [r for r in rows if r["deleted"][0] in down],
-               dict(color=_DOWNSAMPLING_COLOR, marker="s"))]
-    for label, rs, style in groups:
-        if not rs:
-            continue
-        x = np.array([r["deleted"][0] for r in rs])
-        e = np.array([r["error"] for r in rs], float)
-        ax.errorbar(x, e, yerr=_wilson_yerr(rs), fmt="none", ecolor=style["color"],
-                    elinewidth=1, capsize=2, alpha=0.8)
-        ax.plot(x, e, ls="none", ms=5, label=label, **style)
-    _intact_line(ax, result)
-    n = len(result.block_names)
-    ax.set_xlim(-0.7, n - 0.3)
-    if n <= max_names:
-        ax.xaxis.set_major_locator(FixedLocator(range(n)))
-        ax.xaxis.remove_overlapping_locs = False  # minor ticks sit on the major ones
-        ax.set_xticks(range(n), [str(b) for b in result.block_names], minor=True)
-        ax.tick_params(axis="x", which="minor", length=0, pad=20, labelsize=7,
-                       labelrotation=90 if n > 8 else 0)
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("deleted block (index" + (", name)" if n <= max_names else ")"))
-    ax.set_ylabel("error (fraction misclassified)")
-    _legend(ax, skipped)
-    _title(ax, title)
-    return fig
-
-
-def plot_delete_random(result, *, ax=None, title: Optional[str] = None):
-    """Error vs the number k of blocks deleted at random (Veit et al. Fig. 5a), from
-    delete_random: the mean over trials per k with the band of result.summary() (95%: mean
-    +- t sd / sqrt(trials)) shaded, each trial a faint dot, the intact error a dotted line.
-    Also accepts a reorder result (x = number of swaps)."""
-    fig, ax = _axes(ax)
-    kind = "reorder" if result.sweep == "reorder" else "delete"
-    rows, skipped = _lesion_rows(result, kind)
-    summ = [s for s in result.summary() if not _nan(s["error_mean"])]
-    if rows:
-        ax.plot([r["k"] for r in rows], [r["error"] for r in rows], ls="none", marker=".",
-                color="tab:blue", alpha=0.3, ms=6, label="single trials")
-    if summ:
-        k = np.array([s["k"] for s in summ], float)
-        trials = sorted({s["trials"] for s in summ})
-        ax.fill_between(k, [s["error_lo"] for s in summ], [s["error_hi"] for s in summ],
-                        color="tab:blue", alpha=0.2, lw=0, label="95% band of the mean")
-        ax.plot(k, [s["error_mean"] for s in summ], color="tab:blue", marker="o", ms=4,
-                label=f"mean over {'/'.join(map(str, trials))} trials")
-    _intact_line(ax, result)
-    ax.set_xlabel("number of swaps" if kind == "reorder" else "number of blocks deleted k")
-    ax.set_ylabel("error (fraction misclassified)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _legend(ax, skipped, "trial")
-    _title(ax, title)
-    return fig
-
-
-def plot_reorder(result, *, ax=None, title: Optional[str] = None):
-    """Error vs the Kendall tau between the new block order and the original (Veit et al.
-    Fig. 5b), from reorder: each trial a faint dot, the mean error per number of swaps at
-    their mean tau as a diamond, the intact error (tau = 1) dotted. The x axis
-    runs from 1 (original order) down, left to right."""
-    fig, ax = _axes(ax)
-    rows, skipped = _lesion_rows(result, "reorder")
-    if rows:
-        tau = np.array([r["tau"] for r in rows], float)
-        ax.scatter(tau, [r["error"] for r in rows], color="tab:blue", s=14, alpha=0.35,
-                   lw=0, label="single trials")
-        summ = [s for s in result.summary()
-                if not (_nan(s["error_mean"]) or _nan(s["tau_mean"]))]
-        if summ:
-            ax.plot([s["tau_mean"] for s in summ], [s["error_mean"] for s in summ],
-                    color="tab:blue", marker="D", ms=5, ls="none",
-                    label="mean per number of swaps")
-        lo = float(np.nanmin(tau))
-        ax.set_xlim(1 + 0.05 * (1 - lo) + 1e-3, lo - 0.05 * (1 - lo) - 1e-3)
-    else:
-        ax.set_xlim(1.02, 0)
-    _intact_line(ax, result)
-    ax.set_xlabel("Kendall tau of the block order vs the original")
-    ax.set_ylabel("error (fraction misclassified)")
-    _legend(ax, skipped, "trial")
-    _title(ax, title)
-    return fig
-
-
-def plot_compare_lesions(results, *, ax=None, title: Optional[str] = None):
-    """Several networks' lesion results of one kind on one Axes, one colour each (Veit et al.
-    Fig. 3 draws a residual network's single deletions beside a plain network's).
-
-    results: label -> LesionResult, all delete_each, or all delete_random / reorder.
-    delete_each: error with each block deleted alone vs the block's index (circles, hollow
-        squares on downsampling blocks), joined by a thin line that breaks at blocks not
-        deleted (a plain network's layers that change shape).
-    delete_random / reorder: the mean error per k (blocks deleted or swaps made) with the band
-        of result.summary() shaded.
-    Each network's intact error is a dotted line in its colour.
-    """
-    results = dict(results)
-    if not results:
-        raise PathensError("plot_compare_lesions needs at least one result")
-    sweeps = {r.sweep for r in results.values()}
-    if not (sweeps == {"delete_each"} or sweeps <= {"delete_random", "reorder"}):
-        raise PathensError(f"plot_compare_lesions draws results of one kind (all delete_each, or "
-                           f"delete_random / reorder), got {', '.join(sorted(sweeps))}")
-    fig, ax = _axes(ax)
-    each = sweeps == {"delete_each"}
-    skipped = 0
-    for i, (label, res) in enumerate(results.items()):
-        color = f"C{i}"
-        if each:
-            rows, nan = _lesion_rows(res, "delete")
-            skipped += nan
-            # one point per block index, NaN where nothing was deleted (a plain network's
-            # shape-changing layers), so the line breaks there instead of bridging the gap
-            x = np.arange(len(res.block_names))
-            e, down = np.full(len(x), np.nan), np.zeros(len(x), bool)
-            for r in rows:
-                if len(r["deleted"]) == 1:
-                    e[r["deleted"][0]], down[r["deleted"][0]] = r["error"], r["downsampling"]
-            ax.plot(x, e, color=color, lw=0.8, alpha=0.6, marker="o", ms=4, label=label)
-            if down.any():
-                ax.plot(x[down], e[down], ls="none", marker="s", ms=6, mfc="none",
-                        color=color, label=f"{label}: downsampling blocks")
-        else:
-            summ = [s for s in res.summary() if not _nan(s["error_mean"])]
-            skipped += sum(s["nonfinite_trials"] for s in res.summary())
-            k = np.array([s["k"] for s in summ], float)
-            ax.fill_between(k, [s["error_lo"] for s in summ], [s["error_hi"] for s in summ],
-                            color=color, alpha=0.15, lw=0)
-            ax.plot(k, [s["error_mean"] for s in summ], color=color, marker="o", ms=4,
-                    label=f"{label}: mean, 95% band")
-        if not math.isnan(res.intact_error):
-            ax.axhline(res.intact_error, color=color, ls=":", lw=1.2,
-                       label=f"{label}: intact ({res.intact_error:.3f})")
-    if each:
-        ax.set_xlabel("deleted block (index)")
-    else:
-        kinds = {r.sweep for r in results.values()}
-        ax.set_xlabel("number of swaps" if kinds == {"reorder"} else "number of blocks deleted k")
-    ax.set_ylabel("error (fraction misclassified)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _legend(ax, skipped, "condition" if each else "trial")
-    _title(ax, title)
-    return fig

@@ -8,6 +8,12 @@ results.json; a CSV per table.
 
 Consumes Analysis objects only (see analysis.py); computes nothing about networks. Figures
 are drawn by plots.py; the report gives each a title naming the network and what it shows.
+
+Language models (Analysis.tokens): the error is the top-1 next-token error, given beside the
+mean next-token loss and the perplexity, and the lesion figures plot the loss (plots_common.py
+says why). Transformers: every per-block figure draws the attention and the MLP sublayers in
+their own colour and marker. Residual networks: ShortGPT's Block Influence of every unit beside
+the cost of deleting it alone, in a table and a figure, with Spearman's rank correlation.
 """
 from __future__ import annotations
 
@@ -23,45 +29,15 @@ import torch
 from . import __version__, paths, plots
 from .errors import PathensError
 from .outputs import save_figure, write_text
+from .report_text import (EXACT_VS_SAMPLED, INFLUENCE, INFLUENCE_FIGURE, LESION_DEPTH,
+                          LM_METRICS, depth_table, fmt, listed, num_layers, perplexity, section,
+                          unit_of)
 
 __all__ = ["write"]
-
-NOT_PLAIN = "n/a (plain network: one path)"
-
-# Why the exact and the sampled effective depths differ: said once under the depth table.
-EXACT_VS_SAMPLED = (
-    "**Exact and sampled gradients measure different things.** Exact: total[k] = ||G_k||, the "
-    "norm of the *sum* of the gradients of all C(n, k) paths of length k, so paths whose "
-    "gradients point different ways cancel, as they do in the network's own gradient "
-    "(sum_k G_k is that gradient). Sampled (Veit et al.'s protocol): total[k] = C(n, k) x the "
-    "mean *norm* of one path's gradient, a sum of norms that no cancellation reduces (never "
-    "smaller than the exact total), estimated from a few paths per length (standard errors in "
-    "the sampled CSV). The more the paths of a length cancel, the more weight the sampled mix "
-    "gives that length relative to the exact one, so the two effective depths differ even "
-    "without sampling error; cite the exact one for where the gradient comes from, the sampled "
-    "one to compare with Veit et al.")
-
-LESION_DEPTH = (
-    "**Lesion depth.** The largest tested k such that deleting k random blocks (never a "
-    "downsampling one) keeps the mean error over the trials within the margin of the intact "
-    "error, for that k and every smaller tested k; untested k between two tested ones are "
-    "unknown. Its 95% interval applies the same rule to the top and to the bottom of each k's "
-    "band over the trials (the spread of the random draws; the test set's own sampling error "
-    "is shared by every condition). k = 1 is judged exactly from the single deletions (every "
-    "block of the pool deleted alone), which also give the count of blocks that can each be "
-    "deleted alone within the margin.")
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "model"
-
-
-def _fmt(v, digits=3) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.3e}"
-    return str(v)
 
 
 def write(out, analyses: list, *, title: str = "pathens report", command: str = "",
@@ -81,10 +57,13 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
     with figures, configuration and versions); results.json (every number, with each
     analysis's configuration and the versions); per network `<slug>_gradients_exact.csv`,
     `_gradients_sampled.csv`, `_delete_each.csv`, `_delete_random.csv` (+ `_summary.csv`),
-    `_reorder.csv` (+ `_summary.csv`), `_branch_variance.csv`, `_effective_depth.csv` (those
-    that apply), and figures `<slug>_paths.png`, `<slug>_per_path.png`, `<slug>_lesions.png`;
-    with several networks, `comparison.png` (gradient by path length, residual networks) and
-    `comparison_lesions.png`.
+    `_reorder.csv` (+ `_summary.csv`), `_branch_variance.csv`, `_effective_depth.csv`,
+    `_block_influence.csv` (those that apply), and figures `<slug>_paths.png`,
+    `<slug>_per_path.png`, `<slug>_lesions.png`, `<slug>_influence.png`; with several
+    networks, `comparison.png` (gradient by path length, residual networks) and
+    `comparison_lesions.png`. A language model's lesions are given as next-token error, loss
+    and perplexity, and plotted as the loss; a transformer's attention and MLP sublayers are
+    told apart in every per-block figure.
     """
     analyses = list(analyses)
     _check(analyses)
@@ -96,7 +75,7 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
         figs = _model_figures(out, slug, a)
         _tables(out, slug, a)
         results[a.name] = _result_dict(a)
-        sections.append(_section(a, slug, figs))
+        sections.append(section(a, slug, figs))
     compare = _comparison_figures(out, analyses) if len(analyses) > 1 else {}
     versions = dict(pathens=__version__, torch=torch.__version__, numpy=np.__version__,
                     python=platform.python_version(), platform=platform.platform())
@@ -106,11 +85,15 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
     lines = [f"# {title}", ""]
     if command:
         lines += ["Produced by:", "", f"    {command}", ""]
-    lines += ["## Effective depth", "", _depth_table(analyses), ""]
+    lines += ["## Effective depth", "", depth_table(analyses), ""]
     if any(a.sampled is not None for a in analyses):
         lines += [EXACT_VS_SAMPLED, ""]
     if any(a.delete_random is not None for a in analyses):
         lines += [LESION_DEPTH, ""]
+    if any(a.tokens for a in analyses):
+        lines += [LM_METRICS, ""]
+    if any(a.influence_vs_deletion is not None for a in analyses):
+        lines += [INFLUENCE, ""]
     for caption, name in compare.items():
         lines += [f"![{caption}]({name})", ""]
     lines += sections
@@ -136,120 +119,6 @@ def _check(analyses) -> None:
                                f"files ({slug}_*): give them names that differ in letters or "
                                f"digits")
         seen[slug] = a.name
-
-
-# ---- tables ----------------------------------------------------------------------------------
-
-def _depth_table(analyses) -> str:
-    levels = {d.level for a in analyses for k, d in a.depth.items() if k != "lesion"}
-    mass = f"{levels.pop():.0%}" if len(levels) == 1 else "level (see configuration)"
-    head = (f"| model | blocks | intact error | gradient (exact): mean / mode / {mass} interval "
-            f"(% of paths) | gradient (sampled): mean / {mass} interval | gradient energy "
-            f"(exact): mean | variance model: mean | lesion: random blocks deletable within "
-            f"margin (95% CI) | single blocks each deletable within margin |")
-    rows = [head, "|" + "---|" * 9]
-    for a in analyses:
-        d = a.depth
-        g, s, e, v = (d.get(k) for k in ("gradient (exact)", "gradient (sampled)",
-                                          "gradient energy (exact)", "variance"))
-        cells = [a.name, str(a.num_blocks), f"{a.intact_error:.2%}"]
-        if a.residual:
-            cells += [f"{g.mean:.2f} / {g.mode} / {g.interval[0]}-{g.interval[1]} "
-                      f"({100 * g.path_fraction:.3g}%)",
-                      "not run" if s is None else f"{s.mean:.2f} / {s.interval[0]}-{s.interval[1]}",
-                      f"{e.mean:.2f}", f"{v.mean:.2f}"]
-        else:
-            cells += [NOT_PLAIN] * 2 + ["n/a"] * 2
-        cells += _lesion_cells(a)
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def _lesion_cells(a) -> list:
-    """The lesion depth with its interval and margin, and the single-block count."""
-    l = a.depth.get("lesion")
-    if l is None:
-        return ["n/a (no block can be drawn)", _single_count(a)]
-    lo, hi = l.interval
-    return [f"{int(l.depth)} (CI {lo}-{hi}; margin {100 * l.details['margin']:.3g} points)",
-            _single_count(a)]
-
-
-def _single_count(a) -> str:
-    l = a.depth.get("lesion")
-    if l is not None and l.details.get("single_tested") is not None:
-        return f"{l.details['single_within']} of {l.details['single_tested']}"
-    rows = [r for r in a.delete_each.rows if r["kind"] == "delete"]
-    return f"{len(rows)} deletable, none tested against a margin" if rows else "none deletable"
-
-
-def _section(a, slug: str, figs: dict) -> str:
-    each = a.delete_each
-    non_down = [r["error"] for r in each.rows if r["kind"] == "delete" and not r["downsampling"]]
-    down = [r["error"] for r in each.rows if r["kind"] == "delete" and r["downsampling"]]
-    lines = [f"## {a.name}", "",
-             f"Model: `{json.dumps(a.model, default=str)}`  ",
-             f"Data: `{json.dumps(a.data, default=str)}`  ",
-             f"Intact error {each.intact_error:.2%} on {each.num_examples} examples "
-             f"(loss {each.intact_loss:.4f}).", ""]
-    if a.residual:
-        ex = a.exact
-        lines.append(f"- Exact decomposition: sum of the G_k matches autograd to "
-                     f"{ex.residual:.1e} (relative); most gradient at length "
-                     f"{int(ex.lengths[np.argmax(ex.total)])}.")
-        if a.sampled is not None:
-            lines.append(f"- Sampled protocol ({int(a.sampled.samples.max())} paths per length): "
-                         f"mean length {a.depth['gradient (sampled)'].mean:.2f} against the "
-                         f"exact {a.depth['gradient (exact)'].mean:.2f} (sum of norms vs norm "
-                         f"of the sum: see under the effective-depth table).")
-        lines.append(f"- Deleting one non-downsampling block: error {_range(non_down)}; a "
-                     f"downsampling block: {_range(down)}.")
-    else:
-        lines += ["- Path gradients, branch variance: not applicable: a plain network has a "
-                  "single path (no shortcuts), so there is nothing to split by length.",
-                  f"- Deleting one layer that keeps the shape (replaced by the identity): error "
-                  f"{_range(non_down)}; layers that change the shape cannot be deleted "
-                  f"({len(each.downsampling_blocks)} of {a.num_blocks})."]
-    l = a.depth.get("lesion")
-    if l is not None:
-        lines.append(f"- Lesion depth: {l.describe().removeprefix('lesion: ')}.")
-    else:
-        lines.append("- Random deletions: none (no block can be drawn: each one changes the "
-                     "shape or is a downsampling block).")
-    tables = [f"`{slug}_{k}.csv`" for k in ("delete_random", "reorder") if getattr(a, k)]
-    if a.reorder is None:
-        lines.append("- Reordering: none (no two blocks have the same shape).")
-    if tables:
-        lines.append(f"- Random deletions and reorderings: see the figures and "
-                     f"{', '.join(tables)}.")
-    lines.append("")
-    for caption, name in figs.items():
-        lines += [f"![{caption}]({name})", ""]
-    lines += ["| effective depth | value | distribution mean | mode | interval | mass | % of paths |",
-              "|---|---|---|---|---|---|---|"]
-    for key, d in a.depth.items():
-        lo, hi = d.interval
-        if d.source == "lesion":  # not a distribution over lengths: its interval is a CI
-            lines.append(f"| {key} | {int(d.depth)} blocks | - | - | {lo}-{hi} "
-                         f"({d.level:.0%} CI) | - | - |")
-            continue
-        percent = None if d.path_fraction is None else 100 * d.path_fraction
-        lines.append(f"| {key} | {_fmt(d.depth)} | {_fmt(d.mean)} | {_fmt(d.mode)} | "
-                     f"{lo}-{hi} | {_fmt(d.mass)} | {_fmt(percent)} |")
-    if not a.residual:
-        lines.append(f"| gradient, variance | {NOT_PLAIN} | | | | | |")
-    return "\n".join(lines) + "\n"
-
-
-def _ks(v) -> str:
-    return ", ".join(map(str, v))
-
-
-def _range(v) -> str:
-    v = [e for e in v if np.isfinite(e)]
-    if not v:
-        return "n/a"
-    return f"{min(v):.2%} to {max(v):.2%} (median {np.median(v):.2%})"
 
 
 # ---- figures ---------------------------------------------------------------------------------
@@ -284,9 +153,11 @@ def _model_figures(out: Path, slug: str, a) -> dict:
                                       title=f"{a.name}: gradient of one path vs its length")
             figs["one path's gradient vs its length"] = _save(fig, out, f"{slug}_per_path.png")
     fixed = [] if a.residual else list(a.delete_each.downsampling_blocks)
-    unit = "block" if a.residual else "layer"
-    panels = [("each", f"each {unit} deleted alone" + (
-        f" (identity instead; {_ks(fixed)} change shape: never deleted)" if fixed else ""))]
+    unit = "block" if a.residual and unit_of(a) == "block" else "layer"
+    subs = " (attention and MLP sublayers apart)" if a.delete_each.sublayers and \
+        unit == "block" else " (attention and MLP together)" if a.delete_each.sublayers else ""
+    panels = [("each", f"each {unit} deleted alone{subs}" + (
+        f" (identity instead; {listed(fixed)} change shape: never deleted)" if fixed else ""))]
     if a.delete_random is not None:
         trials = "/".join(str(t) for t in sorted({s["trials"] for s in a.delete_random.summary()}))
         panels.append(("random", f"k random {unit}s deleted ({trials} trials per k)"))
@@ -299,9 +170,21 @@ def _model_figures(out: Path, slug: str, a) -> dict:
                     random=lambda **kw: plots.plot_delete_random(a.delete_random, **kw),
                     reorder=lambda **kw: plots.plot_reorder(a.reorder, **kw))[kind]
         draw(ax=ax, title=caption)
-    fig.suptitle(f"{a.name} ({a.num_blocks} blocks): lesions" if a.residual else
+    metric = ": mean next-token loss (perplexity on the right)" if a.tokens else ""
+    layers = f", {num_layers(a)} layers" if subs else ""
+    fig.suptitle(f"{a.name} ({a.num_blocks} blocks{layers}): lesions{metric}" if a.residual else
                  f"{a.name}: lesions of a plain network ({a.num_blocks} layers, no shortcuts)")
     figs["lesions: " + ", ".join(c for _, c in panels)] = _save(fig, out, f"{slug}_lesions.png")
+    c = a.influence_vs_deletion
+    if c is not None:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+        plots.plot_block_influence(c, ax=left, title=f"Block Influence per {c.unit}: ShortGPT "
+                                                  f"removes the lowest")
+        plots.plot_influence_vs_deletion(c, ax=right, title=f"Block Influence vs the loss increase "
+                                                        f"of deleting the {c.unit} alone")
+        fig.suptitle(f"{a.name}: Block Influence (1 - cos of a {c.unit}'s input and output) "
+                     f"against single-deletion cost")
+        figs[INFLUENCE_FIGURE] = _save(fig, out, f"{slug}_influence.png")
     return figs
 
 
@@ -318,10 +201,12 @@ def _comparison_figures(out: Path, analyses) -> dict:
     randoms = {a.name: a.delete_random for a in analyses if a.delete_random is not None}
     fig, axes = plt.subplots(1, 1 + bool(randoms), figsize=(6.5 * (1 + bool(randoms)), 4.8),
                              layout="constrained", squeeze=False)
+    block = "block" if all(unit_of(a) == "block" for a in analyses) else "block (or layer)"
     plots.plot_compare_lesions({a.name: a.delete_each for a in analyses}, ax=axes[0][0],
-                               title="each block deleted alone")
+                               title=f"each {block} deleted alone")
     if randoms:
-        plots.plot_compare_lesions(randoms, ax=axes[0][1], title="k random blocks deleted")
+        plots.plot_compare_lesions(randoms, ax=axes[0][1],
+                                   title=f"k random {block.replace('block', 'blocks')} deleted")
     fig.suptitle(f"lesions compared: {names}")
     figs["comparison of lesions"] = _save(fig, out, "comparison_lesions.png")
     return figs
@@ -343,20 +228,25 @@ def _tables(out: Path, slug: str, a) -> None:
             write_text(out / f"{slug}_{key}_summary.csv", res.summary_csv())
     if a.variance is not None:
         write_text(out / f"{slug}_branch_variance.csv", a.variance.to_csv())
+    if a.influence_vs_deletion is not None:
+        write_text(out / f"{slug}_block_influence.csv", a.influence_vs_deletion.to_csv())
     rows = [dict(measure=k, **d.table()[0]) for k, d in a.depth.items()]
     if rows:
         header = list(rows[0])
         write_text(out / f"{slug}_effective_depth.csv",
                    "\n".join([",".join(header)]
-                             + [",".join(_fmt(r[h], 6) for h in header) for r in rows]))
+                             + [",".join(fmt(r[h], 6) for h in header) for r in rows]))
 
 
 def _result_dict(a) -> dict:
     def d(res):
         return None if res is None else res.to_dict()
 
+    lm = dict(intact_loss=a.intact_loss, intact_perplexity=perplexity(a.intact_loss)) if a.tokens \
+        else {}
     return dict(model=a.model, data=a.data, config=a.config, residual=a.residual,
-                intact_error=a.intact_error, exact=d(a.exact), sampled=d(a.sampled),
+                intact_error=a.intact_error, **lm, exact=d(a.exact), sampled=d(a.sampled),
                 delete_each=d(a.delete_each), delete_random=d(a.delete_random),
                 reorder=d(a.reorder), branch_variance=d(a.variance),
-                effective_depth={k: v.to_dict() for k, v in a.depth.items()})
+                effective_depth={k: v.to_dict() for k, v in a.depth.items()},
+                influence=d(a.influence), influence_vs_deletion=d(a.influence_vs_deletion))

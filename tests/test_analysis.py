@@ -262,8 +262,8 @@ def test_report_explains_exact_vs_sampled_and_the_lesion_depth(residual, written
 def test_every_report_figure_has_a_title_naming_its_network(written):
     saved = written[1]
     assert set(saved) == {"resnet-14_paths.png", "resnet-14_per_path.png",
-                          "resnet-14_lesions.png", "plain-14_lesions.png",
-                          "comparison_lesions.png"}
+                          "resnet-14_lesions.png", "resnet-14_influence.png",
+                          "plain-14_lesions.png", "comparison_lesions.png"}
     for name, (suptitle, titles, legend, ylabels) in saved.items():
         owner = "ResNet-14" if name.startswith("resnet") else "plain-14"
         heading = suptitle or titles[0]

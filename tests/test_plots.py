@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from scipy import stats  # noqa: E402
 
 import pathens  # noqa: E402
 from pathens import lesion, paths, plots  # noqa: E402
@@ -381,3 +382,123 @@ def test_compare_lesions_draws_each_network_in_its_colour(lesions):
         plots.plot_compare_lesions({"a": each, "b": r})
     with pytest.raises(PathensError, match="at least one"):
         plots.plot_compare_lesions({})
+
+
+# ---- language models and a transformer's sublayers -------------------------------------------
+
+@pytest.fixture(scope="module")
+def lm_lesions():
+    """A tiny float64 GPT (4 blocks: attn, mlp, attn, mlp), weights large enough that each
+    deletion costs its own amount; its sweeps per block and per layer."""
+    torch.manual_seed(0)
+    model = pathens.gpt(depth=2, width=16, heads=2, context=16, norm="pre").double()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.3)
+    view = pathens.wrap(model.eval())
+    ids = torch.randint(0, 256, (6, 10), generator=torch.Generator().manual_seed(1))
+    data = (ids, ids)
+    return dict(each=lesion.delete_each(view, data, progress=False),
+                layers=lesion.delete_each(view, data, unit="layer", progress=False),
+                random=lesion.delete_random(view, data, ks=[1, 2, 3], trials=3, progress=False))
+
+
+def test_delete_each_draws_a_transformers_sublayers_apart(lm_lesions):
+    r = lm_lesions["each"]
+    assert r.tokens and r.sublayers == ("attn", "mlp", "attn", "mlp")
+    ax = plots.plot_delete_each(r).axes[0]
+    loss = {row["deleted"][0]: row["loss"] for row in r.rows if row["kind"] == "delete"}
+    attn, mlp = line(ax, "attention sublayer (attn)"), line(ax, "MLP sublayer (mlp)")
+    for ln, blocks in ((attn, [0, 2]), (mlp, [1, 3])):
+        np.testing.assert_array_equal(ln.get_xdata(), blocks)
+        np.testing.assert_allclose(ln.get_ydata(), [loss[i] for i in blocks])
+    assert attn.get_color() != mlp.get_color() and attn.get_marker() != mlp.get_marker()
+    assert legend_texts(ax)[:2] == ["attention sublayer (attn)", "MLP sublayer (mlp)"]
+    assert not ax.collections  # the loss has no interval: no error bars
+    ln = line(ax, "intact network")
+    np.testing.assert_allclose(ln.get_ydata(), [r.intact_loss] * 2)
+    assert f"perplexity {math.exp(r.intact_loss):.3g}" in ln.get_label()
+    (right,) = ax.child_axes
+    ax.figure.canvas.draw()  # a secondary axis takes its limits when drawn
+    np.testing.assert_allclose(right.get_ylim(), np.exp(ax.get_ylim()))
+    assert ax.get_ylabel() == "mean next-token loss (nats)" and "perplexity" in right.get_ylabel()
+    # the error on request: Wilson bars, still one group per sublayer
+    ax = plots.plot_delete_each(r, metric="error").axes[0]
+    np.testing.assert_allclose(line(ax, "MLP sublayer (mlp), 95% Wilson interval").get_ydata(),
+                               [row["error"] for row in r.rows if row["deleted"] in ([1], [3])])
+    assert ax.collections and not ax.child_axes and ax.get_ylabel().startswith("next-token error")
+
+
+def test_delete_each_of_whole_layers_sits_at_the_layer_index(lm_lesions):
+    r = lm_lesions["layers"]
+    ax = plots.plot_delete_each(r).axes[0]
+    ln = line(ax, "deleted layer (all its sublayers)")
+    np.testing.assert_array_equal(ln.get_xdata(), [0, 1])
+    np.testing.assert_allclose(ln.get_ydata(), [row["loss"] for row in r.rows[1:]])
+    assert [row["deleted"] for row in r.rows[1:]] == [[0, 1], [2, 3]]
+    assert [t.get_text() for t in ax.get_xticklabels(minor=True)] == ["h.0", "h.1"]
+    assert ax.get_xlabel() == "deleted layer (index, name)"
+
+
+def test_delete_random_of_a_language_model_draws_the_loss_and_its_band(lm_lesions):
+    r = lm_lesions["random"]
+    summ = r.summary()
+    for s in summ:  # the loss band: a t interval over the trials' losses, by scipy
+        losses = [row["loss"] for row in r.rows if row["kind"] == "delete" and row["k"] == s["k"]]
+        half = stats.t.ppf(0.975, len(losses) - 1) * np.std(losses, ddof=1) / np.sqrt(3)
+        np.testing.assert_allclose([s["loss_lo"], s["loss_hi"]],
+                                   [max(0, np.mean(losses) - half), np.mean(losses) + half])
+        assert s["perplexity_mean"] == pytest.approx(np.mean(np.exp(losses)))
+    ax = plots.plot_delete_random(r).axes[0]
+    np.testing.assert_allclose(line(ax, "mean over").get_ydata(), [s["loss_mean"] for s in summ])
+    (band,) = [c for c in ax.collections if c.get_label().startswith("95% band")]
+    v = band.get_paths()[0].vertices
+    for s in summ:
+        ys = v[np.isclose(v[:, 0], s["k"]), 1]
+        np.testing.assert_allclose([ys.min(), ys.max()], [s["loss_lo"], s["loss_hi"]])
+    assert ax.get_ylabel() == "mean next-token loss (nats)" and ax.child_axes
+    # a classifier's summary gains no loss band: its CSV columns are as before
+    assert "loss_lo" not in lesions_summary_keys()
+
+
+def lesions_summary_keys():
+    view = pathens.wrap(small_resnet(8, width=4))
+    x, y = batch(4)
+    return set(lesion.delete_random(view, (x, y), ks=[1], trials=2,
+                                    progress=False).summary()[0])
+
+
+def test_compare_lesions_of_language_models_draws_the_loss_and_the_sublayers(lm_lesions):
+    each, layers = lm_lesions["each"], lm_lesions["layers"]
+    ax = plots.plot_compare_lesions({"blocks": each, "layers": layers}).axes[0]
+    assert ax.get_ylabel() == "mean next-token loss (nats)"
+    (joined,) = [ln for ln in ax.lines if ln.get_label() == "blocks"]
+    np.testing.assert_allclose(joined.get_ydata(), [row["loss"] for row in each.rows[1:]])
+    np.testing.assert_allclose(line(ax, "blocks: MLP sublayer (mlp)").get_ydata(),
+                               [each.rows[2]["loss"], each.rows[4]["loss"]])
+    (joined,) = [ln for ln in ax.lines if ln.get_label() == "layers"]
+    np.testing.assert_array_equal(joined.get_xdata(), [0, 1])
+    assert ax.get_xlabel() == "deleted block or layer (index)"
+
+
+def test_influence_figures_draw_the_table_on_log_axes_when_it_spans_decades(lm_lesions):
+    from pathens.influence_cost import influence_vs_deletion
+    each = lm_lesions["each"]
+    bi = dataclasses.make_dataclass("BI", ["unit", "names", "blocks", "influence", "num_items"])(
+        "block", tuple(each.block_names), ((0,), (1,), (2,), (3,)),
+        np.array([0.5, 0.002, 0.05, np.nan]), 60)
+    c = influence_vs_deletion(bi, each)
+    assert c.compared == (0, 1, 2)
+    ax = plots.plot_block_influence(c).axes[0]
+    np.testing.assert_allclose(line(ax, "attention sublayer (attn)").get_ydata(), [0.5, 0.05])
+    assert ax.get_yscale() == "log"  # 0.002 .. 0.5
+    assert "1 block without a Block Influence" in ax.get_legend().get_title().get_text()
+    ax = plots.plot_influence_vs_deletion(c).axes[0]
+    mlp = line(ax, "MLP sublayer (mlp)")
+    np.testing.assert_allclose(mlp.get_xdata(), [0.002])
+    np.testing.assert_allclose(mlp.get_ydata(), [c.loss_increase[1]])
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.texts] == ["0", "1", "2"]
+    rho = stats.spearmanr([0.5, 0.002, 0.05], c.loss_increase[:3]).statistic
+    assert c.spearman == pytest.approx(rho)
+    assert f"Spearman rho {rho:.2f} over 3 blocks" in ax.get_legend().get_title().get_text()
