@@ -28,6 +28,7 @@ _EXPORTS = {
     "gpt": "transformer", "load_corpus": "text", "train_lm": "train_text",
     "block_influence": "importance", "angular_distance": "importance",
     "BlockInfluence": "importance", "AngularDistance": "importance",
+    "influence_vs_deletion": "influence_cost", "InfluenceVsDeletion": "influence_cost",
 }
 _MODULES = ("lesion", "paths", "report", "plots", "data", "models", "losses", "imagefolder",
             "distributed", "text", "transformer", "train_text", "importance", "zoo",

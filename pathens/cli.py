@@ -451,7 +451,8 @@ def _data_args(s, limit=None, split=True) -> None:
         g.add_argument("--skip-bad-images", action="store_true",
                        help="imagefolder: leave out files that cannot be decoded (counted in "
                             "config.json) instead of stopping")
-        g.add_argument("--batch-size", type=int, default=64, help="examples per batch read")
+        g.add_argument("--batch-size", type=int, help="examples per batch (default: 64 read from "
+                                                      "an image folder, 256 evaluated in memory)")
     g.add_argument("--tokenizer", help="text: bytes, chars or hf:DIR (default: the checkpoint's, "
                                        "a Hugging Face folder's own, else bytes)")
     g.add_argument("--seq-len", type=int, help="text: tokens per window (default: the model's "

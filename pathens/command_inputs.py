@@ -102,7 +102,7 @@ def _image_folder(args, model):
     loader = imagefolder.loader(args.root, model=model, image_size=args.image_size,
                                 crop_pct=args.crop_pct, normalize=args.normalize,
                                 limit=args.limit, seed=args.seed, skip_bad=args.skip_bad_images,
-                                batch_size=args.batch_size, workers=args.workers)
+                                batch_size=args.batch_size or 64, workers=args.workers)
     return loader, dict(dataset="imagefolder", **loader.description)
 
 

@@ -118,16 +118,8 @@ def _analysis(args, view, data, name, meta, data_info, out):
                         gradient_examples=args.gradient_examples, samples_per_length=args.samples,
                         trials=args.trials, seed=args.seed, margin=args.margin,
                         lesion_dir=Path(out) / SWEEPS / _slug(name), progress=_progress(args),
-                        log=_log(args), **_analysis_options(args))
-
-
-def _analysis_options(args) -> dict:
-    """The analysis keywords newer than the command line's first ones, passed where analyze
-    takes them."""
-    import inspect
-    known = inspect.signature(run_analysis).parameters
-    wanted = dict(unit=args.unit, batch_size=args.batch_size)
-    return {k: v for k, v in wanted.items() if k in known}
+                        log=_log(args), unit=args.unit,
+                        **({} if args.batch_size is None else dict(batch_size=args.batch_size)))
 
 
 def _slug(name: str) -> str:

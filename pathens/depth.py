@@ -79,12 +79,13 @@ class EffectiveDepth(Result):
                     f"{self.level:.0%} in lengths {lo}..{hi}, {self.path_fraction:.3%} of paths")
         d = self.details
         trials = "/".join(map(str, sorted(set(d["trials"]))))
-        text = (f"lesion: {int(self.depth)} of {self.num_blocks} blocks deletable at random with "
+        unit = d.get("unit", "block")
+        text = (f"lesion: {int(self.depth)} of {self.num_blocks} {unit}s deletable at random with "
                 f"the mean error within {100 * d['margin']:.3g} points of the intact "
                 f"{d['intact_error']:.2%}; {self.level:.0%} CI {lo}..{hi} over the tested k "
                 f"{_ks(d['ks'])} ({trials} trials each)")
         if d.get("single_tested") is not None:
-            text += (f"; single blocks: {d['single_within']} of {d['single_tested']} each "
+            text += (f"; single {unit}s: {d['single_within']} of {d['single_tested']} each "
                      f"within the margin")
         return text
 
@@ -218,10 +219,21 @@ def _from_lesion(result, margin: float, confidence: float = 0.95, single=None) -
     depth = largest(means)
     later = [k for k in ks if k > depth]
     details["next_tested_k"] = later[0] if later else None
-    n = len(result.block_names)
+    unit = result.config.get("unit", "block")
+    details["unit"] = unit
+    n = _count_units(result, unit)
     return EffectiveDepth("lesion", n, float(depth), math.nan, math.nan,
                           (largest(tops), largest(bottoms)), confidence, math.nan, math.nan,
                           np.array([r["error_mean"] for r in rows]), details)
+
+
+def _count_units(result, unit: str) -> int:
+    """Blocks, or layers (modules: blocks named <module>.<sublayer> share one)."""
+    if unit != "layer":
+        return len(result.block_names)
+    subs = result.sublayers or ("",) * len(result.block_names)
+    return len({name.rsplit(".", 1)[0] if sub else name
+                for name, sub in zip(result.block_names, subs)})
 
 
 def _single_blocks(result, single, threshold: float, details: dict) -> float:

@@ -41,7 +41,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .batches import check_batch
+from . import distributed
+from .batches import check_batch, local_batches
 from .errors import PathensError
 from .inputs import batch_len, take
 from .losses import Loss
@@ -249,6 +250,14 @@ def _accumulate(view, data, spans, pairs, positions, feature_dim, batch_size, *,
                     for j in at[k]:
                         a = pairs[j][0]
                         acc.add(j, states[a - k - 1], h, keep, fd)
+    if distributed.active():  # sums over disjoint examples: over the ranks too
+        n = len(pairs)
+        sums = distributed.all_sum([*acc.total, *acc.count, *acc.undefined, acc.items,
+                                    acc.examples, *acc.shape_differs])
+        acc.total, acc.count = list(sums[:n]), [int(c) for c in sums[n:2 * n]]
+        acc.undefined = sums[2 * n:3 * n].astype(np.int64)
+        acc.items, acc.examples = int(sums[3 * n]), int(sums[3 * n + 1])
+        acc.shape_differs = [bool(v) for v in sums[3 * n + 2:]]
     if acc.items == 0:
         raise PathensError("no position to average over: every position is padding")
     return acc
@@ -325,15 +334,16 @@ def _input_batches(view, data, batch_size: int):
         n = batch_len(x)
         if n == 0:
             raise PathensError("data is empty: pass at least one example")
-        for start in range(0, n, batch_size):
-            yield check_batch(view, take(x, slice(start, start + batch_size)), None,
-                              _Unlabelled())[0]
+        part = distributed.shard(n)  # under torch.distributed this rank's share, else all
+        for start in range(part.start, part.stop, batch_size):
+            yield check_batch(view, take(x, slice(start, min(start + batch_size, part.stop))),
+                              None, _Unlabelled())[0]
         return
     if data is None or not hasattr(data, "__iter__") or iter(data) is data:
         raise PathensError(f"data must be inputs, an (inputs, targets) pair or a re-iterable "
                            f"loader of batches, got {type(data).__name__}")
     empty = True
-    for b in data:
+    for b in local_batches(data):
         x = batch(b)
         if not _is_inputs(x):
             raise PathensError(f"each batch must be inputs or (inputs, targets), got "

@@ -266,11 +266,6 @@ def section(a, slug: str, figs: dict) -> str:
 
 def _lesion_depth_line(a, depth) -> str:
     text = depth.describe().removeprefix("lesion: ")
-    if unit_of(a) == "layer":  # the sweep deleted whole layers: count them as such
-        n = num_layers(a)
-        text = text.replace(f"{int(depth.depth)} of {depth.num_blocks} blocks",
-                            f"{int(depth.depth)} of {n} layers").replace("single blocks:",
-                                                                     "single layers:")
     how = [w for w, on in (("on the top-1 next-token error", a.tokens),
                            ("whole layers deleted", unit_of(a) == "layer")) if on]
     return f"- Lesion depth{' (' + '; '.join(how) + ')' if how else ''}: {text}."
