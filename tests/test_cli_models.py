@@ -148,6 +148,14 @@ def test_pathens_gpt_trains_on_text_and_is_lesioned_by_layer(capsys, tmp_path):
     assert len(got) == 3 == len(ref.rows)  # intact, then each of the 2 layers
     assert got == [r["errors"] for r in ref.rows]
     assert all(r["n"] == 6 * 15 for r in ref.rows)  # tokens with a next token to predict
+    code, _, err = run(capsys, "analyze", ckpt, "--data", "text", "--root", text, "--limit", "4",
+                       "--samples", "0", "--trials", "1", "--gradient-examples", "2",
+                       "--unit", "layer", "--quiet", "--out", tmp_path / "an")
+    assert code == 0, err
+    report = (tmp_path / "an" / "report.md").read_text()
+    assert "next-token" in report and "perplexity" in report
+    results = json.loads((tmp_path / "an" / "results.json").read_text())["models"]["gpt"]
+    assert results["config"]["unit"] == "layer" and results["influence"] is not None
     refused(capsys, "train", "--arch", "gpt", "--data", "digits", "--out", tmp_path / "x.pt",
             match="--arch gpt trains on --data text")
     refused(capsys, "train", "--arch", "gpt", "--norm", "bn", "--data", "text", "--out",

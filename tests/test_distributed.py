@@ -158,3 +158,27 @@ def test_torchrun_lesion_writes_what_one_process_writes(tmp_path, capsys):
     bad = torchrun(*args, "--out", tmp_path / "two")  # the folder holds results now
     assert bad.returncode != 0
     assert bad.stderr.count("pathens: error: --out") == 1, bad.stderr[-2000:]
+
+
+def _compares(rank, world, init, out):
+    _join(rank, world, init)
+    try:
+        distributed.same_everywhere("command lines", ["lesion", "--trials", str(3 + rank)])
+    except pathens.PathensError as err:
+        Path(out, f"rank{rank}.txt").write_text(str(err))
+
+
+def test_ranks_started_differently_are_refused(tmp_path):
+    mp.spawn(_compares, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):  # every rank refuses, naming the rank that differs
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "different command lines: rank 1 differs from rank 0" in message
+
+
+def test_more_processes_on_a_node_than_gpus_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(pathens.PathensError, match="4 processes on this node but 2 GPUs"):
+        distributed.init_from_env("cuda")
