@@ -178,7 +178,6 @@ def effective_depths(args, info, out, log):
                          bn_model_mean=paths.distribution_mean(paths.bn_variance_distribution(view.num_blocks)),
                          lesion_within_2pts=l.depth, **alpha_stats(model),
                          checkpoint=info_m["checkpoint"]))
-        r = rows[-1]
         log(f"(b) {name:20s} error {a.intact_error:6.2%}  gradient mean {g.mean:5.2f} "
             f"90% in {g.interval[0]}-{g.interval[1]}  variance {v.mean:5.2f}  lesion {l.depth:.0f} "
             f"of {view.num_blocks}")

@@ -172,10 +172,10 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
         examples = d.num_examples
         _enough(residual, examples)
     pool, most = lesion.random_units(view, True, unit), lesion.most_swaps(view, unit)
-    ks = doubling(len(pool)) if ks is None else _counts(ks, "ks", len(pool),
-                                                        f"{unit}s random deletions can draw from")
-    swaps = doubling(most) if swaps is None else _counts(swaps, "swaps", most,
-                                                         f"disjoint swaps of same-shape {unit}s")
+    ks = doubling(len(pool)) if ks is None else lesion.check_counts(
+        ks, "ks", len(pool), f"{unit}s random deletions can draw from")
+    swaps = doubling(most) if swaps is None else lesion.check_counts(
+        swaps, "swaps", most, f"disjoint swaps of same-shape {unit}s")
     files = _lesion_files(lesion_dir)
     if d.pair is not None:
         gx, gy = take(data[0], slice(0, gradient_examples)), data[1][:gradient_examples]
@@ -325,24 +325,6 @@ def _enough(residual: bool, examples: int) -> None:
     if residual and examples < 2:
         raise PathensError(f"analyze needs at least 2 examples for a residual network (branch "
                            f"variance is a variance over examples), got {examples}")
-
-
-def _counts(values, what: str, top: int, of: str) -> list:
-    """ks / swaps: distinct integers in 1..top. A repeated k would re-draw the same seeded
-    trials and count them twice, narrowing its interval for nothing."""
-    values = list(values)
-    if not values:
-        raise PathensError(f"{what} is empty: give at least one count, or leave it out")
-    for v in values:
-        if not _integer(v) or v < 1:
-            raise PathensError(f"{what} must be positive integers, got {v!r}")
-        if v > top:
-            raise PathensError(f"{what}: {v} is more than the {top} {of}")
-    repeated = sorted({int(v) for v in values if values.count(v) > 1})
-    if repeated:
-        raise PathensError(f"{what} repeats {', '.join(map(str, repeated))}: each count's trials "
-                           f"are drawn from the same seeds, so a repeat would count them twice")
-    return [int(v) for v in values]
 
 
 def _lesion_files(lesion_dir) -> dict:

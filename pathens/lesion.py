@@ -264,7 +264,7 @@ def delete_random(view, data, *, ks: Optional[Sequence[int]] = None, trials: int
     conditions."""
     view = wrap(view)
     pool = random_units(view, exclude_downsampling, unit)
-    ks = list(range(1, len(pool) + 1)) if ks is None else _counts(ks, "ks")
+    ks = list(range(1, len(pool) + 1)) if ks is None else check_counts(ks, "ks")
     trials = _positive(trials, "trials")
     seed = _seed(seed)
     for k in ks:
@@ -300,7 +300,7 @@ def reorder(view, data, *, swaps: Optional[Sequence[int]] = None, trials: int = 
     if most == 0:
         raise PathensError(f"no two {unit}s of this network have the same shapes: there is "
                            f"nothing to reorder")
-    swaps = list(range(1, most + 1)) if swaps is None else _counts(swaps, "swaps")
+    swaps = list(range(1, most + 1)) if swaps is None else check_counts(swaps, "swaps")
     trials = _positive(trials, "trials")
     seed = _seed(seed)
     for k in swaps:
@@ -392,9 +392,10 @@ def _tau(order) -> float:
     return float(stats.kendalltau(list(order), list(range(len(order))))[0])
 
 
-def _counts(ks, what: str) -> list:
-    """ks / swaps: a non-empty list of distinct integers >= 1 (0 would be the intact network
-    again; a repeated k would count the same draws twice, as if they were more trials)."""
+def check_counts(ks, what: str, top: int | None = None, of: str = "") -> list:
+    """ks / swaps: distinct positive integers (at most top, the number of `of`, where given).
+    A repeated k would re-draw the same seeded trials and count them twice, narrowing its
+    interval for nothing."""
     ks = list(ks)
     if not ks:
         raise PathensError(f"{what} is empty: give at least one count")
@@ -402,6 +403,8 @@ def _counts(ks, what: str) -> list:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise PathensError(f"{what} must be positive integers (at least 1; the intact network "
                                f"is always row 0), got {k!r}")
+        if top is not None and k > top:
+            raise PathensError(f"{what}: {k} is more than the {top} {of}")
     twice = sorted({int(k) for k in ks if ks.count(k) > 1})
     if twice:
         raise PathensError(f"{what} lists {twice[0]} more than once: each count is drawn `trials` "

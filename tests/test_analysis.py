@@ -12,7 +12,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -138,7 +137,7 @@ def no_work(monkeypatch):
     (dict(seed=2 ** 63), "seed must be an integer in 0..2"),
     (dict(level=1.5), "level must be a number in"),
     (dict(margin=float("nan")), "margin must be an error increase"),
-    (dict(ks=[2, 2]), "ks repeats 2"),
+    (dict(ks=[2, 2]), "ks lists 2 more than once"),
     (dict(ks=[99]), "ks: 99 is more than the 4 blocks"),
     (dict(ks=[]), "ks is empty"),
     (dict(swaps=[0]), "swaps must be positive integers"),
