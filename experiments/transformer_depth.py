@@ -16,7 +16,7 @@ depth (6, 12, 24 layers = 12, 24, 48 residual blocks), a GPT trained on the embe
    and output, mean over tokens) against the single-deletion cost: Spearman rank correlation,
    per layer and per sublayer.
 
-CPU scale (the default; see experiments/transformer_depth.md for times):
+CPU scale (the default; experiments/README.md has the times and the results):
 
     OMP_NUM_THREADS=1 python experiments/transformer_depth.py
 
