@@ -359,8 +359,8 @@ def main(argv=None):
               [{k: r[k] for k in ("norm", "depth", "unit", "index", "name", "block_influence", "dloss")}
                for r in tables["delete_each"]])
     written = figures(out, tables, args)
-    results = dict(command=command, config=dict(vars(args), out=_rel(out)), data=corpus.description,
-                   recipe=recipe(args), models=rows, figures=written,
+    results = dict(command=command, config=dict(vars(args), out=_rel(out)),
+                   data=corpus.description, recipe=recipe(args), models=rows, figures=written,
                    seconds=round(time.perf_counter() - start, 1))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     log(f"wrote {out}/ in {results['seconds']:.0f} s")
