@@ -298,16 +298,12 @@ def _check(name, gradient_examples, samples_per_length, trials, seed, level, mar
            batch_size, influence) -> None:
     if not isinstance(name, str) or not name.strip():
         raise PathensError(f"name must be a non-empty string, got {name!r}")
-    if not _integer(gradient_examples) or gradient_examples < 1:
-        raise PathensError(f"gradient_examples must be a positive integer, got "
-                           f"{gradient_examples!r}")
+    lesion.check_positive(gradient_examples, "gradient_examples")
     if not _integer(samples_per_length) or samples_per_length < 0:
         raise PathensError(f"samples_per_length must be a non-negative integer (0 skips the "
                            f"sampled protocol), got {samples_per_length!r}")
-    if not _integer(trials) or trials < 1:
-        raise PathensError(f"trials must be a positive integer, got {trials!r}")
-    if not _integer(seed) or not 0 <= seed < 2 ** 63:
-        raise PathensError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
+    lesion.check_positive(trials, "trials")
+    lesion.check_seed(seed)
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level <= 1:
         raise PathensError(f"level must be a number in (0, 1] (the interval's mass), got "
                            f"{level!r}")
@@ -315,8 +311,7 @@ def _check(name, gradient_examples, samples_per_length, trials, seed, level, mar
             or not 0 <= margin <= 1):
         raise PathensError(f"margin must be an error increase in [0, 1] (0.02 = 2 points), got "
                            f"{margin!r}")
-    if not _integer(batch_size) or batch_size < 1:
-        raise PathensError(f"batch_size must be a positive integer, got {batch_size!r}")
+    lesion.check_positive(batch_size, "batch_size")
     if not isinstance(influence, bool):
         raise PathensError(f"influence must be True or False, got {influence!r}")
 

@@ -265,8 +265,8 @@ def delete_random(view, data, *, ks: Optional[Sequence[int]] = None, trials: int
     view = wrap(view)
     pool = random_units(view, exclude_downsampling, unit)
     ks = list(range(1, len(pool) + 1)) if ks is None else check_counts(ks, "ks")
-    trials = _positive(trials, "trials")
-    seed = _seed(seed)
+    trials = check_positive(trials, "trials")
+    seed = check_seed(seed)
     for k in ks:
         if k > len(pool):
             raise PathensError(
@@ -301,8 +301,8 @@ def reorder(view, data, *, swaps: Optional[Sequence[int]] = None, trials: int = 
         raise PathensError(f"no two {unit}s of this network have the same shapes: there is "
                            f"nothing to reorder")
     swaps = list(range(1, most + 1)) if swaps is None else check_counts(swaps, "swaps")
-    trials = _positive(trials, "trials")
-    seed = _seed(seed)
+    trials = check_positive(trials, "trials")
+    seed = check_seed(seed)
     for k in swaps:
         if k > most:
             raise PathensError(f"{k} swaps are more than possible: the {unit}s of equal shape "
@@ -412,13 +412,13 @@ def check_counts(ks, what: str, top: int | None = None, of: str = "") -> list:
     return [int(k) for k in ks]
 
 
-def _seed(seed) -> int:
+def check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 63:
-        raise PathensError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+        raise PathensError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
     return int(seed)
 
 
-def _positive(v, what: str) -> int:
+def check_positive(v, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise PathensError(f"{what} must be a positive integer, got {v!r}")
     return int(v)
