@@ -41,7 +41,7 @@ from .inputs import batch_len, concat, main_tensor, take
 from .lesion import LesionResult
 from .view import wrap
 
-__all__ = ["Analysis", "analyze", "doubling"]
+__all__ = ["Analysis", "analyze", "doubling", "lesion_counts"]
 
 
 @dataclass
@@ -171,11 +171,7 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
         data = d.pair  # checked, on the view's device
         examples = d.num_examples
         _enough(residual, examples)
-    pool, most = lesion.random_units(view, True, unit), lesion.most_swaps(view, unit)
-    ks = doubling(len(pool)) if ks is None else lesion.check_counts(
-        ks, "ks", len(pool), f"{unit}s random deletions can draw from")
-    swaps = doubling(most) if swaps is None else lesion.check_counts(
-        swaps, "swaps", most, f"disjoint swaps of same-shape {unit}s")
+    ks, swaps = lesion_counts(view, unit, ks, swaps)
     files = _lesion_files(lesion_dir)
     if d.pair is not None:
         gx, gy = take(data[0], slice(0, gradient_examples)), data[1][:gradient_examples]
@@ -277,6 +273,17 @@ def _first_examples(view, loader, want: int, loss) -> tuple:
                            f"gradients need one batch; give gradient_examples <= "
                            f"{shapes[0][0]} or batches of one shape") from None
     return take(x, slice(0, want)), y[:want], seen, ended
+
+
+def lesion_counts(view, unit: str = "block", ks=None, swaps=None) -> tuple[list, list]:
+    """(ks, swaps) of an analysis: those given, checked against what the view allows, or the
+    defaults 1, 2, 4, ... up to the pool of random deletions and the most disjoint swaps."""
+    pool, most = len(lesion.random_units(view, True, unit)), lesion.most_swaps(view, unit)
+    ks = doubling(pool) if ks is None else lesion.check_counts(
+        ks, "ks", pool, f"{unit}s random deletions can draw from")
+    swaps = doubling(most) if swaps is None else lesion.check_counts(
+        swaps, "swaps", most, f"disjoint swaps of same-shape {unit}s")
+    return ks, swaps
 
 
 def doubling(top: int) -> list:

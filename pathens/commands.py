@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from . import checkpoints, lesion as lesion_mod, paths, plots, report  # noqa: E402
-from .analysis import analyze as run_analysis, doubling  # noqa: E402
+from .analysis import analyze as run_analysis, doubling, lesion_counts  # noqa: E402
 from .cli import MAX_CONDITIONS  # noqa: E402
 from .command_inputs import build_cifar, checkpoint_name, recalibration, setup  # noqa: E402
 from .data import load_dataset  # noqa: E402
@@ -107,8 +107,7 @@ def analyze(args) -> int:
 
 def _analysis_counts(args, view) -> None:
     """The lesion conditions of one analysis (its default ks and swaps), within the limit."""
-    ks = doubling(len(lesion_mod.random_units(view, unit=args.unit)))
-    swaps = doubling(lesion_mod.most_swaps(view, args.unit))
+    ks, swaps = lesion_counts(view, args.unit)
     _conditions(args.trials * (len(ks) + len(swaps)), f"--trials {args.trials} x "
                 f"({len(ks)} k + {len(swaps)} swap counts)")
 
