@@ -156,25 +156,23 @@ def _model_figures(out: Path, slug: str, a) -> dict:
     unit = "block" if a.residual and unit_of(a) == "block" else "layer"
     subs = " (attention and MLP sublayers apart)" if a.delete_each.sublayers and \
         unit == "block" else " (attention and MLP together)" if a.delete_each.sublayers else ""
-    panels = [("each", f"each {unit} deleted alone{subs}" + (
+    panels = [(plots.plot_delete_each, a.delete_each, f"each {unit} deleted alone{subs}" + (
         f" (identity instead; {listed(fixed)} change shape: never deleted)" if fixed else ""))]
     if a.delete_random is not None:
         trials = "/".join(str(t) for t in sorted({s["trials"] for s in a.delete_random.summary()}))
-        panels.append(("random", f"k random {unit}s deleted ({trials} trials per k)"))
+        panels.append((plots.plot_delete_random, a.delete_random,
+                       f"k random {unit}s deleted ({trials} trials per k)"))
     if a.reorder is not None:
-        panels.append(("reorder", f"reordering: swaps of same-shape {unit}s"))
+        panels.append((plots.plot_reorder, a.reorder, f"reordering: swaps of same-shape {unit}s"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.7 * len(panels), 4.7),
                              layout="constrained", squeeze=False)
-    for (kind, caption), ax in zip(panels, axes[0]):
-        draw = dict(each=lambda **kw: plots.plot_delete_each(a.delete_each, **kw),
-                    random=lambda **kw: plots.plot_delete_random(a.delete_random, **kw),
-                    reorder=lambda **kw: plots.plot_reorder(a.reorder, **kw))[kind]
-        draw(ax=ax, title=caption)
+    for (plot, result, caption), ax in zip(panels, axes[0]):
+        plot(result, ax=ax, title=caption)
     metric = ": mean next-token loss (perplexity on the right)" if a.tokens else ""
     layers = f", {num_layers(a)} layers" if subs else ""
     fig.suptitle(f"{a.name} ({a.num_blocks} blocks{layers}): lesions{metric}" if a.residual else
                  f"{a.name}: lesions of a plain network ({a.num_blocks} layers, no shortcuts)")
-    figs["lesions: " + ", ".join(c for _, c in panels)] = _save(fig, out, f"{slug}_lesions.png")
+    figs["lesions: " + ", ".join(c for _, _, c in panels)] = _save(fig, out, f"{slug}_lesions.png")
     c = a.influence_vs_deletion
     if c is not None:
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
