@@ -33,6 +33,7 @@ from .errors import PathensError
 from .fingerprint import fingerprint_model, fingerprint_tensors
 from .batches import Data, calibration_batches
 from .lesion_sweep import Condition, run_conditions, wilson
+from .losses import perplexity
 from .results import Result, _plain
 from .inputs import batch_len
 from .outputs import write_text
@@ -89,7 +90,7 @@ class LesionResult(Result):
     def table(self) -> list[dict]:
         if not self.tokens:
             return [dict(r) for r in self.rows]
-        return [dict(r, perplexity=_exp(r["loss"])) for r in self.rows]
+        return [dict(r, perplexity=perplexity(r["loss"])) for r in self.rows]
 
     @property
     def errors(self) -> np.ndarray:
@@ -117,7 +118,7 @@ class LesionResult(Result):
                        tau_mean=float(np.mean(taus)) if taus else math.nan)
             if self.tokens:
                 _, loss_lo, loss_hi, _ = _band([r["loss"] for r in ok], level, top=math.inf)
-                row.update(perplexity_mean=float(np.mean([_exp(r["loss"]) for r in ok]))
+                row.update(perplexity_mean=float(np.mean([perplexity(r["loss"]) for r in ok]))
                            if ok else math.nan, loss_lo=loss_lo, loss_hi=loss_hi)
             out.append(dict(row, nonfinite_trials=len(rs) - len(ok),
                             intact_error=self.intact_error))
@@ -379,11 +380,6 @@ def _band(values, level: float, top: float) -> tuple:
     sd = float(e.std(ddof=1))
     half = stats.t.ppf(0.5 + level / 2, len(e) - 1) * sd / math.sqrt(len(e))
     return mean, float(max(0.0, mean - half)), float(min(top, mean + half)), sd
-
-
-def _exp(loss: float) -> float:
-    """Perplexity of a mean next-token loss (inf past float range, NaN for NaN)."""
-    return math.exp(loss) if loss < 700 else math.inf
 
 
 def _tau(order) -> float:

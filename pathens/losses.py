@@ -85,6 +85,11 @@ class Classification(Loss):
         return errors, float(self.sum(logits, targets)), len(targets), int((~finite).sum())
 
 
+def perplexity(loss: float) -> float:
+    """The perplexity exp(loss) of a mean next-token loss (inf past float range, and for NaN)."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
 class NextToken(Loss):
     name, unit = "next_token", "tokens"
 

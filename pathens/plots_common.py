@@ -109,7 +109,8 @@ class Metric:
     def intact_label(self, result) -> str:
         v = self.intact(result)
         if self.name == "loss" and self.tokens:
-            return f"intact network (loss {v:.3f}, perplexity {_exp(v):.3g})"
+            from .losses import perplexity  # here: the plots need no torch until a result does
+            return f"intact network (loss {v:.3f}, perplexity {perplexity(v):.3g})"
         return f"intact network ({v:.3f})"
 
     def perplexity_axis(self, ax) -> None:
@@ -117,10 +118,6 @@ class Metric:
         if self.name == "loss" and self.tokens:
             right = ax.secondary_yaxis("right", functions=(_exp_array, _log_array))
             right.set_ylabel("perplexity (exp of the loss)")
-
-
-def _exp(v: float) -> float:
-    return math.exp(v) if v < 700 else math.inf
 
 
 def _exp_array(v):

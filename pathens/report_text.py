@@ -10,6 +10,7 @@ import json
 import numpy as np
 
 from . import plots_common
+from .losses import perplexity
 from .plots_lesion import modules
 
 NOT_PLAIN = "n/a (plain network: one path)"
@@ -110,10 +111,6 @@ def depth_table(analyses) -> str:
 
 def unit_of(a) -> str:
     return a.config.get("unit", "block")
-
-
-def perplexity(loss: float) -> float:
-    return float(np.exp(loss)) if loss < 700 else float("inf")
 
 
 def _intact_cell(a) -> str:
