@@ -11,7 +11,7 @@ import numpy as np
 
 from . import plots_common
 from .losses import perplexity
-from .plots_lesion import modules
+from .plots_lesion import modules, unit_of  # an Analysis has the same config["unit"]
 
 NOT_PLAIN = "n/a (plain network: one path)"
 INFLUENCE_FIGURE = "Block Influence per unit and against the cost of deleting the unit alone"
@@ -107,10 +107,6 @@ def depth_table(analyses) -> str:
                      else "not run")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-def unit_of(a) -> str:
-    return a.config.get("unit", "block")
 
 
 def _intact_cell(a) -> str:
