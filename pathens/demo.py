@@ -10,7 +10,6 @@ analysed in full on the digits test split and the four are compared in one repor
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from .errors import PathensError
 from .models import cifar_resnet
 from .train import train
 from .view import wrap
+from .zoo.record import file_sha256
 
 # name -> (cifar_resnet arguments, train arguments). One recipe for all four: at depth 110 a
 # warm-up and gradient clipping keep both BN and SkipInit (no normalisation) from diverging.
@@ -66,14 +66,6 @@ def read_manifest(folder: Path | None = None) -> dict:
     return json.loads(((folder or bundled_dir()) / MANIFEST).read_text())
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_bundled(folder: Path | None = None) -> Path:
     """Check every file the manifest lists against its size and sha256 (a few milliseconds
     for the 5.6 MB); returns the folder, or raises a PathensError naming the first file that
@@ -90,7 +82,7 @@ def check_bundled(folder: Path | None = None) -> Path:
         if not path.is_file():
             raise PathensError(f"the bundled checkpoint {path} is missing (a broken install?): "
                                f"reinstall pathens, or run `pathens demo --retrain`")
-        size, digest = path.stat().st_size, sha256(path)
+        size, digest = path.stat().st_size, file_sha256(path)
         if (size, digest) != (entry["bytes"], entry["sha256"]):
             raise PathensError(f"the bundled checkpoint {path} ({size} bytes, sha256 "
                                f"{digest[:12]}...) is not the one {MANIFEST} lists "
@@ -114,7 +106,7 @@ def write_manifest(folder: Path) -> Path:
         _, meta = checkpoints.load(path)
         arch = meta["arch"]
         files.append(dict(
-            name=path.name, bytes=path.stat().st_size, sha256=sha256(path),
+            name=path.name, bytes=path.stat().st_size, sha256=file_sha256(path),
             what=(f"{name}: CIFAR ResNet-{arch['depth']} ({(arch['depth'] - 2) // 2} blocks, "
                   f"width {arch['width']}, norm {arch['norm']}) trained on {meta['dataset']}, "
                   f"test accuracy {meta['accuracy']:.2%}"),
