@@ -170,7 +170,9 @@ def run_conditions(view, data: Data, conds: list, *, config: dict, seed, out=Non
             raise PathensError(f"group_size must be a positive integer, got {group_size}")
         size = group_size
     else:
-        size = 16 if store is not None else max(1, len(todo))
+        # with a row file, groups of 16 (each written as it finishes); decided from `out`, not
+        # from `store` (rank 0's alone): every rank must all-reduce groups of the same size
+        size = 16 if out is not None else max(1, len(todo))
     bar = tqdm(total=len(conds), initial=len(conds) - len(todo), desc=desc, disable=not progress,
                leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                        "conditions [{elapsed}<{remaining}{postfix}]")
