@@ -36,12 +36,13 @@ import numpy as np
 import torch
 
 import pathens
-from pathens import checkpoints, paths, report
+from pathens.models import checkpoints
+from pathens import paths, report
 from pathens.analysis import analyze
-from pathens.data import dataset_info, load_dataset
+from pathens.data.datasets import dataset_info, load_dataset
 from pathens.demo import _TRAIN, WIDTH, bundled_dir, checkpoint_name
-from pathens.modes import recalibrate_batchnorm
-from pathens.train import train
+from pathens.models.modes import recalibrate_batchnorm
+from pathens.models.train import train
 
 HERE = Path(__file__).resolve().parent
 

@@ -42,11 +42,12 @@ import torch
 from scipy import stats
 
 import pathens
-from pathens import checkpoints, lesion
+from pathens.models import checkpoints
+from pathens import lesion
 from pathens.analysis import doubling
-from pathens.text import load_corpus
-from pathens.train_text import save_lm_checkpoint, train_lm
-from pathens.transformer import gpt
+from pathens.data.text import load_corpus
+from pathens.models.train_text import save_lm_checkpoint, train_lm
+from pathens.models.transformer import gpt
 
 HERE = Path(__file__).resolve().parent
 

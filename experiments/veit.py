@@ -34,7 +34,7 @@ import torch
 import pathens
 from pathens import report
 from pathens.analysis import analyze
-from pathens.data import load_dataset, load_npz
+from pathens.data.datasets import load_dataset, load_npz
 
 HERE = Path(__file__).resolve().parent
 REALDATA = Path(os.environ.get("PATHENS_REALDATA") or HERE.parent.parent / "shared" / "realdata")

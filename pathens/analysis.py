@@ -30,16 +30,16 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import lesion
-from .batches import Data, check_batch
-from .depth import BranchVariance, branch_variance, effective_depth
+from .measure import lesion
+from .data.batches import Data, check_batch
+from .measure.depth import BranchVariance, branch_variance, effective_depth
 from .errors import PathensError
-from .gradients import PathGradients, path_gradients
-from .importance import BlockInfluence, block_influence
-from .influence_cost import InfluenceVsDeletion, influence_vs_deletion
-from .inputs import batch_len, concat, main_tensor, take
-from .lesion import LesionResult
-from .view import wrap
+from .measure.path_gradients import PathGradients, path_gradients
+from .measure.importance import BlockInfluence, block_influence
+from .measure.influence_cost import InfluenceVsDeletion, influence_vs_deletion
+from .data.inputs import batch_len, concat, main_tensor, take
+from .measure.lesion import LesionResult
+from .view.residual_view import wrap
 
 __all__ = ["Analysis", "analyze", "doubling", "lesion_counts"]
 

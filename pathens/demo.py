@@ -14,14 +14,15 @@ import json
 import time
 from pathlib import Path
 
-from . import checkpoints, report
+from .models import checkpoints
+from . import report
 from .analysis import analyze
-from .data import dataset_info, load_dataset
+from .data.datasets import dataset_info, load_dataset
 from .errors import PathensError
-from .models import cifar_resnet
-from .train import train
-from .view import wrap
-from .zoo.record import file_sha256
+from .models.cifar import cifar_resnet
+from .models.train import train
+from .view.residual_view import wrap
+from .models.zoo.record import file_sha256
 
 # name -> (cifar_resnet arguments, train arguments). One recipe for all four: at depth 110 a
 # warm-up and gradient clipping keep both BN and SkipInit (no normalisation) from diverging.

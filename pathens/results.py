@@ -11,19 +11,19 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .outputs import write_text
+from .io import write_text
 
 
-def _plain(x):
+def plain(x):
     """numpy / torch / tuple values as JSON-ready Python values; NaN becomes None."""
     if torch.is_tensor(x):
         x = x.detach().cpu().numpy()
     if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
+        return plain(x.tolist())
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [plain(v) for v in x]
     if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
+        return {str(k): plain(v) for k, v in x.items()}
     if isinstance(x, (np.floating, float)):
         return None if not np.isfinite(x) else float(x)
     if isinstance(x, np.integer):
@@ -41,7 +41,7 @@ class Result:
         raise NotImplementedError
 
     def to_dict(self) -> dict:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self)
                 if f.name not in self._heavy}
 
     def to_json(self, path: Optional[str | Path] = None) -> str:
@@ -51,7 +51,7 @@ class Result:
         return text
 
     def to_csv(self, path: Optional[str | Path] = None) -> str:
-        rows = [{k: _plain(v) for k, v in row.items()} for row in self.table()]
+        rows = [{k: plain(v) for k, v in row.items()} for row in self.table()]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
         writer.writeheader()

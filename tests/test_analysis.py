@@ -80,7 +80,7 @@ def test_a_script_gets_the_command_lines_report(tmp_path):
     """pathens analyze and analyze() + report.write() with the same settings write the same
     numbers: results.json equal but for timings and what the caller says about the data."""
     from pathens.cli import main
-    from pathens.data import load_dataset
+    from pathens.data.datasets import load_dataset
 
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.pt"
@@ -202,7 +202,7 @@ def written(residual, plain, tmp_path_factory):
     """One report of both networks (written once: figures are the slow part), with what each
     saved figure showed: its title, its panels' titles, legend texts and y labels."""
     out, saved = tmp_path_factory.mktemp("report"), {}
-    original = report._save
+    original = report.writer._save
 
     def keep(fig, folder, name):
         saved[name] = (fig._suptitle.get_text() if fig._suptitle else "",
@@ -213,7 +213,7 @@ def written(residual, plain, tmp_path_factory):
         return original(fig, folder, name)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "_save", keep)
+        mp.setattr(report.writer, "_save", keep)
         path = report.write(out, [residual, plain], title="residual vs plain")
     plt.close("all")
     return path, saved

@@ -4,9 +4,9 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from pathens.checkpoints import _clean, load_state_dict, load_weights
+from pathens.models.checkpoints import _clean, load_state_dict, load_weights
 from pathens.errors import CheckpointError
-from pathens.models import cifar_resnet
+from pathens.models.cifar import cifar_resnet
 
 try:
     from realdata import AKAMASTER_ERROR, akamaster_checkpoint, load_cifar_npz, requires_realdata
@@ -238,13 +238,13 @@ def test_unreadable_file(tmp_path):
 # --- checkpoints with metadata: writing never loses a file, loading names what is missing ----
 
 def _tiny_saved(path):
-    from pathens.checkpoints import save_checkpoint
+    from pathens.models.checkpoints import save_checkpoint
     model = cifar_resnet(8, width=4, in_channels=1)
     return save_checkpoint(path, model, dataset="digits", seed=0, epochs=0, accuracy=None), model
 
 
 def test_save_checkpoint_into_a_missing_folder_is_one_line(tmp_path):
-    from pathens.checkpoints import save_checkpoint
+    from pathens.models.checkpoints import save_checkpoint
     with pytest.raises(CheckpointError, match="folder .*absent does not exist") as info:
         save_checkpoint(tmp_path / "absent" / "m.pt", cifar_resnet(8, width=4), dataset="digits",
                         seed=0, epochs=0, accuracy=None)
@@ -252,7 +252,7 @@ def test_save_checkpoint_into_a_missing_folder_is_one_line(tmp_path):
 
 
 def test_a_failing_torch_save_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
-    from pathens.checkpoints import save_checkpoint
+    from pathens.models.checkpoints import save_checkpoint
     path, _ = _tiny_saved(tmp_path / "m.pt")
     before = path.read_bytes()
 
@@ -274,7 +274,7 @@ def test_metadata_records_the_installed_version(tmp_path):
 
 
 def test_missing_architecture_arguments_are_named(tmp_path, capsys):
-    from pathens.checkpoints import load
+    from pathens.models.checkpoints import load
     from pathens.cli import main
     path, model = _tiny_saved(tmp_path / "m.pt")
     raw = torch.load(path, weights_only=True)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import pathens
-from pathens import commands
+from pathens.cli import commands
 from pathens.cli import main
-from pathens.models import cifar_resnet
+from pathens.models.cifar import cifar_resnet
 from realdata import REALDATA, akamaster_checkpoint, requires_realdata
 
 

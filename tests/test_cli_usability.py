@@ -14,7 +14,8 @@ import pytest
 
 import pathens
 from cli_helpers import checkpoint, run
-from pathens.cli import main, parser
+from pathens.cli import main
+from pathens.cli.arguments import parser
 
 def _env():
     """The environment of a child python that imports the pathens this test imported."""
@@ -88,7 +89,7 @@ def test_python_m_pathens_help_is_light_and_quiet_into_a_closed_pipe():
     # no traceback, no message (argparse drops what a closed pipe refuses: then the exit is 0)
     assert done.returncode in (0, 141) and other == [], done.stderr
     names = {name for _, name in rows}
-    assert "pathens.cli" in names and not names & {"matplotlib", "pathens.commands"}
+    assert "pathens.cli" in names and not names & {"matplotlib", "pathens.cli.commands"}
     if "torch" in names:
         assert _imported_for(rows, "torch") == "pathens", "the command line imports torch"
         pytest.xfail("`import pathens` imports torch: pathens/__init__.py must import lazily")

@@ -9,7 +9,7 @@ import torch
 
 import pathens
 from pathens import demo
-from pathens.data import load_dataset
+from pathens.data.datasets import load_dataset
 from pathens.demo import RECIPE, WIDTH, bundled_dir, checkpoint_name
 from pathens.errors import PathensError
 

@@ -13,9 +13,9 @@ from scipy import stats
 
 import pathens
 from pathens import paths
-from pathens.depth import branch_variance, effective_depth, from_distribution, shortest_interval
-from pathens.lesion import LesionResult
-from pathens.modes import recalibrate_batchnorm
+from pathens.measure.depth import branch_variance, effective_depth, from_distribution, shortest_interval
+from pathens.measure.lesion import LesionResult
+from pathens.models.modes import recalibrate_batchnorm
 from nets import VARIANTS, batch, small_resnet
 
 

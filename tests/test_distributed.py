@@ -16,7 +16,8 @@ import torch
 import torch.multiprocessing as mp
 
 import pathens
-from pathens import distributed, lesion, lesion_sweep
+from pathens import distributed, lesion
+from pathens.measure import lesion_engine as lesion_sweep
 from nets import VARIANTS, batch, small_resnet
 
 N = 11  # examples: odd, so that two ranks hold 5 and 6

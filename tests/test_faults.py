@@ -17,8 +17,8 @@ import torch
 
 import pathens
 from cli_helpers import checkpoint, refused, run, snapshot
-from pathens import lesion_sweep
-from pathens.sweep_file import COLUMNS
+from pathens.measure import lesion_engine as lesion_sweep
+from pathens.measure.lesion_rows import COLUMNS
 
 # 21 conditions with the pool of 1 block of a depth-8 net: two groups of rows (16, then 5)
 LESION = ["--limit", "32", "--ks", "1", "--trials", "20", "--quiet"]

@@ -63,7 +63,7 @@ def test_exact_on_torchvision_resnet():
 
 def block_param_grads(view, i, x, y, path=None):
     """Autograd gradient of the loss w.r.t. block i's branch parameters."""
-    params = [p for _, p in pathens.linearize.branch_parameters(view.blocks[i])]
+    params = [p for _, p in pathens.measure.linearize.branch_parameters(view.blocks[i])]
     loss = F.cross_entropy(view.run(x, path=path), y)
     return torch.autograd.grad(loss, params, allow_unused=True)
 
@@ -75,7 +75,7 @@ def test_parameter_gradients_by_length(name, kwargs):
     res = pathens.path_gradients(view, x, y, parameters=True, progress=False)
     n = view.num_blocks
     for i in (0, 4, n - 1):
-        names = [nm for nm, _ in pathens.linearize.branch_parameters(view.blocks[i])]
+        names = [nm for nm, _ in pathens.measure.linearize.branch_parameters(view.blocks[i])]
         parts = res.param_components[i]
         # Summed over lengths: autograd's gradient of block i's branch parameters.
         for nm, g in zip(names, block_param_grads(view, i, x, y)):
@@ -227,7 +227,7 @@ def test_float32_norms_equal_float64_ones(scale):
     """sweeps.norm of a large float32 tensor (channels_last, offset entries: one float32
     reduction of them is off by 4e-6) equals the float64 norm to 1e-7, also where squares
     underflow (1e-21) or overflow (1e25) in float32."""
-    from pathens.sweeps import norm
+    from pathens.measure.backward_sweep import norm
     g = torch.Generator().manual_seed(0)
     t = ((torch.randn(8, 64, 48, 48, generator=g) + 2.0) * scale).contiguous(
         memory_format=torch.channels_last)

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import pathens
-from pathens.importance import AngularDistance, BlockInfluence, angular_distance, \
-    block_influence
+from pathens.measure.importance import AngularDistance, BlockInfluence, angular_distance, block_influence
 from nets import small_resnet
 
 transformers = pytest.importorskip("transformers")

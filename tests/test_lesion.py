@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import pathens
 from pathens import lesion
 from pathens.errors import PathensError
-from pathens.modes import recalibrate_batchnorm
+from pathens.models.modes import recalibrate_batchnorm
 from nets import VARIANTS, batch, small_resnet
 
 

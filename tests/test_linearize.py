@@ -10,7 +10,7 @@ from torch import nn
 
 import pathens
 from pathens.adapters import chain
-from pathens.linearize import Autograd, Folded, linearize
+from pathens.measure.linearize import Autograd, Folded, linearize
 from nets import VARIANTS, batch, small_resnet
 
 
@@ -130,7 +130,7 @@ def test_wrap_refuses_layers_that_do_not_compute_the_branch():
 def chain_vjp_check(layers, x, scale=None):
     """transpose_chain's output and transpose against autograd through the same layers;
     returns the transpose ops (for the caller to inspect)."""
-    from pathens.folded import apply, transpose_chain
+    from pathens.measure.transposes import apply, transpose_chain
     out = transpose_chain(layers, x, scale)
     assert out is not None, "not folded"
     h, ops = out
@@ -161,7 +161,7 @@ def test_grouped_convolutions_fold_channel_scales_on_both_sides():
     """A BN before a grouped conv with no conv ahead of it (a pre-activation ResNeXt) folds
     into the conv's input channels, group by group; a BN after it into its output channels;
     a per-channel scale (LayerScale) too. No channel scale is left as its own op."""
-    from pathens.folded import ConvT, Diagonal
+    from pathens.measure.transposes import ConvT, Diagonal
     torch.manual_seed(0)
     x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
     g1 = nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=4, bias=False).double()
@@ -194,7 +194,8 @@ def test_average_pooling_transposes(pool, size):
 
 
 def test_layers_that_are_the_identity_in_eval_mode():
-    from pathens.folded import IdentityInEval, transpose_chain, why_not
+    from pathens.adapters.layers import IdentityInEval
+    from pathens.measure.transposes import transpose_chain, why_not
 
     class DropSample(nn.Module):  # like timm's DropPath: random in training, x in eval
         def forward(self, x):
@@ -216,7 +217,8 @@ def test_layers_computing_something_else_than_their_base_class_are_refused():
     """The closed form transposes a layer by its class: a subclass whose forward differs
     (weight standardisation, a BN that adds an activation), reflect padding, or a 'same'
     padding that torch makes asymmetric would be transposed wrongly, so they are refused."""
-    from pathens.folded import BatchNormOf, transpose_chain, why_not
+    from pathens.adapters.layers import BatchNormOf
+    from pathens.measure.transposes import transpose_chain, why_not
 
     class StdConv(nn.Conv2d):
         def forward(self, x):

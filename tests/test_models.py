@@ -6,7 +6,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pathens.models import BasicBlock, CifarResNet, PreActBlock, ResidualBlock, ZeroPadShortcut, cifar_resnet
+from pathens.models.cifar import BasicBlock, CifarResNet, PreActBlock, ResidualBlock, ZeroPadShortcut, cifar_resnet
 
 try:
     from realdata import akamaster_checkpoint, requires_realdata

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import checkpoint, refused, run, snapshot
-from pathens.locks import LOCK, lock_folder
+from pathens.cli.locks import LOCK, lock_folder
 
 LESION = ["--limit", "32", "--ks", "1", "--trials", "2", "--quiet"]
 

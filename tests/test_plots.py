@@ -483,7 +483,7 @@ def test_compare_lesions_of_language_models_draws_the_loss_and_the_sublayers(lm_
 
 
 def test_influence_figures_draw_the_table_on_log_axes_when_it_spans_decades(lm_lesions):
-    from pathens.influence_cost import influence_vs_deletion
+    from pathens.measure.influence_cost import influence_vs_deletion
     each = lm_lesions["each"]
     bi = dataclasses.make_dataclass("BI", ["unit", "names", "blocks", "influence", "num_items"])(
         "block", tuple(each.block_names), ((0,), (1,), (2,), (3,)),

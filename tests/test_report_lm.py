@@ -152,7 +152,7 @@ def test_the_cnn_analysis_keeps_its_sweeps_and_gains_the_influence(tmp_path):
                        .removeprefix("# pathens lesion sweep "))
     assert "loss" not in first and "unit" not in first and a.delete_each.sublayers == ()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pathens.lesion_sweep, "evaluate_group",
+        mp.setattr(pathens.measure.lesion_engine, "evaluate_group",
                    lambda *args, **kw: pytest.fail("a finished condition was recomputed"))
         again = analysis.analyze(view, (x, y), name="cnn", lesion_dir=tmp_path, **SETTINGS)
     assert again.delete_each.rows == a.delete_each.rows
@@ -212,14 +212,14 @@ def test_bad_loaders_are_refused_before_any_work(no_work, view, ids):
 def written(out, analyses):
     """report.write, keeping every saved figure's axes (legend texts, lines, labels)."""
     saved = {}
-    original = report._save
+    original = report.writer._save
 
     def keep(fig, folder, name):
         saved[name] = fig
         return original(fig, folder, name)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "_save", keep)
+        mp.setattr(report.writer, "_save", keep)
         path = report.write(out, analyses)
     return path, saved
 

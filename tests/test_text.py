@@ -12,10 +12,9 @@ import torch
 
 import pathens
 from pathens.errors import PathensError
-from pathens.text import STDLIB_MODULES, checkpoint_corpus, load_corpus, text_dataset, \
-    tokenizer_from
-from pathens.train_text import evaluate_lm, save_lm_checkpoint, train_lm
-from pathens.transformer import gpt
+from pathens.data.text import STDLIB_MODULES, checkpoint_corpus, load_corpus, text_dataset, tokenizer_from
+from pathens.models.train_text import evaluate_lm, save_lm_checkpoint, train_lm
+from pathens.models.transformer import gpt
 
 
 def one_line(fn, match):

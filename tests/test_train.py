@@ -3,11 +3,11 @@ same weights bit for bit, a saved checkpoint rebuilds the same model from its me
 import pytest
 import torch
 
-from pathens.checkpoints import load, save_checkpoint
-from pathens.data import load_dataset
+from pathens.models.checkpoints import load, save_checkpoint
+from pathens.data.datasets import load_dataset
 from pathens.errors import CheckpointError, PathensError
-from pathens.models import cifar_resnet
-from pathens.train import TrainResult, _param_groups, random_crop, random_flip, train
+from pathens.models.cifar import cifar_resnet
+from pathens.models.train import TrainResult, param_groups, random_crop, random_flip, train
 
 pytest.importorskip("sklearn")
 
@@ -72,7 +72,7 @@ def test_clip_grad_norm_bounds_each_step(digits):
 def test_weight_decay_skips_alpha_biases_and_batchnorm():
     for norm in ("bn", "skipinit"):
         model = _tiny(norm)
-        decay, no_decay = _param_groups(model, 5e-4)
+        decay, no_decay = param_groups(model, 5e-4)
         assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0
         names = {id(p): n for n, p in model.named_parameters()}
         assert all(names[id(p)].endswith("weight") and p.ndim >= 2 for p in decay["params"])

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 import pathens
 from pathens import paths
-from pathens.checkpoints import load, save_checkpoint
+from pathens.models.checkpoints import load, save_checkpoint
 from pathens.errors import CheckpointError, PathensError
-from pathens.transformer import NORMS, gpt
+from pathens.models.transformer import NORMS, gpt
 
 V, T = 13, 6  # vocabulary, sequence length
 

@@ -188,7 +188,7 @@ def test_vit_probes_without_example_input():
     """torchvision ViT: wrap's default probe from `image_size`; timm: the adapter's probe from
     patch_embed, also for create_model(img_size=32), whose pretrained_cfg still says 224."""
     model = tv()
-    probe = pathens.proof.default_probe(model, next(model.parameters()))
+    probe = pathens.view.proof.default_probe(model, next(model.parameters()))
     assert probe.shape == (2, 3, 32, 32) and probe.dtype == torch.float64
     assert pathens.wrap(model).source == "torch.fx"
     made = pytest.importorskip("timm").create_model(

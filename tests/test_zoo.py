@@ -17,8 +17,7 @@ from torch import nn
 import pathens
 from nets import randomize_bn
 from pathens import paths
-from pathens.linearize import (Autograd, AutogradTransposes, autograd_blocks,
-                               autograd_note, linearize, note_autograd_blocks)
+from pathens.measure.linearize import Autograd, AutogradTransposes, autograd_blocks, autograd_note, linearize, note_autograd_blocks
 from test_linearize import block_inputs, check_block
 
 timm = pytest.importorskip("timm")
@@ -314,7 +313,8 @@ def test_adapters_refuse_what_the_closed_form_would_get_wrong():
     BatchNorm2d subclass that adds an activation (BatchNormAct2d, unsplit) is not transposed as
     its base class: the block falls back to autograd, naming the layer."""
     from timm.layers import BatchNormAct2d, StdConv2d
-    from pathens.folded import BatchNormOf, why_not
+    from pathens.adapters.layers import BatchNormOf
+    from pathens.measure.transposes import why_not
     assert why_not(StdConv2d(4, 4, 3)) == "StdConv2d"
     assert why_not(BatchNormAct2d(4).eval()) == "BatchNormAct2d"
     assert why_not(BatchNormOf(BatchNormAct2d(4).eval())) is None
@@ -337,7 +337,7 @@ def test_parameter_gradients_of_a_pre_activation_block_with_a_projection():
     res = pathens.path_gradients(view, x, y, parameters=True, progress=False)
     for i in (1, 2):  # identity shortcut, then a projection
         block = view.blocks[i].module
-        names = [n for n, _ in pathens.linearize.branch_parameters(view.blocks[i])]
+        names = [n for n, _ in pathens.measure.linearize.branch_parameters(view.blocks[i])]
         assert any(n.startswith("norm1.") for n in names) == (block.downsample is None)
         assert not any(n.startswith("downsample.") for n in names)
         params = [block.get_parameter(n) for n in names]

@@ -27,7 +27,7 @@ from torch import nn  # noqa: E402
 
 import pathens  # noqa: E402
 from pathens import user_model, zoo  # noqa: E402
-from pathens.checkpoints import load_state_dict  # noqa: E402
+from pathens.models.checkpoints import load_state_dict  # noqa: E402
 from pathens.errors import CheckpointError, PathensError  # noqa: E402
 from nets import randomize_bn  # noqa: E402
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers.models.resnet import modeling_resnet as hf
 
-from ..folded import activation
+from .layers import activation
 from . import BlockParts, ModelParts, chain, register_block, register_model
 
 

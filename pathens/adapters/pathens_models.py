@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import models, transformer
+from ..models import cifar as models, transformer
 from . import BlockParts, ModelParts, register_block, register_model
 
 

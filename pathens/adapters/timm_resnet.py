@@ -26,7 +26,7 @@ from timm.models import resnet as tr
 from timm.models import resnetv2 as tr2
 from torch import nn
 
-from ..folded import BatchNormOf, Chain, IdentityInEval, activation
+from .layers import BatchNormOf, Chain, IdentityInEval, activation
 from . import BlockParts, chain, register_block
 
 

@@ -1,0 +1,369 @@
+"""The command line's arguments: argparse subcommands over the library (commands.py runs
+them), and the checks of every value before anything runs (limits: pathens.checks).
+
+Building the parser imports neither torch nor matplotlib (`pathens --help` is instant): the
+commands are named here and looked up in commands.py only to run one.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..errors import PathensError
+from ..checks import (MAX_CONDITIONS, MAX_ENUMERATE_BLOCKS, MAX_PATHS_BLOCKS, MAX_SAMPLES,
+                      MAX_SEED)
+from ..version import __version__
+
+EPILOG = ("Exit codes: 0 success, 2 bad input (a one-line message), 1 internal error or a\n"
+          "result file that could not be written (a full disk), 130 interrupted.")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, int) or math.isfinite(v)
+
+
+# flag -> (test, what a value must be). Checked before any work, so that a bad value costs
+# no training or sweep first; each command checks the flags it has.
+_VALUES = {
+    "margin": (lambda v: 0 <= v < 1, "an error increase in [0, 1), e.g. 0.02"),
+    "samples": (lambda v: v == 0 or v >= 2,
+                "0 (no sampled protocol) or at least 2 paths per length (a standard error "
+                "needs 2)"),
+    "trials": (lambda v: v >= 1, "a positive integer"),
+    "ks": (lambda v: v >= 1, "positive integers (numbers of blocks to delete; the intact "
+                             "network is always measured)"),
+    "swaps": (lambda v: v >= 1, "positive integers (numbers of swaps; the intact network is "
+                                "always measured)"),
+    "limit": (lambda v: v >= 1, "a positive integer (a number of examples)"),
+    "gradient_examples": (lambda v: v >= 1, "a positive integer"),
+    "recalibrate": (lambda v: v >= 0, "a non-negative integer (0: no recalibration)"),
+    "tol": (lambda v: 0 <= v < 1, "a tolerance in [0, 1), e.g. 1e-6"),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, "an integer from 0 to 2^63 - 1"),
+    "n": (lambda v: v >= 0, "a non-negative integer (a number of blocks)"),
+    "alpha": (_finite, "a finite number"),
+    "epochs": (lambda v: v >= 1, "a positive integer"),
+    "batch_size": (lambda v: v >= 1, "a positive integer"),
+    "lr": (lambda v: _finite(v) and v >= 0, "a non-negative number"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0, "a non-negative number"),
+    "warmup": (lambda v: _finite(v) and v >= 0, "a non-negative number of epochs"),
+    "clip": (lambda v: _finite(v) and v > 0, "a positive number (a gradient norm)"),
+    "width": (lambda v: v >= 1, "a positive integer"),
+    "num_classes": (lambda v: v >= 1, "a positive integer"),
+    "in_channels": (lambda v: v >= 1, "a positive integer"),
+    "image_size": (lambda v: v >= 1, "a positive integer (pixels)"),
+    "crop_pct": (lambda v: 0 < v <= 1, "a fraction in (0, 1], e.g. 0.875"),
+    "workers": (lambda v: v >= 0, "a non-negative integer (0: decode in this process)"),
+    "seq_len": (lambda v: v >= 2, "an integer >= 2 (a next token to predict)"),
+    "depth": (lambda v: v >= 1, "a positive integer"),
+    "steps": (lambda v: v >= 1, "a positive integer"),
+    "warmup_steps": (lambda v: v >= 0, "a non-negative integer"),
+    "heads": (lambda v: v >= 1, "a positive integer"),
+    "context": (lambda v: v >= 2, "an integer >= 2 (tokens)"),
+    "mlp_ratio": (lambda v: v >= 1, "a positive integer"),
+    "dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+}
+# where a command's flag means something else
+_COMMAND_VALUES = {
+    "gradients": {"samples": (lambda v: v >= 2,
+                              "at least 2 paths per length (a standard error needs 2)")},
+}
+# flag -> (the most it may be, why): sizes whose work or output could not finish or fit
+_LIMITS = {
+    "trials": (MAX_CONDITIONS, "lesion conditions, each a pass over the data"),
+    "samples": (MAX_SAMPLES, "paths per length, each a backward pass"),
+    "n": (MAX_PATHS_BLOCKS, "blocks: the table holds every exact C(n, k), growing as n^2"),
+}
+_POSITIONAL = ("n",)
+
+
+def check_values(args) -> None:
+    """A one-line PathensError for the first flag value out of its range."""
+    rules = {**_VALUES, **_COMMAND_VALUES.get(getattr(args, "command", None), {})}
+    for name, (ok, what) in rules.items():
+        value = getattr(args, name, None)
+        flag = name if name in _POSITIONAL else "--" + name.replace("_", "-")
+        for v in value if isinstance(value, list) else [] if value is None else [value]:
+            if not ok(v):  # NaN fails every test
+                raise PathensError(f"{flag} must be {what}, got {v}")
+            if name in _LIMITS and v > _LIMITS[name][0]:
+                most, why = _LIMITS[name]
+                raise PathensError(f"{flag} {v} is more than the limit of {most:,} ({why})")
+        if isinstance(value, list) and len(set(value)) < len(value):
+            twice = next(v for v in value if value.count(v) > 1)
+            raise PathensError(f"{flag} lists {twice} twice: each count is measured --trials "
+                               f"times already; give it once (more trials: raise --trials)")
+    if getattr(args, "enumerate", False) and args.n > MAX_ENUMERATE_BLOCKS:
+        raise PathensError(f"--enumerate lists all 2^n paths: n must be at most "
+                           f"{MAX_ENUMERATE_BLOCKS} ({2 ** MAX_ENUMERATE_BLOCKS:,} lines), got "
+                           f"{args.n}")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and every flag's default appended to its help (argparse's
+    ArgumentDefaultsHelpFormatter, without the noise of "default: None" and "default:
+    False", and not where the help already gives it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS  # not 0
+        if action.option_strings and not unset and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pathens", epilog=EPILOG, formatter_class=_Formatter,
+        description="Residual networks as ensembles of paths (Veit et al. 2016): how much "
+                    "gradient flows through paths of each length (exactly), what deleting and "
+                    "reordering blocks costs, and the effective depth under BatchNorm and "
+                    "SkipInit (De & Smith 2020).\n\nStart with `pathens demo`.")
+    p.add_argument("--version", action="version", version=f"pathens {__version__}")
+    sub = p.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    def command(name, help, description, run=None):
+        """A subcommand, run by the function commands.<run> (default: its name)."""
+        s = sub.add_parser(name, help=help, description=description, epilog=EPILOG,
+                           formatter_class=_Formatter)
+        s.set_defaults(run=run or name, command=name)
+        return s
+
+    s = command("demo", "BN vs SkipInit ResNets (depths 56, 110) on the bundled digits: full report",
+                "Trains (or takes the bundled checkpoints of) BatchNorm and SkipInit CIFAR "
+                "ResNets of depths 56 and 110 on scikit-learn's 8x8 digits, runs the full "
+                "analysis on each and writes a comparison report.")
+    s.add_argument("--retrain", action="store_true",
+                   help="train the four networks here instead of using the bundled checkpoints")
+    s.add_argument("--quick", action="store_true", help="smaller sweeps (for a first look)")
+    _common(s, "pathens-demo")
+
+    s = command("analyze", "everything about one checkpoint: gradients, lesions, variance, report",
+                "Exact and sampled gradient by path length, single / random / reorder lesions, "
+                "branch variance and effective depth, with figures and report.md. Lesion rows "
+                "are written as they finish; --resume continues an interrupted analysis.")
+    _model_args(s)
+    _data_args(s)
+    _analysis_args(s)
+    _common(s, "pathens-analysis", resume=True)
+
+    s = command("compare", "several checkpoints side by side (e.g. BN vs SkipInit)",
+                "Runs `analyze` on each checkpoint and writes one report comparing them; "
+                "--resume continues an interrupted comparison.")
+    s.add_argument("checkpoints", nargs="+", help="checkpoint files (pathens or --arch)")
+    _arch_args(s)
+    _data_args(s)
+    _analysis_args(s)
+    _common(s, "pathens-compare", resume=True)
+
+    s = command("gradients", "gradient by path length of a checkpoint",
+                "Gradient of the mean cross-entropy at the first block's input, split by path "
+                "length: exactly (one backward sweep) or by Veit's sampled protocol.")
+    _model_args(s)
+    _data_args(s, limit=256)
+    s.add_argument("--method", choices=["exact", "sampled"], default="exact",
+                   help="exact: the whole decomposition in one backward sweep; sampled: "
+                        "Veit's protocol (random single paths of each length)")
+    s.add_argument("--tol", type=float, default=0.0, help="exact: truncation tolerance (e.g. 1e-6)")
+    s.add_argument("--samples", type=int, default=100, help="sampled: paths per length")
+    _common(s, "pathens-gradients")
+
+    s = command("lesion", "delete each block, then k random blocks",
+                "Veit et al.'s lesion study: error with each block's branch deleted, and with k "
+                "random (non-downsampling) blocks deleted, several trials per k. Rows are "
+                "written as they finish; --resume continues an interrupted sweep.")
+    _model_args(s)
+    _data_args(s)
+    s.add_argument("--ks", type=int, nargs="+", help="numbers of blocks to delete (default: 1, "
+                                                     "2, 4, ... up to the deletable blocks)")
+    s.add_argument("--trials", type=int, default=10, help="random draws per k")
+    s.add_argument("--recalibrate", type=int, default=0, metavar="N",
+                   help="re-estimate BatchNorm statistics per condition on N training examples "
+                        "(0: keep the trained statistics)")
+    _unit_arg(s)
+    _common(s, "pathens-lesion", resume=True)
+
+    s = command("reorder", "swap random pairs of same-shape blocks",
+                "Veit et al.'s reordering study: error against the Kendall tau between the "
+                "original and the new block order.")
+    _model_args(s)
+    _data_args(s)
+    s.add_argument("--swaps", type=int, nargs="+", help="numbers of swaps (default: 1, 2, 4, "
+                                                        "... up to the most disjoint swaps)")
+    s.add_argument("--trials", type=int, default=10, help="random reorderings per number of swaps")
+    _unit_arg(s)
+    _common(s, "pathens-reorder", resume=True)
+
+    s = command("paths", "path counts and analytic path-length distributions (CSV)",
+                "For n residual blocks: the number of paths of each length and the share of "
+                "each length under the analytic models (Binomial(n, 1/2); BN variance model; "
+                "SkipInit with alpha).", "paths_table")
+    s.add_argument("n", type=int, help="number of residual blocks (ResNet-110: 54)")
+    s.add_argument("--alpha", type=float, default=None, help="SkipInit scale for its column "
+                                                             "(default: no SkipInit column)")
+    s.add_argument("--enumerate", action="store_true",
+                   help=f"list every path (n <= {MAX_ENUMERATE_BLOCKS})")
+    s.add_argument("--out", help="write the table to this file instead of printing it")
+    s.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    s.add_argument("--quiet", action="store_true", help="with --out: no message")
+
+    s = command("train", "train a CIFAR ResNet or a small GPT; save a checkpoint with its metadata",
+                "--arch resnet (default): a CIFAR ResNet, SGD with momentum, cosine schedule "
+                "(optional warm-up), weight decay and the dataset's standard augmentation. "
+                "--arch gpt: pathens's decoder-only transformer on --data text, AdamW with "
+                "warm-up and cosine decay. The checkpoint records the architecture, data, "
+                "seed and test accuracy or loss, so that every other command needs no --arch.")
+    s.add_argument("--arch", choices=["resnet", "gpt"], default="resnet",
+                   help="the network to train")
+    s.add_argument("--depth", type=int, help="resnet: 6n+2, n blocks per stage (default 56); "
+                                             "gpt: layers, two blocks each (default 6)")
+    s.add_argument("--norm", choices=["bn", "skipinit", "none", "pre", "post", "rezero"],
+                   help="resnet: bn (default), skipinit (a scalar alpha ending each branch, no "
+                        "normalisation) or none; gpt: pre (default, GPT-2), post (the original "
+                        "Transformer), rezero (a scalar alpha per sublayer, no normalisation) "
+                        "or none")
+    s.add_argument("--shortcut", choices=["A", "B"], default="A",
+                   help="resnet: where the shape changes: A zero-pad, B 1x1 projection")
+    s.add_argument("--preact", action="store_true", help="resnet: pre-activation blocks")
+    s.add_argument("--plain", action="store_true", help="resnet: no shortcuts (a plain network)")
+    s.add_argument("--width", type=int, help="resnet: channels of the first stage (default 16); "
+                                             "gpt: the residual stream's width (default 64)")
+    s.add_argument("--alpha-init", type=float, default=0.0,
+                   help="skipinit / rezero: the initial alpha")
+    s.add_argument("--heads", type=int, default=4, help="gpt: attention heads")
+    s.add_argument("--context", type=int, default=64, help="gpt: longest sequence (tokens)")
+    s.add_argument("--mlp-ratio", type=int, default=4, help="gpt: MLP width / stream width")
+    s.add_argument("--dropout", type=float, default=0.0, help="gpt: dropout while training")
+    _data_args(s, split=False)
+    s.add_argument("--epochs", type=int, default=15, help="resnet: passes over the training split")
+    s.add_argument("--steps", type=int, default=800, help="gpt: optimisation steps")
+    s.add_argument("--warmup-steps", type=int, default=100, help="gpt: linear warm-up steps")
+    s.add_argument("--lr", type=float, help="peak learning rate (default: resnet 0.1, SGD with "
+                                            "momentum 0.9; gpt 1e-3, AdamW)")
+    s.add_argument("--batch-size", type=int, help="examples per step (default: resnet 128, "
+                                                  "gpt 32)")
+    s.add_argument("--weight-decay", type=float,
+                   help="default: resnet 5e-4 (conv and linear weights), gpt 0.1")
+    s.add_argument("--warmup", type=float, default=0.0,
+                   help="resnet: warm-up epochs (may be fractional)")
+    s.add_argument("--clip", type=float, default=None,
+                   help="clip the gradient norm to this (default: resnet none, gpt 1.0)")
+    s.add_argument("--out", required=True, help="checkpoint file to write")
+    s.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seeds the initialisation, shuffling and augmentation")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    return p
+
+
+_ARCH_HELP = """\
+A pathens checkpoint records its architecture. Anything else says how to build the model:
+  --arch resnetD          the pathens CIFAR ResNet of depth D = 6n+2 (20, 32, 44, 56, 110, ...):
+                          BatchNorm, option-A shortcuts (the akamaster checkpoints' layout) unless
+                          the flags below say otherwise (named as in `pathens train`); sizes
+                          not given are read from the weights
+  --arch torchvision.NAME resnet18 ... resnet152, wide_resnet50_2, resnext50_32x4d, vit_b_16, ...
+  --arch timm:NAME        any timm model name (pip install 'pathens[timm]'), e.g. timm:resnet50
+  --arch hf:DIR           a local Hugging Face model folder: config.json + model.safetensors
+                          (pip install 'pathens[hf]'); its tokenizer, if any, tokenises --data text
+  --model FILE.py:FUNCTION  (or package.module:function) your own code: the file is imported
+                          (it may register its blocks with pathens.register_block and its model
+                          with pathens.register_model) and FUNCTION() returns the model; CHECKPOINT,
+                          if given, is loaded into it
+Weights: .pth / .pt / .th (read with weights_only=True; `module.` stripped) or .safetensors.
+Class counts are read from the weights."""
+
+
+def _model_args(s) -> None:
+    s.add_argument("checkpoint", nargs="?", help="a checkpoint file (read with weights_only=True; "
+                                                 "optional with --model)")
+    _arch_args(s)
+
+
+def _arch_args(s) -> None:
+    g = s.add_argument_group("models pathens did not train", _ARCH_HELP)
+    g.add_argument("--arch", help="resnetD, torchvision.NAME, timm:NAME or hf:DIR (see above)")
+    g.add_argument("--model", metavar="FILE.py:FUNCTION",
+                   help="a function of yours that returns the model (see above)")
+    g.add_argument("--norm", choices=["bn", "skipinit", "none"], help="resnetD: default bn")
+    g.add_argument("--shortcut", choices=["A", "B"],
+                   help="resnetD: A zero-pad (default) or B projection where the shape changes")
+    g.add_argument("--preact", action="store_true", help="resnetD: pre-activation blocks")
+    g.add_argument("--plain", action="store_true", help="resnetD: no shortcuts (a plain network)")
+    g.add_argument("--width", type=int, help="resnetD: channels of the first stage "
+                                             "(default: from conv1.weight, else 16)")
+    g.add_argument("--num-classes", type=int, help="default: from the checkpoint's classifier")
+    g.add_argument("--in-channels", type=int, help="resnetD: input channels (default: from "
+                                                   "conv1.weight, else 3)")
+
+
+def _data_args(s, limit=None, split=True) -> None:
+    s.add_argument("--data", help="digits, cifar10, mnist, fashion-mnist, an .npz file, "
+                                  "imagefolder (--root DIR: one subfolder per class) or text "
+                                  "(the Python standard library's source, or --root FILE_OR_DIR "
+                                  "of UTF-8 text) (default: the checkpoint's own)" if split else
+                                  "the dataset to train on: digits, cifar10, mnist, "
+                                  "fashion-mnist, or text (with --arch gpt)")
+    s.add_argument("--root", help="folder (or file) holding the dataset's files")
+    if split:
+        s.add_argument("--split", choices=["test", "train"], default="test",
+                       help="the dataset's split to measure on")
+    s.add_argument("--limit", type=int, default=limit, metavar="N",
+                   help="use the first N examples (image folders: a seeded subset spread over "
+                        "the classes; text: N windows)" + (" (default: all)" if limit is None
+                                                           else ""))
+    s.add_argument("--normalize", help="normalisation preset (default: the checkpoint's or "
+                                       "the dataset's; image folders: the model's): imagenet, "
+                                       "cifar10, mnist, digits, none (pixels in [0, 1])")
+    g = s.add_argument_group("image folders and text")
+    if split:
+        g.add_argument("--image-size", type=int, help="imagefolder: centre-crop size (default: "
+                                                      "the timm model's, else 224)")
+        g.add_argument("--crop-pct", type=float, help="imagefolder: crop fraction, the short "
+                                                      "side resized to size / crop-pct "
+                                                      "(default: the timm model's, else 0.875)")
+        g.add_argument("--workers", type=int, help="imagefolder: decoding processes (default: "
+                                                   "one per CPU, at most 4)")
+        g.add_argument("--skip-bad-images", action="store_true",
+                       help="imagefolder: leave out files that cannot be decoded (counted in "
+                            "config.json) instead of stopping")
+        g.add_argument("--batch-size", type=int, help="examples per batch (default: 64 read from "
+                                                      "an image folder, 256 evaluated in memory)")
+    g.add_argument("--tokenizer", help="text: bytes, chars or hf:DIR (default: the checkpoint's, "
+                                       "a Hugging Face folder's own, else bytes)")
+    g.add_argument("--seq-len", type=int, help="text: tokens per window (default: the model's "
+                                               "context)")
+
+
+def _unit_arg(s) -> None:
+    s.add_argument("--unit", choices=["block", "layer"], default="block",
+                   help="what a lesion deletes or moves: each residual block (a transformer's "
+                        "attention and MLP sublayers apart) or each layer (a module with all "
+                        "its blocks)")
+
+
+def _analysis_args(s) -> None:
+    s.add_argument("--samples", type=int, default=20,
+                   help="Veit's sampled protocol: paths per length (0: skip)")
+    s.add_argument("--trials", type=int, default=5,
+                   help="random draws per k (random lesions) and per number of swaps (reorder)")
+    s.add_argument("--gradient-examples", type=int, default=128, metavar="N",
+                   help="the first N examples measure the gradient by path length")
+    s.add_argument("--margin", type=float, default=0.02,
+                   help="lesion-based effective depth: allowed error increase")
+    _unit_arg(s)
+
+
+def _common(s, default_out: str, resume: bool = False) -> None:
+    s.add_argument("--out", default=default_out, help="output folder, locked while a run "
+                                                      "writes it")
+    s.add_argument("--force", action="store_true", help="overwrite the output folder's results")
+    if resume:
+        s.add_argument("--resume", action="store_true",
+                       help="continue the run in --out (same command and settings): finished "
+                            "lesion rows are kept, the rest is computed")
+    s.add_argument("--seed", type=int, default=0, help="seeds every random draw (0 to 2^63 - 1)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    s.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+

@@ -1,0 +1,189 @@
+"""The losses (and lesion metrics) pathens measures: every one is a sum over items (examples,
+or tokens for a language model), so that batches, chunks and ranks add up exactly.
+
+    "classification": logits (N, C), targets (N,) class indices; items = examples.
+    "next_token":     logits (N, T, V) of a language model, targets (N, T) token ids (the
+                      inputs themselves); position t predicts token t+1, targets of -100 (and
+                      positions an attention mask marks as padding) are ignored; items = tokens.
+    a callable:       fn(logits, targets) -> the mean loss over the batch's examples; items =
+                      examples; no error rate.
+
+Gradients are of the mean over all items; lesion rows report errors (top-1 misses), the summed
+loss and the number of items, from which error, mean loss and perplexity follow.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Union
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import PathensError
+
+IGNORE = -100  # the target that counts for nothing (PyTorch's and Hugging Face's convention)
+
+
+class Loss:
+    name: str = ""
+    unit: str = "examples"
+
+    def check(self, targets, inputs, num_outputs: int) -> torch.Tensor:
+        """targets as a tensor fit for this loss, or a one-line PathensError."""
+        raise NotImplementedError
+
+    def count(self, targets: torch.Tensor) -> int:
+        """The number of items the loss is averaged over."""
+        return len(targets)
+
+    def sum(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss summed over the items (a 0-d tensor, differentiable)."""
+        raise NotImplementedError
+
+    def stats(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple:
+        """(misclassified items, summed loss, items, items with non-finite logits)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _integer_targets(targets, shape: tuple, what: str) -> torch.Tensor:
+    if not torch.is_tensor(targets):
+        try:
+            targets = torch.as_tensor(targets)
+        except (TypeError, ValueError, RuntimeError):
+            raise PathensError(f"targets must be a tensor of {what}, got "
+                               f"{type(targets).__name__}") from None
+    if tuple(targets.shape) != shape:
+        raise PathensError(f"targets must have shape {shape} to match the inputs, "
+                           f"got {tuple(targets.shape)}")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.is_complex():
+        raise PathensError(f"targets must be {what}, got dtype {targets.dtype}")
+    return targets.long()
+
+
+class Classification(Loss):
+    name, unit = "classification", "examples"
+
+    def check(self, targets, inputs, num_outputs):
+        from .inputs import batch_len
+        targets = _integer_targets(targets, (batch_len(inputs),), "integer class indices")
+        lo, hi = int(targets.min()), int(targets.max())
+        if lo < 0 or hi >= num_outputs:
+            raise PathensError(f"targets range over {lo}..{hi} but the model has {num_outputs} "
+                               f"classes (0..{num_outputs - 1})")
+        return targets
+
+    def sum(self, logits, targets):
+        _expect(logits, 2, "(N, classes) logits", self.name)
+        return F.cross_entropy(logits, targets, reduction="sum")
+
+    def stats(self, logits, targets):
+        finite = torch.isfinite(logits).all(dim=1)
+        errors = int((logits.argmax(dim=1) != targets).sum())
+        return errors, float(self.sum(logits, targets)), len(targets), int((~finite).sum())
+
+
+def perplexity(loss: float) -> float:
+    """The perplexity exp(loss) of a mean next-token loss (inf past float range, and for NaN)."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+class NextToken(Loss):
+    name, unit = "next_token", "tokens"
+
+    def check(self, targets, inputs, num_outputs):
+        from .inputs import main_tensor
+        ids = main_tensor(inputs)
+        if ids.ndim != 2:
+            raise PathensError(f"loss='next_token' needs token ids of shape (N, T), got inputs of "
+                               f"shape {tuple(ids.shape)}")
+        targets = _integer_targets(targets, tuple(ids.shape), "token ids")
+        if ids.shape[1] < 2:
+            raise PathensError("loss='next_token' needs sequences of at least 2 tokens")
+        valid = targets[targets != IGNORE]
+        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_outputs):
+            raise PathensError(f"targets hold token ids {int(valid.min())}..{int(valid.max())} "
+                               f"but the model's vocabulary has {num_outputs} (0..{num_outputs - 1})")
+        mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+        if mask is not None:  # padding predicts nothing and is never predicted: a target
+            pad = mask == 0   # counts only where it and the position before it are tokens
+            targets = targets.masked_fill(pad, IGNORE)
+            targets[:, 1:] = targets[:, 1:].masked_fill(pad[:, :-1], IGNORE)
+        if not (targets[:, 1:] != IGNORE).any():
+            raise PathensError("loss='next_token': no token has a target to predict")
+        return targets
+
+    def count(self, targets):
+        return int((targets[:, 1:] != IGNORE).sum())
+
+    @staticmethod
+    def _shift(logits, targets):
+        _expect(logits, 3, "(N, T, vocabulary) logits", "next_token")
+        return logits[:, :-1], targets[:, 1:]
+
+    def sum(self, logits, targets):
+        lg, tg = self._shift(logits, targets)
+        return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tg.reshape(-1), ignore_index=IGNORE,
+                               reduction="sum")
+
+    def stats(self, logits, targets):
+        lg, tg = self._shift(logits, targets)
+        valid = tg != IGNORE
+        errors = int(((lg.argmax(dim=-1) != tg) & valid).sum())
+        nonfinite = int((~torch.isfinite(lg).all(dim=-1) & valid).sum())
+        return errors, float(self.sum(logits, targets)), int(valid.sum()), nonfinite
+
+
+class CallableLoss(Loss):
+    unit = "examples"
+
+    def __init__(self, fn: Callable):
+        self.fn, self.name = fn, getattr(fn, "__name__", "custom loss")
+
+    def check(self, targets, inputs, num_outputs):
+        from .inputs import batch_len
+        if torch.is_tensor(targets) and len(targets) != batch_len(inputs):
+            raise PathensError(f"targets hold {len(targets)} examples, the inputs "
+                               f"{batch_len(inputs)}")
+        return targets
+
+    def sum(self, logits, targets):
+        value = self.fn(logits, targets)
+        if not torch.is_tensor(value) or value.numel() != 1:
+            raise PathensError(f"the loss {self.name} must return a scalar tensor (the mean over "
+                               f"the batch), got {type(value).__name__}")
+        return value.reshape(()) * len(logits)
+
+    def stats(self, logits, targets):
+        finite = torch.isfinite(logits.reshape(len(logits), -1)).all(dim=1)
+        return math.nan, float(self.sum(logits, targets)), len(logits), int((~finite).sum())
+
+
+def _expect(logits, ndim, what, name):
+    if logits.ndim != ndim:
+        raise PathensError(f"loss={name!r} needs {what}, but the model gives logits of shape "
+                           f"{tuple(logits.shape)}" + ("; for a language model use "
+                                                       "loss='next_token'" if logits.ndim == 3
+                                                       else ""))
+
+
+LOSSES = {"classification": Classification, "next_token": NextToken}
+
+
+def get_loss(spec: Union[str, Callable, Loss, None], default: str = "classification") -> Loss:
+    """A Loss from its name, a callable, or None (the view's default)."""
+    if spec is None:
+        spec = default
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, str):
+        if spec not in LOSSES:
+            raise PathensError(f"unknown loss {spec!r}: choose {', '.join(map(repr, LOSSES))} "
+                               f"or pass a function fn(logits, targets) -> mean loss")
+        return LOSSES[spec]()
+    if callable(spec):
+        return CallableLoss(spec)
+    raise PathensError(f"loss must be a name ({', '.join(LOSSES)}) or a function, got "
+                       f"{type(spec).__name__}")

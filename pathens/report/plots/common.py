@@ -1,0 +1,128 @@
+"""What every pathens figure shares: a new or given Axes, the legend, the title, and the styles
+that mean the same thing in every figure (the intact network, downsampling blocks, a
+transformer's sublayers), and which lesion metric a result is drawn in.
+
+Metrics. A classifier's lesions are drawn as the error (fraction misclassified, with Wilson
+intervals), as Veit et al. draw them. A language model's are drawn as the mean next-token
+loss, with the perplexity (its exp) on a second axis: the top-1 next-token error of a small
+or partly trained model sits near its ceiling and moves little under a deletion, while the
+loss (the log of the perplexity) shows every deletion's damage on a scale that adds up and
+does not overflow the way the perplexity does when a block that matters is deleted. A custom
+loss gives no error rate: its loss is drawn.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+INTACT_STYLE = dict(color="black", ls=":", lw=1.2)
+DOWNSAMPLING_COLOR = "tab:red"
+
+# A transformer's sublayers: one colour and marker each, the same in every figure.
+SUBLAYER_STYLE = {"attn": dict(color="tab:orange", marker="^"),
+                  "mlp": dict(color="tab:green", marker="o")}
+_OTHER_STYLES = [dict(color=c, marker=m) for c, m in
+                 (("tab:purple", "D"), ("tab:brown", "v"), ("tab:pink", "P"), ("tab:olive", "X"))]
+SUBLAYER_LABEL = {"attn": "attention sublayer (attn)", "mlp": "MLP sublayer (mlp)"}
+BLOCK_STYLE = dict(color="tab:blue", marker="o")  # a one-block module (a CNN's block)
+
+
+def axes(ax, figsize=(6, 4)):
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return ax.figure, ax
+
+
+def title(ax, text: Optional[str]) -> None:
+    if text:
+        ax.set_title(text, fontsize=10)
+
+
+def legend(ax, skipped: int = 0, what: str = "condition", note: Optional[str] = None):
+    """A legend (when anything is labelled), its title counting the rows left out (or `note`)."""
+    text = (f"{skipped} {what}{'s' if skipped != 1 else ''} with NaN error not shown"
+            if skipped else None)
+    if note:
+        text = note if text is None else f"{text}\n{note}"
+    handles, _ = ax.get_legend_handles_labels()
+    if handles or text:
+        ax.legend(fontsize=8, title=text, title_fontsize=8)
+
+
+def nan(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def sublayer_styles(names) -> dict:
+    """name -> dict(color, marker) for each distinct sublayer name, in order of appearance
+    (attn and mlp fixed, others from a short list); "" (a one-block module) is BLOCK_STYLE."""
+    out, others = {}, iter(_OTHER_STYLES * 4)
+    for name in dict.fromkeys(names):
+        out[name] = BLOCK_STYLE if not name else SUBLAYER_STYLE.get(name) or next(others)
+    return out
+
+
+def sublayer_label(name: str) -> str:
+    return SUBLAYER_LABEL.get(name, f"{name} sublayer" if name else "block")
+
+
+# ---- which number of a lesion row is drawn --------------------------------------------------
+
+class Metric:
+    """The quantity a lesion figure draws for one result: "error" or "loss" (see the module
+    docstring), with its y label and the keys of rows and summary() it reads."""
+
+    def __init__(self, name: str, tokens: bool):
+        self.name, self.tokens = name, tokens
+
+    @classmethod
+    def of(cls, result, metric: Optional[str] = None) -> "Metric":
+        """metric None: "loss" for a language model's sweep (or a custom loss: no error
+        rate), else "error"."""
+        if metric is None:
+            custom = math.isnan(result.intact_error) and math.isfinite(result.intact_loss)
+            metric = "loss" if result.tokens or custom else "error"
+        return cls(metric, bool(result.tokens))
+
+    @property
+    def ylabel(self) -> str:
+        if self.name == "error":
+            return ("error (fraction misclassified)" if not self.tokens else
+                    "next-token error (fraction of tokens mispredicted)")
+        return "mean next-token loss (nats)" if self.tokens else "mean loss"
+
+    def value(self, row) -> float:
+        return row[self.name]
+
+    def intact(self, result) -> float:
+        return result.intact_error if self.name == "error" else result.intact_loss
+
+    def band(self, summary_row) -> tuple:
+        """(mean, lo, hi) of a summary() row."""
+        k = self.name
+        return (summary_row[f"{k}_mean"], summary_row.get(f"{k}_lo", math.nan),
+                summary_row.get(f"{k}_hi", math.nan))
+
+    def intact_label(self, result) -> str:
+        v = self.intact(result)
+        if self.name == "loss" and self.tokens:
+            from ...data.losses import perplexity  # here: the plots need no torch until a result does
+            return f"intact network (loss {v:.3f}, perplexity {perplexity(v):.3g})"
+        return f"intact network ({v:.3f})"
+
+    def perplexity_axis(self, ax) -> None:
+        """For a language model's loss: the perplexity exp(loss) on the right-hand axis."""
+        if self.name == "loss" and self.tokens:
+            right = ax.secondary_yaxis("right", functions=(_exp_array, _log_array))
+            right.set_ylabel("perplexity (exp of the loss)")
+
+
+def _exp_array(v):
+    return np.exp(np.clip(v, -700, 700))
+
+
+def _log_array(v):
+    return np.log(np.clip(v, 1e-300, None))

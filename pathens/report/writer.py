@@ -1,0 +1,250 @@
+"""Writing analyses as a report a researcher can read: report.md with figures, an
+effective-depth table and what its numbers mean, the configuration and versions;
+results.json; a CSV per table.
+
+    a = pathens.analyze(view, (x, y), name="ResNet-56")
+    pathens.report.write("out", [a])                      # one network
+    pathens.report.write("out", [resnet, plain])          # several, compared
+
+Consumes Analysis objects only (see analysis.py); computes nothing about networks. Figures
+are drawn by plots.py; the report gives each a title naming the network and what it shows.
+
+Language models (Analysis.tokens): the error is the top-1 next-token error, given beside the
+mean next-token loss and the perplexity, and the lesion figures plot the loss (plots_common.py
+says why). Transformers: every per-block figure draws the attention and the MLP sublayers in
+their own colour and marker. Residual networks: ShortGPT's Block Influence of every unit beside
+the cost of deleting it alone, in a table and a figure, with Spearman's rank correlation.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .. import __version__, combinatorics as paths
+from . import plots
+from ..errors import PathensError
+from ..io import save_figure, write_text
+from .markdown import (EXACT_VS_SAMPLED, INFLUENCE, INFLUENCE_FIGURE, LESION_DEPTH, LM_METRICS,
+                       depth_table, fmt, listed, num_layers, perplexity, section, unit_of)
+
+__all__ = ["write"]
+
+
+def file_slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "model"
+
+
+def write(out, analyses: list, *, title: str = "pathens report", command: str = "",
+          extra: dict | None = None) -> Path:
+    """Write the report of `analyses` into the folder `out`; return the path of report.md.
+
+    out:      the folder (created if needed); files of the names below are replaced.
+    analyses: Analysis objects from `pathens.analyze`, residual or plain, one section each, in
+              order; their names must differ in their slugs (the file-name prefix, e.g.
+              "ResNet-56" -> "resnet-56"), or their files would overwrite each other.
+    title:    the report's heading.
+    command:  the command line (or script) that produced it, recorded at the top and in
+              results.json.
+    extra:    further settings to record (JSON-serialisable), e.g. timings, checkpoint folder.
+
+    Files: report.md (effective depth per network and what it means, per-network sections
+    with figures, configuration and versions); results.json (every number, with each
+    analysis's configuration and the versions); per network `<slug>_gradients_exact.csv`,
+    `_gradients_sampled.csv`, `_delete_each.csv`, `_delete_random.csv` (+ `_summary.csv`),
+    `_reorder.csv` (+ `_summary.csv`), `_branch_variance.csv`, `_effective_depth.csv`,
+    `_block_influence.csv` (those that apply), and figures `<slug>_paths.png`,
+    `<slug>_per_path.png`, `<slug>_lesions.png`, `<slug>_influence.png`; with several
+    networks, `comparison.png` (gradient by path length, residual networks) and
+    `comparison_lesions.png`. A language model's lesions are given as next-token error, loss
+    and perplexity, and plotted as the loss; a transformer's attention and MLP sublayers are
+    told apart in every per-block figure.
+    """
+    analyses = list(analyses)
+    _check(analyses)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections, results = [], {}
+    for a in analyses:
+        slug = file_slug(a.name)
+        figs = _model_figures(out, slug, a)
+        _tables(out, slug, a)
+        results[a.name] = _result_dict(a)
+        sections.append(section(a, slug, figs))
+    compare = _comparison_figures(out, analyses) if len(analyses) > 1 else {}
+    versions = dict(pathens=__version__, torch=torch.__version__, numpy=np.__version__,
+                    python=platform.python_version(), platform=platform.platform())
+    write_text(out / "results.json", json.dumps(dict(title=title, command=command,
+                                                     versions=versions, extra=extra or {},
+                                                     models=results), indent=2, default=str))
+    lines = [f"# {title}", ""]
+    if command:
+        lines += ["Produced by:", "", f"    {command}", ""]
+    lines += ["## Effective depth", "", depth_table(analyses), ""]
+    if any(a.sampled is not None for a in analyses):
+        lines += [EXACT_VS_SAMPLED, ""]
+    if any(a.delete_random is not None for a in analyses):
+        lines += [LESION_DEPTH, ""]
+    if any(a.tokens for a in analyses):
+        lines += [LM_METRICS, ""]
+    if any(a.influence_vs_deletion is not None for a in analyses):
+        lines += [INFLUENCE, ""]
+    for caption, name in compare.items():
+        lines += [f"![{caption}]({name})", ""]
+    lines += sections
+    lines += ["## Configuration and versions", "", "```json",
+              json.dumps(dict(versions=versions, extra=extra or {},
+                              analyses={a.name: a.config for a in analyses}), indent=2,
+                         default=str), "```", ""]
+    write_text(out / "report.md", "\n".join(lines))
+    return out / "report.md"
+
+
+def _check(analyses) -> None:
+    if not analyses:
+        raise PathensError("report.write needs at least one analysis")
+    seen = {}  # slug -> the first name that took it
+    for a in analyses:
+        if not hasattr(a, "delete_each") or not hasattr(a, "depth"):
+            raise PathensError(f"report.write takes Analysis objects (pathens.analyze), got "
+                               f"{type(a).__name__}")
+        slug = file_slug(a.name)
+        if slug in seen:
+            raise PathensError(f"analyses {seen[slug]!r} and {a.name!r} would write the same "
+                               f"files ({slug}_*): give them names that differ in letters or "
+                               f"digits")
+        seen[slug] = a.name
+
+
+# ---- figures ---------------------------------------------------------------------------------
+
+def _save(fig, out: Path, name: str) -> str:
+    save_figure(fig, out / name, dpi=110)  # atomic; a full disk names the file; rank 0 only
+    return name
+
+
+def _model_figures(out: Path, slug: str, a) -> dict:
+    figs = {}
+    if a.residual:
+        n = a.exact.num_blocks
+        # the title names the model, so the legend says which measurement each line is
+        grads = {"exact: norm of the sum": a.exact}
+        if a.sampled is not None:
+            grads["sampled: sum of norms"] = a.sampled
+        overlays = {"Binomial(n, 1/2)": paths.binomial_distribution(n),
+                    "BN variance model": paths.bn_variance_distribution(n),
+                    "measured variance ratios": a.variance.distribution}
+        fig, (l, r) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+        plots.plot_path_length_distribution(n, ax=l, variance_ratios=a.variance.ratios,
+                                            title="path lengths: all paths and the variance "
+                                                  "models")
+        plots.plot_total_gradient(grads, ax=r, overlays=overlays,
+                                  title="gradient magnitude by path length")
+        fig.suptitle(f"{a.name} ({n} blocks): path lengths and gradient by path length")
+        figs["path lengths and gradient by path length"] = _save(fig, out, f"{slug}_paths.png")
+        if a.sampled is not None:
+            per = int(a.sampled.samples.max())
+            fig = plots.plot_per_path({f"{a.name}, {per} paths per length": a.sampled},
+                                      title=f"{a.name}: gradient of one path vs its length")
+            figs["one path's gradient vs its length"] = _save(fig, out, f"{slug}_per_path.png")
+    fixed = [] if a.residual else list(a.delete_each.downsampling_blocks)
+    unit = "block" if a.residual and unit_of(a) == "block" else "layer"
+    subs = " (attention and MLP sublayers apart)" if a.delete_each.sublayers and \
+        unit == "block" else " (attention and MLP together)" if a.delete_each.sublayers else ""
+    panels = [(plots.plot_delete_each, a.delete_each, f"each {unit} deleted alone{subs}" + (
+        f" (identity instead; {listed(fixed)} change shape: never deleted)" if fixed else ""))]
+    if a.delete_random is not None:
+        trials = "/".join(str(t) for t in sorted({s["trials"] for s in a.delete_random.summary()}))
+        panels.append((plots.plot_delete_random, a.delete_random,
+                       f"k random {unit}s deleted ({trials} trials per k)"))
+    if a.reorder is not None:
+        panels.append((plots.plot_reorder, a.reorder, f"reordering: swaps of same-shape {unit}s"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.7 * len(panels), 4.7),
+                             layout="constrained", squeeze=False)
+    for (plot, result, caption), ax in zip(panels, axes[0]):
+        plot(result, ax=ax, title=caption)
+    metric = ": mean next-token loss (perplexity on the right)" if a.tokens else ""
+    layers = f", {num_layers(a)} layers" if subs else ""
+    fig.suptitle(f"{a.name} ({a.num_blocks} blocks{layers}): lesions{metric}" if a.residual else
+                 f"{a.name}: lesions of a plain network ({a.num_blocks} layers, no shortcuts)")
+    figs["lesions: " + ", ".join(c for _, _, c in panels)] = _save(fig, out, f"{slug}_lesions.png")
+    c = a.influence_vs_deletion
+    if c is not None:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+        plots.plot_block_influence(c, ax=left, title=f"Block Influence per {c.unit}: ShortGPT "
+                                                  f"removes the lowest")
+        plots.plot_influence_vs_deletion(c, ax=right, title=f"Block Influence vs the loss increase "
+                                                        f"of deleting the {c.unit} alone")
+        fig.suptitle(f"{a.name}: Block Influence (1 - cos of a {c.unit}'s input and output) "
+                     f"against single-deletion cost")
+        figs[INFLUENCE_FIGURE] = _save(fig, out, f"{slug}_influence.png")
+    return figs
+
+
+def _comparison_figures(out: Path, analyses) -> dict:
+    figs = {}
+    residual = [a for a in analyses if a.residual]
+    if len(residual) > 1:
+        fig = plots.plot_compare({a.name: a.exact for a in residual},
+                                 title="share of gradient energy by path length (exact): "
+                                       + " vs ".join(a.name for a in residual))
+        figs["comparison of path-length mixes"] = _save(fig, out, "comparison.png")
+    names = " vs ".join(a.name + ("" if a.residual or "plain" in a.name.lower() else " (plain)")
+                        for a in analyses)
+    randoms = {a.name: a.delete_random for a in analyses if a.delete_random is not None}
+    fig, axes = plt.subplots(1, 1 + bool(randoms), figsize=(6.5 * (1 + bool(randoms)), 4.8),
+                             layout="constrained", squeeze=False)
+    block = "block" if all(unit_of(a) == "block" for a in analyses) else "block (or layer)"
+    plots.plot_compare_lesions({a.name: a.delete_each for a in analyses}, ax=axes[0][0],
+                               title=f"each {block} deleted alone")
+    if randoms:
+        plots.plot_compare_lesions(randoms, ax=axes[0][1],
+                                   title=f"k random {block.replace('block', 'blocks')} deleted")
+    fig.suptitle(f"lesions compared: {names}")
+    figs["comparison of lesions"] = _save(fig, out, "comparison_lesions.png")
+    return figs
+
+
+# ---- files -----------------------------------------------------------------------------------
+
+def _tables(out: Path, slug: str, a) -> None:
+    if a.exact is not None:
+        write_text(out / f"{slug}_gradients_exact.csv", a.exact.to_csv())
+    if a.sampled is not None:
+        write_text(out / f"{slug}_gradients_sampled.csv", a.sampled.to_csv())
+    for key in ("delete_each", "delete_random", "reorder"):
+        res = getattr(a, key)
+        if res is None:
+            continue
+        write_text(out / f"{slug}_{key}.csv", res.to_csv())
+        if key != "delete_each":
+            write_text(out / f"{slug}_{key}_summary.csv", res.summary_csv())
+    if a.variance is not None:
+        write_text(out / f"{slug}_branch_variance.csv", a.variance.to_csv())
+    if a.influence_vs_deletion is not None:
+        write_text(out / f"{slug}_block_influence.csv", a.influence_vs_deletion.to_csv())
+    rows = [dict(measure=k, **d.table()[0]) for k, d in a.depth.items()]
+    if rows:
+        header = list(rows[0])
+        write_text(out / f"{slug}_effective_depth.csv",
+                   "\n".join([",".join(header)]
+                             + [",".join(fmt(r[h], 6) for h in header) for r in rows]))
+
+
+def _result_dict(a) -> dict:
+    def d(res):
+        return None if res is None else res.to_dict()
+
+    lm = dict(intact_loss=a.intact_loss, intact_perplexity=perplexity(a.intact_loss)) if a.tokens \
+        else {}
+    return dict(model=a.model, data=a.data, config=a.config, residual=a.residual,
+                intact_error=a.intact_error, **lm, exact=d(a.exact), sampled=d(a.sampled),
+                delete_each=d(a.delete_each), delete_random=d(a.delete_random),
+                reorder=d(a.reorder), branch_variance=d(a.variance),
+                effective_depth={k: v.to_dict() for k, v in a.depth.items()},
+                influence=d(a.influence), influence_vs_deletion=d(a.influence_vs_deletion))

@@ -1,0 +1,100 @@
+"""One residual block of a view: `post(shortcut(x) + scale * branch(x))`, with where it sits in
+the model and what the probe showed about it (its shapes, whether its shortcut is the identity).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..adapters import BlockParts, adapter_class, qualname
+
+
+@dataclass(frozen=True, eq=False)
+class Block:
+    """One residual block of a view.
+
+    name:       the module path in the model, e.g. "layer2.0", with the sublayer's name for
+                modules that hold several blocks, e.g. "transformer.h.3.attn".
+    layer:      index of the module holding it (blocks of one transformer layer share it).
+    identity_shortcut, identity_by: whether the shortcut is the identity and how wrap decided
+                ("no shortcut module", "the shortcut module returns its input on the probe",
+                or "the shortcut module changes its input on the probe": a downsampling block).
+    in_shape, out_shape: per-sample shapes seen on the probe input, e.g. (16, 32, 32).
+    """
+
+    index: int
+    name: str
+    module: nn.Module
+    parts: BlockParts
+    in_shape: tuple
+    out_shape: tuple
+    layer: int = 0
+    identity_shortcut: bool = True
+    identity_by: str = "no shortcut module"
+
+    @property
+    def residual(self) -> bool:
+        """False for a plain (VGG-like) layer with no shortcut (wrap(..., allow_plain=True))."""
+        return self.parts.residual
+
+    @property
+    def sublayer(self) -> str:
+        """The sublayer's name within its module ("attn", "mlp"), or "" for one-block modules."""
+        return self.parts.name
+
+    @property
+    def downsample(self) -> bool:
+        if not self.residual:
+            return self.in_shape != self.out_shape
+        return not self.identity_shortcut
+
+    @property
+    def deletable(self) -> bool:
+        """A residual block always (its shortcut stays); a plain layer only if it keeps the
+        shape (it is then replaced by the identity, as in Veit et al.'s plain-network lesion)."""
+        return self.residual or self.in_shape == self.out_shape
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.parts.shortcut is None else self.parts.shortcut(x)
+
+    def branch(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+        """The branch times its scale; ctx: the context embed() returned ({} if None)."""
+        r = self.parts.branch(x, {} if ctx is None else ctx) if self.parts.context else \
+            self.parts.branch(x)
+        return r if self.parts.scale is None else self.parts.scale * r
+
+    def post(self, z: torch.Tensor) -> torch.Tensor:
+        return z if self.parts.post is None else self.parts.post(z)
+
+    def __call__(self, x: torch.Tensor, ctx=None, *, keep_branch: bool = True,
+                 route: Optional[bool] = None):
+        """Block output. keep_branch=False deletes the branch (lesion: post(shortcut(x))).
+
+        route=True lets the gradient through the branch only, route=False through the shortcut
+        only (the forward value is unchanged): one factor of a single path's gradient.
+        """
+        if not self.residual:  # a plain layer: no shortcut, no paths to route
+            return self.post(self.branch(x, ctx)) if keep_branch else x
+        s = self.shortcut(x)
+        if not keep_branch:
+            return self.post(s)
+        r = self.branch(x, ctx)
+        if route is True:
+            s = s.detach()
+        elif route is False:
+            r = r.detach()
+        return self.post(s + r)
+
+    def __repr__(self) -> str:
+        kind = ("plain" if not self.residual else
+                "identity" if self.identity_shortcut else "downsample") + f" ({self.identity_by})"
+        return f"Block({self.index}, {self.name!r}, {kind}, {self.in_shape} -> {self.out_shape})"
+
+
+def owner(module: nn.Module) -> str:
+    """The registered class whose adapter a module uses, for messages."""
+    cls = adapter_class(module)
+    return qualname(cls) if cls is not None else type(module).__name__
