@@ -154,7 +154,7 @@ _FAMILIES = {
     "pathens": ("pathens_models",),
     "torchvision": ("torchvision", "torchvision_vit"),
     "timm": ("timm_resnet", "timm_vit"),
-    "transformers": ("hf_gpt2", "hf_bert", "hf_resnet"),
+    "transformers": ("hf_gpt2", "hf_bert", "hf_resnet", "hf_decoder", "hf_encoders"),
 }
 _loaded: set = set()
 unavailable: dict[str, str] = {}  # family file -> why it could not load (e.g. an old library)
