@@ -13,6 +13,11 @@ from pathens.cli import main
 from pathens.models import FixupBlock, cifar_resnet
 from pathens.train import _param_groups
 
+try:
+    from cli_helpers import refused
+except ImportError:  # tests/ imported as a package
+    from tests.cli_helpers import refused
+
 
 def perturbed(model, seed=0, std=0.05):
     """Every parameter moved by N(0, std^2): branches, multipliers and head leave 0 and 1."""
@@ -164,11 +169,17 @@ def test_scalars_train_at_a_tenth_of_the_learning_rate():
 def test_cli_trains_and_loads_fixup(tmp_path, capsys):
     ckpt = tmp_path / "fixup.pt"
     assert main(["train", "--data", "digits", "--depth", "8", "--width", "4", "--norm", "fixup",
-                 "--epochs", "2", "--limit", "256", "--out", str(ckpt), "--quiet"]) == 0
+                 "--epochs", "1", "--limit", "256", "--batch-size", "64", "--out", str(ckpt),
+                 "--quiet"]) == 0
     model, meta = load(ckpt)
     assert meta["arch"]["norm"] == "fixup" and all(type(b) is FixupBlock for b in model.blocks)
     assert "--norm fixup" in meta["extra"]["command"]
-    # trained (the classifier first, the branches from the second step): the branches' last convs left 0, and the view of the trained network holds
+    # trained (the classifier moves first, the branches from the second step on): the
+    # branches' last convs left 0, and the view of the trained network holds
     assert all(torch.count_nonzero(b.conv2.weight) for b in model.blocks)
     pathens.wrap(model)
     capsys.readouterr()
+    for flags, match in ((["--preact"], "post-activation"), (["--plain"], "post-activation"),
+                         (["--arch", "gpt"], "not a gpt normalisation")):
+        refused(capsys, "train", "--data", "digits", "--depth", "8", "--norm", "fixup", *flags,
+                "--out", tmp_path / "x.pt", match=match)
