@@ -217,9 +217,11 @@ def parser() -> argparse.ArgumentParser:
                    help="the network to train")
     s.add_argument("--depth", type=int, help="resnet: 6n+2, n blocks per stage (default 56); "
                                              "gpt: layers, two blocks each (default 6)")
-    s.add_argument("--norm", choices=["bn", "skipinit", "none", "pre", "post", "rezero"],
+    s.add_argument("--norm", choices=["bn", "skipinit", "none", "fixup", "pre", "post", "rezero"],
                    help="resnet: bn (default), skipinit (a scalar alpha ending each branch, no "
-                        "normalisation) or none; gpt: pre (default, GPT-2), post (the original "
+                        "normalisation), none or fixup (Zhang et al. 2019: scalar biases and "
+                        "multipliers, zero-initialised branch ends, no normalisation); "
+                        "gpt: pre (default, GPT-2), post (the original "
                         "Transformer), rezero (a scalar alpha per sublayer, no normalisation) "
                         "or none")
     s.add_argument("--shortcut", choices=["A", "B"], default="A",
@@ -286,7 +288,8 @@ def _arch_args(s) -> None:
     g.add_argument("--arch", help="resnetD, torchvision.NAME, timm:NAME or hf:DIR (see above)")
     g.add_argument("--model", metavar="FILE.py:FUNCTION",
                    help="a function of yours that returns the model (see above)")
-    g.add_argument("--norm", choices=["bn", "skipinit", "none"], help="resnetD: default bn")
+    g.add_argument("--norm", choices=["bn", "skipinit", "none", "fixup"],
+                   help="resnetD: default bn")
     g.add_argument("--shortcut", choices=["A", "B"],
                    help="resnetD: A zero-pad (default) or B projection where the shape changes")
     g.add_argument("--preact", action="store_true", help="resnetD: pre-activation blocks")

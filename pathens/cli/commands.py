@@ -290,7 +290,7 @@ def paths_table(args) -> int:
 # train's flags whose default depends on --arch: (resnet, gpt)
 _TRAIN_DEFAULTS = dict(depth=(56, 6), width=(16, 64), lr=(0.1, 1e-3), batch_size=(128, 32),
                        weight_decay=(5e-4, 0.1), clip=(None, 1.0), norm=("bn", "pre"))
-_NORMS = dict(resnet=("bn", "skipinit", "none"), gpt=("pre", "post", "rezero", "none"))
+_NORMS = dict(resnet=("bn", "skipinit", "none", "fixup"), gpt=("pre", "post", "rezero", "none"))
 
 
 def train(args) -> int:

@@ -1,5 +1,5 @@
 """CIFAR ResNets (He et al. 2016a/b) with the options pathens compares: BatchNorm, SkipInit
-(De & Smith 2020) or no normalisation; option-A (zero-pad) or option-B (projection) shortcuts;
+(De & Smith 2020), Fixup (Zhang, Dauphin & Ma 2019) or no normalisation; option-A (zero-pad) or option-B (projection) shortcuts;
 post- or pre-activation blocks; and the plain network with no shortcuts at all (Veit et al.).
 
 Every block follows one protocol, which the rest of pathens relies on:
@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-NORMS = ("bn", "skipinit", "none")
+NORMS = ("bn", "skipinit", "none", "fixup")
 SHORTCUTS = ("A", "B")
 
 
@@ -111,6 +111,52 @@ class BasicBlock(ResidualBlock):
         return F.relu(z)  # not inplace: pathens re-runs blocks on saved tensors
 
 
+class ScalarBias(nn.Module):
+    """x + b with one learnable scalar b, initialised to 0: Fixup's bias before a layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return x + self.bias
+
+
+class FixupBlock(ResidualBlock):
+    """Fixup's post-activation block (Zhang, Dauphin & Ma 2019, rule 3): no normalisation, a
+    scalar bias before each convolution and activation, a scalar multiplier alpha per branch:
+
+        relu(shortcut(x) + alpha * (conv2(relu(conv1(x + b1a) + b1b) + b2a) + b2b))
+
+    alpha (init 1) is the branch's scale of pathens's protocol, so path gradients count it.
+    The official code adds b2b after the multiplier (alpha * conv2(.) + b2b); here it sits
+    inside it, the same functions (b2b' = alpha * b2b) and the same network at initialisation,
+    so that every parameter of the block outside its shortcut belongs to the branch (the
+    parameter split by path length assumes so). The shortcut is the one of the other norms
+    (option A parameter-free, option B a 1x1 projection with a bias), a function of x alone.
+    CifarResNet initialises conv1 and conv2 (rule 1 and 2)."""
+
+    def __init__(self, in_planes, planes, stride=1, *, shortcut="A", **_):
+        super().__init__()
+        self.bias1a = nn.Parameter(torch.zeros(()))
+        self.conv1 = _conv3x3(in_planes, planes, stride, bias=False)
+        self.bias1b = nn.Parameter(torch.zeros(()))
+        self.bias2a = nn.Parameter(torch.zeros(()))
+        self.conv2 = _conv3x3(planes, planes, 1, bias=False)
+        self.bias2b = nn.Parameter(torch.zeros(()))
+        self.skip = True
+        self.shortcut = _make_shortcut(shortcut, "fixup", in_planes, planes, stride)
+        self.alpha = nn.Parameter(torch.tensor(1.0))  # Fixup's multiplier, shape ()
+
+    def branch(self, x):
+        # (N, in_planes, H, W) -> (N, planes, H/stride, W/stride)
+        out = F.relu(self.conv1(x + self.bias1a) + self.bias1b)
+        return self.conv2(out + self.bias2a) + self.bias2b
+
+    def post(self, z):
+        return F.relu(z)  # not inplace: pathens re-runs blocks on saved tensors
+
+
 class PreActBlock(ResidualBlock):
     """Pre-activation block (He et al. 2016b): shortcut(x) + alpha * conv2(relu(bn2(conv1(relu(bn1(x)))))).
     The shortcut (option B projection included) takes x itself, so it is a function of x only."""
@@ -143,13 +189,13 @@ class CifarResNet(nn.Module):
         c = self.config
         n, w, norm = (c["depth"] - 2) // 6, c["width"], c["norm"]
         self.preact = c["preact"]
-        block = PreActBlock if self.preact else BasicBlock
+        block = PreActBlock if self.preact else FixupBlock if norm == "fixup" else BasicBlock
         opts = dict(norm=norm, shortcut=c["shortcut"], skip=c["skip"], alpha_init=c["alpha_init"])
 
         # stem: 3x3 conv (N, in_channels, 32, 32) -> (N, w, 32, 32); + BN and ReLU in post-act
-        self.conv1 = _conv3x3(c["in_channels"], w, 1, bias=norm != "bn")
-        if not self.preact:
-            self.bn1 = _norm(norm, w)
+        self.conv1 = _conv3x3(c["in_channels"], w, 1, bias=norm not in ("bn", "fixup"))
+        if not self.preact:  # Fixup: relu(conv1(x) + b), a scalar bias before the activation
+            self.bn1 = ScalarBias() if norm == "fixup" else _norm(norm, w)
 
         def stage(in_planes, planes, stride):
             blocks = [block(in_planes, planes, stride, **opts)]
@@ -163,9 +209,13 @@ class CifarResNet(nn.Module):
         # head: pre-act networks end with the norm + ReLU their last block did not apply
         if self.preact:
             self.bn_final = _norm(norm, 4 * w)
+        if norm == "fixup":  # a scalar bias before the classifier
+            self.bias2 = nn.Parameter(torch.zeros(()))
         self.linear = nn.Linear(4 * w, c["num_classes"])
 
         self._init_weights()
+        if norm == "fixup":
+            self._init_fixup()
 
     def _init_weights(self):
         for m in self.modules():
@@ -181,6 +231,20 @@ class CifarResNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)  # weight keeps PyTorch's default (uniform, fan_in)
 
+    @torch.no_grad()
+    def _init_fixup(self):
+        """Fixup's rules 1 and 2 (Zhang et al. 2019): the last layer of every branch and the
+        classifier start at 0 (so every branch outputs 0 and the network is its shortcuts);
+        the other branch layers keep He init scaled by L^(-1/(2m-2)), L branches of m layers
+        (m = 2: L^(-1/2)). He init is fan_in here, as for the other norms (the official code
+        uses fan_out, which differs only in the first conv of a downsampling block)."""
+        L, m = len(self.blocks), 2
+        for b in self.blocks:
+            b.conv1.weight.mul_(L ** (-1 / (2 * m - 2)))
+            nn.init.zeros_(b.conv2.weight)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
     @property
     def blocks(self):
         """All residual blocks, in the order the forward pass calls them."""
@@ -195,6 +259,8 @@ class CifarResNet(nn.Module):
         if self.preact:
             x = F.relu(self.bn_final(x))
         x = x.mean((2, 3))  # global average pool: (N, 4w, 8, 8) -> (N, 4w)
+        if self.config["norm"] == "fixup":
+            x = x + self.bias2
         return self.linear(x)  # (N, num_classes)
 
     def forward(self, x):
@@ -211,7 +277,12 @@ def cifar_resnet(depth, *, norm="bn", shortcut="A", preact=False, skip=True, wid
 
     norm:      "bn" (BatchNorm, convs without bias), "skipinit" (no normalisation, convs with
                bias, a learnable scalar alpha at the end of every branch, initialised to
-               alpha_init; De & Smith 2020), or "none" (no normalisation, no alpha).
+               alpha_init; De & Smith 2020), "none" (no normalisation, no alpha), or "fixup"
+               (Zhang et al. 2019: no normalisation, convs without bias, scalar biases before
+               each conv, activation and the classifier, a scalar multiplier alpha = 1 per
+               branch, each branch's last conv and the classifier initialised to 0, the first
+               conv's He init scaled by L^(-1/2) for L blocks; FixupBlock; post-activation
+               residual networks only).
     shortcut:  "A" parameter-free zero-pad, or "B" 1x1 projection (+ BN for norm="bn"), used
                where the shape changes; every other shortcut is the identity.
     preact:    pre-activation blocks (He et al. 2016b) instead of the original post-activation.
@@ -232,6 +303,9 @@ def cifar_resnet(depth, *, norm="bn", shortcut="A", preact=False, skip=True, wid
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(alpha_init, bool) or not isinstance(alpha_init, numbers.Real):
         raise ValueError(f"alpha_init must be a number, got {alpha_init!r}")
+    if norm == "fixup" and (preact or not skip):
+        raise ValueError("norm='fixup' is defined for post-activation residual networks: drop "
+                         "preact=True / skip=False")
     if norm != "skipinit" and alpha_init != 0:
         raise ValueError(f"alpha_init={alpha_init!r} only applies to norm='skipinit' (norm is {norm!r})")
     config = dict(depth=depth, norm=norm, shortcut=shortcut, preact=preact, skip=skip, width=width,

@@ -15,6 +15,8 @@ collapsed SkipInit-110 to chance (loss stuck at ln 10) for some seeds and left B
 Weight decay applies to conv and linear weights only: not to biases, BatchNorm scales/shifts or
 SkipInit's alpha (every parameter with fewer than 2 dimensions). Decaying alpha would pull the
 residual branches back towards zero, and decaying BN parameters is known to be unhelpful.
+Fixup networks (norm="fixup") train those parameters (their scalar biases and multipliers, the
+classifier's bias) at a tenth of the learning rate, as Zhang et al.'s code does.
 """
 from __future__ import annotations
 
@@ -107,7 +109,14 @@ class TrainResult:
 def param_groups(model, weight_decay):
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": _scalar_lr_scale(model)}]
+
+
+def _scalar_lr_scale(model) -> float:
+    """The learning rate of the parameters with < 2 dims, relative to lr: 0.1 for Fixup."""
+    config = getattr(model, "config", None)
+    return 0.1 if isinstance(config, dict) and config.get("norm") == "fixup" else 1.0
 
 
 def _check_data(data, what):
@@ -193,6 +202,8 @@ def train(model: nn.Module, train_data, *, epochs: int, lr: float = 0.1, momentu
                   augment=augment if not callable(augment) else getattr(augment, "__name__", "custom"),
                   warmup_epochs=warmup_epochs, clip_grad_norm=clip_grad_norm, seed=seed, device=str(device),
                   train_examples=len(x))
+    if _scalar_lr_scale(model) != 1.0:  # Fixup
+        config["scalar_lr_scale"] = _scalar_lr_scale(model)
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -224,7 +235,7 @@ def train(model: nn.Module, train_data, *, epochs: int, lr: float = 0.1, momentu
                 xb, yb = xb.to(device), yb.to(device)
                 step += 1
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step)
+                    group["lr"] = lr_at(step) * group.get("lr_scale", 1.0)
                 out = model(xb)
                 loss = F.cross_entropy(out, yb)
                 if not torch.isfinite(loss):
