@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import pathens
-from pathens.checkpoints import load, save_checkpoint
+from pathens.models.checkpoints import load, save_checkpoint
 from pathens.cli import main
-from pathens.models import FixupBlock, cifar_resnet
-from pathens.train import _param_groups
+from pathens.models.cifar import FixupBlock, cifar_resnet
+from pathens.models.train import param_groups
 
 try:
     from cli_helpers import refused
@@ -160,10 +160,10 @@ def test_bad_fixup_options():
 
 def test_scalars_train_at_a_tenth_of_the_learning_rate():
     fixup, bn = cifar_resnet(8, norm="fixup", width=4), cifar_resnet(8, width=4)
-    decay, scalars = _param_groups(fixup, 5e-4)
+    decay, scalars = param_groups(fixup, 5e-4)
     assert decay["lr_scale"] == 1.0 and scalars["lr_scale"] == 0.1
     assert {id(p) for p in scalars["params"]} == {id(p) for p in fixup.parameters() if p.ndim < 2}
-    assert all(g["lr_scale"] == 1.0 for g in _param_groups(bn, 5e-4))
+    assert all(g["lr_scale"] == 1.0 for g in param_groups(bn, 5e-4))
 
 
 def test_cli_trains_and_loads_fixup(tmp_path, capsys):

@@ -12,7 +12,7 @@ from torch import nn
 
 import pathens
 from pathens.errors import PathensError
-from pathens.singularities import singularities
+from pathens.measure.singularities import singularities
 
 matplotlib.use("Agg")
 
@@ -297,7 +297,7 @@ def test_a_trained_resnet_on_real_images():
     # akamaster's trained ResNet-20 on 200 CIFAR-10 test images (float32): the layers the
     # model computes itself (each block's input and relu(bn1(conv1(.))) by hooks) against
     # numpy, and the dead ReLUs training leaves (the full 1000 images: 4.9% of hidden units)
-    from pathens.checkpoints import load_weights
+    from pathens.models.checkpoints import load_weights
     x, _ = load_cifar_npz("cifar10_test_first1000")
     x = x[:200]
     model = load_weights(pathens.cifar_resnet(20), akamaster_checkpoint(20)).eval()
@@ -348,7 +348,7 @@ def test_hidden_layers_of_other_families():
 
 
 def test_result_writes_and_plots(tmp_path):
-    from pathens.plots_singularities import plot_singularities
+    from pathens.report.plots.singularities import plot_singularities
     model, x = hand_built(), inputs(n=50)
     s = run(model, x)
     other = run(hand_built(seed=3), x)

@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WrapError
-from ..inputs import call_model
-from ..tracing import _Reached, block_call
+from ..data.inputs import call_model
+from .calls import Reached, block_call
 from . import BlockParts, ModelParts, register_block, register_model
 from .hf_common import token_probe
 
@@ -195,7 +195,7 @@ class LayerStem:
             def forward(*args, **kwargs):
                 calls[layer] = (args, kwargs)
                 if layer is last:
-                    raise _Reached(None, None)
+                    raise Reached(None, None)
                 return args[0] if args else next(iter(kwargs.values()))
             return forward
 
@@ -204,7 +204,7 @@ class LayerStem:
             layer.forward = stand_in(layer)
         try:
             call_model(self.model, inputs)
-        except _Reached:
+        except Reached:
             pass
         finally:
             for layer, old in saved.items():

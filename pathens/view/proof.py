@@ -19,7 +19,7 @@ from torch import nn
 from ..adapters import chain
 from ..errors import WrapError
 from ..data.inputs import batch_len, call_model, describe, logits_of, tensors, to_model
-from .tracing import block_call
+from ..adapters.calls import block_call
 from .block import Block, owner
 
 

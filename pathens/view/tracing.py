@@ -8,12 +8,12 @@ CapturedStem: the stem of a model adapter that gives none: the model's own forwa
 """
 from __future__ import annotations
 
-import inspect
 
 import torch
 from torch import fx, nn
 
 from ..adapters import ModelParts
+from ..adapters.calls import Reached, block_call
 from ..errors import WrapError
 from ..data.inputs import call_model, logits_of
 
@@ -117,31 +117,6 @@ def _ancestors(node: fx.Node) -> set:
     return seen
 
 
-class _Reached(BaseException):
-    """Raised by the hook on the first block: stops the forward there. A BaseException, so
-    that no `except Exception` in the model's own code swallows it."""
-
-    def __init__(self, h, ctx):
-        self.h, self.ctx = h, ctx
-
-
-def block_call(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
-    """(stream, other arguments by name) of a call module(*args, **kwargs): the stream is the
-    first argument of its forward, the rest are bound to their names (**kwargs flattened)."""
-    try:
-        bound = inspect.signature(module.forward).bind(*args, **kwargs)
-    except (TypeError, ValueError):  # a signature inspect cannot read: positional stream
-        return (args[0] if args else next(iter(kwargs.values()))), dict(kwargs)
-    params = inspect.signature(module.forward).parameters
-    named = {}
-    for name, value in bound.arguments.items():
-        if params[name].kind is inspect.Parameter.VAR_KEYWORD:
-            named.update(value)
-        elif params[name].kind is not inspect.Parameter.VAR_POSITIONAL:
-            named[name] = value
-    first = next(iter(bound.arguments))
-    return named.pop(first), named
-
 
 class CapturedStem:
     """inputs -> (h, ctx): the model's own forward up to (not into) its first block."""
@@ -151,13 +126,13 @@ class CapturedStem:
 
     @staticmethod
     def _stop(module, args, kwargs):
-        raise _Reached(*block_call(module, args, kwargs))
+        raise Reached(*block_call(module, args, kwargs))
 
     def __call__(self, inputs):
         handle = self.first_block.register_forward_pre_hook(self._stop, with_kwargs=True)
         try:
             call_model(self.model, inputs)
-        except _Reached as reached:
+        except Reached as reached:
             if not torch.is_tensor(reached.h):
                 raise WrapError(f"the first block of {type(self.model).__name__} receives "
                                 f"{type(reached.h).__name__}, not a tensor") from None

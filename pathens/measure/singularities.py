@@ -61,13 +61,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import distributed
-from .errors import PathensError
+from .. import distributed
+from ..errors import PathensError
 from .importance import _input_batches
-from .inputs import batch_len, take
-from .modes import eval_mode
-from .results import Result
-from .view import wrap
+from ..data.inputs import batch_len, take
+from ..models.modes import eval_mode
+from ..results import Result
+from ..view.residual_view import wrap
 
 POSITIONS = ("mean", "all")
 CONSTANT_RTOL = 1e-6  # a unit whose std is below this x typical |A| counts as constant

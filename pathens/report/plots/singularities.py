@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .plots_common import legend
-from .plots_common import title as set_title
+from .common import legend
+from .common import title as set_title
 
 __all__ = ["plot_singularities"]
 
