@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .errors import PathensError
 from .io import write_text
 
 
@@ -32,13 +33,28 @@ def plain(x):
 
 
 class Result:
-    """Mixin for frozen dataclasses. Subclasses define `table()` -> list of row dicts, and may
-    list in `_heavy` the fields (e.g. gradient tensors) left out of JSON."""
+    """The protocol every measurement's result follows (a mixin for frozen dataclasses).
+
+    Subclasses define `table()` -> list of row dicts, and may list in `_heavy` the fields (e.g.
+    gradient tensors) left out of JSON. Everything else has a default built on them:
+    tables()        file-name suffix -> rows: the CSV files of the result ("" : table() alone)
+    to_dict/to_json every field but the heavy ones, as JSON-ready values
+    to_csv          table() as CSV text
+    frames/to_frame the tables as pandas DataFrames, the same cells as the CSV, the result's
+                    `config` in DataFrame.attrs (pandas is optional: `pip install pandas`)
+    notes, summary_lines, markdown: the result's text in a report (none by default): notes
+                    explain the quantity once per report, summary_lines are key numbers in the
+                    network's section, markdown(...) its own subsection. Its figure is drawn by
+                    the function pathens.report.plots registers under the measurement's name.
+    """
 
     _heavy: tuple = ()
 
     def table(self) -> list[dict]:
         raise NotImplementedError
+
+    def tables(self) -> dict[str, list[dict]]:
+        return {"": self.table()}
 
     def to_dict(self) -> dict:
         return {f.name: plain(getattr(self, f.name)) for f in fields(self)
@@ -51,11 +67,45 @@ class Result:
         return text
 
     def to_csv(self, path: Optional[str | Path] = None) -> str:
-        rows = [{k: plain(v) for k, v in row.items()} for row in self.table()]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        text = csv_text(self.table())
         if path is not None:
-            write_text(path, buf.getvalue())
-        return buf.getvalue()
+            write_text(path, text)
+        return text
+
+    def frames(self) -> dict:
+        """tables() as pandas DataFrames (suffix -> frame), the result's config in attrs."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise PathensError("DataFrames need pandas: pip install pandas (or "
+                               "pip install 'pathens[pandas]')") from None
+        config = plain(getattr(self, "config", {}) or {})
+        out = {}
+        for suffix, rows in self.tables().items():
+            frame = pd.DataFrame([{k: plain(v) for k, v in r.items()} for r in rows])
+            frame.attrs = dict(result=type(self).__name__, table=suffix, config=config)
+            out[suffix] = frame
+        return out
+
+    def to_frame(self):
+        """table() as a pandas DataFrame (frames()[""] for results with several tables)."""
+        return next(iter(self.frames().values()))
+
+    def notes(self) -> list[str]:
+        return []
+
+    def summary_lines(self) -> list[str]:
+        return []
+
+    def markdown(self, *, name: str, slug: str, figure: Optional[str]) -> list[str]:
+        return []
+
+
+def csv_text(rows: list[dict]) -> str:
+    """Rows as CSV text (the columns of the first row), values as JSON would give them."""
+    rows = [{k: plain(v) for k, v in row.items()} for row in rows]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -20,8 +20,6 @@ lesion_sweep.py.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -34,7 +32,7 @@ from ..data.fingerprint import fingerprint_model, fingerprint_tensors
 from ..data.batches import Data, calibration_batches
 from .lesion_engine import Condition, run_conditions, wilson
 from ..data.losses import perplexity
-from ..results import Result, plain
+from ..results import Result, csv_text
 from ..data.inputs import batch_len
 from ..io import write_text
 from ..view.residual_view import wrap
@@ -126,14 +124,16 @@ class LesionResult(Result):
 
     def summary_csv(self, path=None, level: float = 0.95) -> str:
         """summary() as CSV text (written to `path` if given)."""
-        rows = [{k: plain(v) for k, v in r.items()} for r in self.summary(level)]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        text = csv_text(self.summary(level))
         if path is not None:
-            write_text(path, buf.getvalue())  # atomic; a full disk names the file
-        return buf.getvalue()
+            write_text(path, text)  # atomic; a full disk names the file
+        return text
+
+    def tables(self) -> dict[str, list[dict]]:
+        """The rows, and for random deletions and reorderings the summary per k."""
+        if self.sweep in ("delete_random", "reorder"):
+            return {"": self.table(), "summary": self.summary()}
+        return {"": self.table()}
 
     def __repr__(self) -> str:
         items = "tokens" if self.tokens else "examples"

@@ -5,8 +5,8 @@ loading (checkpoints.py), training (train.py, train_text.py), users' own model f
 `pathens.models` itself is the CIFAR ResNet API (cifar_resnet, BasicBlock, ...), as it was
 before the sub-packages.
 """
-from .cifar import (NORMS, SHORTCUTS, BasicBlock, CifarResNet, FixupBlock, PreActBlock, ResidualBlock,
-                    ZeroPadShortcut, cifar_resnet)
+from .cifar import (NORMS, SHORTCUTS, BasicBlock, CifarResNet, FixupBlock, PreActBlock,
+                    ResidualBlock, ZeroPadShortcut, cifar_resnet)
 
-__all__ = ["NORMS", "SHORTCUTS", "BasicBlock", "CifarResNet", "FixupBlock", "PreActBlock", "ResidualBlock",
-           "ZeroPadShortcut", "cifar_resnet"]
+__all__ = ["NORMS", "SHORTCUTS", "BasicBlock", "CifarResNet", "FixupBlock", "PreActBlock",
+           "ResidualBlock", "ZeroPadShortcut", "cifar_resnet"]
