@@ -35,8 +35,9 @@ from .data.batches import Data, check_batch
 from .measure.depth import BranchVariance, branch_variance, effective_depth
 from .errors import PathensError
 from .measure.path_gradients import PathGradients, path_gradients
-from .measure.importance import BlockInfluence, block_influence
-from .measure.influence_cost import InfluenceVsDeletion, influence_vs_deletion
+from .measure.importance import BlockInfluence
+from .measure.influence_cost import InfluenceVsDeletion
+from .measure.registry import MEASUREMENTS
 from .data.inputs import batch_len, concat, main_tensor, take
 from .measure.lesion import LesionResult
 from .view.residual_view import wrap
@@ -63,10 +64,10 @@ class Analysis:
                    "gradient energy (exact)", "variance", "lesion" (those that apply).
     config:        the settings behind the numbers (examples, loss, unit, ks, trials, seed,
                    dtype, ...).
-    influence:     ShortGPT's Block Influence per unit (BlockInfluence; None when not run).
-    influence_vs_deletion: the influence beside each unit's single-deletion cost (the loss
-                   increase) and their Spearman correlation (InfluenceVsDeletion; None when
-                   not run).
+    results:       the registered measurements' results (pathens/measure/registry.py), by the
+                   names they yield, in registration order: "influence" (ShortGPT's Block
+                   Influence per unit, BlockInfluence) and "influence_vs_deletion" (beside each
+                   unit's single-deletion cost, with their Spearman correlation), when run.
     """
 
     name: str
@@ -81,8 +82,15 @@ class Analysis:
     depth: dict  # label -> EffectiveDepth
     config: dict = field(default_factory=dict)
     residual: bool = True
-    influence: Optional[BlockInfluence] = None
-    influence_vs_deletion: Optional[InfluenceVsDeletion] = None
+    results: dict = field(default_factory=dict)
+
+    @property
+    def influence(self) -> Optional[BlockInfluence]:
+        return self.results.get("influence")
+
+    @property
+    def influence_vs_deletion(self) -> Optional[InfluenceVsDeletion]:
+        return self.results.get("influence_vs_deletion")
 
     @property
     def intact_error(self) -> float:
@@ -183,14 +191,11 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
     # Order: what can still refuse the input first (branch variance: a constant shortcut; each
     # sweep: a lesion_dir file from other settings), and the sweeps, which keep their rows on
     # disk, before the path gradients, which are lost if anything after them fails.
-    variance = exact = sampled = bi = versus = None
+    variance = exact = sampled = None
     common = dict(loss=loss, unit=unit, batch_size=batch_size, progress=progress)
     if residual:
         log(f"[{name}] branch variance")
         variance = branch_variance(view, data, batch_size=batch_size)
-        if influence:
-            log(f"[{name}] Block Influence per {unit}")
-            bi = block_influence(view, data, unit=unit, batch_size=batch_size)
     else:
         log(f"[{name}] plain network ({view.num_blocks} layers): one path, lesions only")
     log(f"[{name}] lesions on {_count(examples, d)}")
@@ -202,8 +207,13 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
     if swaps:
         swap = lesion.reorder(view, data, swaps=swaps, trials=trials, seed=seed,
                               out=files.get("reorder"), **common)
-    if bi is not None:
-        versus = influence_vs_deletion(bi, each)
+    results = dict(delete_each=each)  # what the registered measurements may build on
+    settings = dict(name=name, loss=loss, unit=unit, batch_size=batch_size, seed=seed,
+                    progress=progress, log=log, influence=influence)
+    for m in MEASUREMENTS.values():
+        if not m.diagnostic and (residual or not m.residual):
+            results.update(m.run(view, data, settings, results))
+    del results["delete_each"]
     if residual:
         log(f"[{name}] exact gradient by path length ({view.num_blocks} blocks, "
             f"{batch_len(gx)} examples)")
@@ -235,8 +245,7 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
                       influence=bool(influence))
     config["seconds"] = round(time.perf_counter() - start, 1)
     return Analysis(name, model_info or {"class": type(view.model).__name__}, data_info or {},
-                    exact, sampled, each, rand, swap, variance, depth, config, residual, bi,
-                    versus)
+                    exact, sampled, each, rand, swap, variance, depth, config, residual, results)
 
 
 def _count(examples, d: Data) -> str:

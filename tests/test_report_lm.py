@@ -180,8 +180,9 @@ def no_work(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a measurement ran before the arguments were checked")
 
-    for name in ("path_gradients", "branch_variance", "block_influence"):
+    for name in ("path_gradients", "branch_variance"):
         monkeypatch.setattr(analysis, name, fail)
+    monkeypatch.setattr(pathens.measure.influence_cost, "block_influence", fail)
     for name in ("delete_each", "delete_random", "reorder"):
         monkeypatch.setattr(analysis.lesion, name, fail)
 

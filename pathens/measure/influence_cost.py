@@ -26,7 +26,10 @@ import numpy as np
 from scipy import stats
 
 from ..errors import PathensError
-from ..results import Result
+from ..data.losses import perplexity
+from ..results import Result, fmt
+from .importance import block_influence
+from .registry import Measurement, register
 
 __all__ = ["InfluenceVsDeletion", "influence_vs_deletion", "MIN_UNITS"]
 
@@ -97,6 +100,61 @@ class InfluenceVsDeletion(Result):
         return (f"InfluenceVsDeletion({len(self.names)} {self.unit}s, Spearman {self.spearman:.3g}"
                 f" over {len(self.compared)})")
 
+    # ---- the report's text (the Result protocol) -------------------------------------------
+
+    FIGURE = "Block Influence per unit and against the cost of deleting the unit alone"
+
+    def tables(self) -> dict[str, list[dict]]:
+        return {"block_influence": self.table()}
+
+    def notes(self) -> list[str]:
+        return [NOTE]
+
+    def rho_text(self) -> str:
+        """Spearman's rho with the units compared and its p-value, or why there is none."""
+        k = len(self.compared)
+        if np.isnan(self.spearman):
+            least = self.config.get("min_units", 3)
+            why = f"fewer than {least}" if k < least else "one of them constant"
+            return f"n/a ({k} compared: {why})"
+        return f"{self.spearman:+.2f} ({k} {self.unit}s; p {self.pvalue:.2g})"
+
+    def summary_lines(self) -> list[str]:
+        text = (f"- Block Influence (ShortGPT) per {self.unit} against the loss increase of "
+                f"deleting it alone: Spearman rho {self.rho_text()}")
+        lo, cheap = self.lowest(), self.cheapest()
+        if lo >= 0:
+            text += (f"; lowest influence `{self.names[lo]}` (BI {self.influence[lo]:.3g}; "
+                     f"deleting it costs {self.loss_increase[lo]:+.4g}), cheapest deletion "
+                     f"`{self.names[cheap]}` ({self.loss_increase[cheap]:+.4g})")
+        return [text + "; table and figure below."]
+
+    def markdown(self, *, name: str, slug: str, figure=None, most: int = 24) -> list[str]:
+        """Its subsection: every unit up to `most`, else the lowest-influence ones (the CSV has
+        all), then the figure."""
+        lines = ["", f"### {name}: Block Influence against single-deletion cost", ""]
+        order = list(range(len(self.names)))
+        if len(order) > most:
+            order = sorted(self.compared, key=lambda j: (self.influence[j], j))[:most // 2]
+            lines += [f"The {len(order)} {self.unit}s of lowest Block Influence; all "
+                      f"{len(self.names)} in `{slug}_block_influence.csv`.", ""]
+        ppl = " | perplexity with it deleted" if self.tokens else ""
+        lines += [f"| {self.unit} | name | sublayer | Block Influence | loss with it deleted | "
+                  f"loss increase{ppl} |", "|---|---|---|---|---|---|" + ("---|" if ppl else "")]
+        for j in order:
+            cells = [str(j), f"`{self.names[j]}`",
+                     self.sublayers[j] or ("whole layer" if self.unit == "layer" else "-"),
+                     "n/a (changes shape)" if np.isnan(self.influence[j]) else
+                     f"{self.influence[j]:.4g}",
+                     fmt(float(self.deleted_loss[j]), 5), _signed(self.loss_increase[j])]
+            if ppl:
+                cells.append(fmt(perplexity(float(self.deleted_loss[j])), 4))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        if figure:
+            lines += [f"![{self.FIGURE}]({figure})", ""]
+        return lines
+
 
 def influence_vs_deletion(influence, each) -> InfluenceVsDeletion:
     """Pair a BlockInfluence (pathens.importance.block_influence) with the delete_each
@@ -137,3 +195,34 @@ def influence_vs_deletion(influence, each) -> InfluenceVsDeletion:
         dict(cost="mean loss with the unit deleted alone minus the intact network's",
              correlation="Spearman", min_units=MIN_UNITS, data=each.config.get("data"),
              influence_positions=influence.num_items))
+
+
+def _signed(v) -> str:
+    return "n/a" if not np.isfinite(v) else f"{v:+.4g}"
+
+
+# Said once in a report that holds a Block Influence.
+NOTE = (
+    "**Block Influence against single-deletion cost.** ShortGPT's Block Influence (Men et al. "
+    "2024) of a unit is 1 - the mean cosine between its input and its output (per token; per "
+    "spatial position of a CNN), forward only; ShortGPT removes the units of lowest influence. "
+    "The cost it is compared with is the increase of the mean loss when the unit is deleted "
+    "alone (its branch removed, as in the lesions), for classifiers too: the loss is continuous "
+    "where the error of N examples moves in steps of 1/N (single deletions tie, and so would "
+    "their ranks), it is defined for every loss, and for a language model it ranks the units as "
+    "the perplexity does. The error increase is in the CSV beside it. Spearman's rho near +1: "
+    "the forward-only score ranks the units as the lesions do. Units that change the stream's "
+    "shape (downsampling blocks) have no influence and are left out.")
+
+
+def _run(view, data, settings: dict, results: dict) -> dict:
+    """analyze's Block Influence: per unit, beside the cost of deleting the unit alone."""
+    if not settings["influence"]:
+        return {}
+    settings["log"](f"[{settings['name']}] Block Influence per {settings['unit']}")
+    bi = block_influence(view, data, unit=settings["unit"], batch_size=settings["batch_size"])
+    return dict(influence=bi, influence_vs_deletion=influence_vs_deletion(
+        bi, results["delete_each"]))
+
+
+register(Measurement("influence", run=_run, yields=("influence", "influence_vs_deletion")))

@@ -11,10 +11,11 @@ import numpy as np
 
 from .plots import common as plots_common
 from ..data.losses import perplexity
+from ..results import fmt
 from .plots.lesion import modules, unit_of  # an Analysis has the same config["unit"]
 
 NOT_PLAIN = "n/a (plain network: one path)"
-INFLUENCE_FIGURE = "Block Influence per unit and against the cost of deleting the unit alone"
+
 
 # Why the exact and the sampled effective depths differ: said once under the depth table.
 EXACT_VS_SAMPLED = (
@@ -51,28 +52,6 @@ LM_METRICS = (
     "intervals count tokens as independent, which the tokens of one sequence are not: read them "
     "as lower bounds on the uncertainty.")
 
-# Said once when a Block Influence is in the report.
-INFLUENCE = (
-    "**Block Influence against single-deletion cost.** ShortGPT's Block Influence (Men et al. "
-    "2024) of a unit is 1 - the mean cosine between its input and its output (per token; per "
-    "spatial position of a CNN), forward only; ShortGPT removes the units of lowest influence. "
-    "The cost it is compared with is the increase of the mean loss when the unit is deleted "
-    "alone (its branch removed, as in the lesions), for classifiers too: the loss is continuous "
-    "where the error of N examples moves in steps of 1/N (single deletions tie, and so would "
-    "their ranks), it is defined for every loss, and for a language model it ranks the units as "
-    "the perplexity does. The error increase is in the CSV beside it. Spearman's rho near +1: "
-    "the forward-only score ranks the units as the lesions do. Units that change the stream's "
-    "shape (downsampling blocks) have no influence and are left out.")
-
-
-def fmt(v, digits=3) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.3e}"
-    return str(v)
-
-
 # ---- tables ----------------------------------------------------------------------------------
 
 def depth_table(analyses) -> str:
@@ -103,7 +82,7 @@ def depth_table(analyses) -> str:
             cells += [NOT_PLAIN] * 2 + ["n/a"] * 2
         cells += _lesion_cells(a)
         c = a.influence_vs_deletion
-        cells.append(_rho(c) if c is not None else "n/a (plain network)" if not a.residual
+        cells.append(c.rho_text() if c is not None else "n/a (plain network)" if not a.residual
                      else "not run")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -139,54 +118,9 @@ def _single_count(a) -> str:
     return f"{len(rows)} deletable, none tested against a margin" if rows else "none deletable"
 
 
-def _rho(c) -> str:
-    k = len(c.compared)
-    if np.isnan(c.spearman):
-        why = (f"fewer than {c.config.get('min_units', 3)}" if k < c.config.get("min_units", 3)
-               else "one of them constant")
-        return f"n/a ({k} compared: {why})"
-    return f"{c.spearman:+.2f} ({k} {c.unit}s; p {c.pvalue:.2g})"
-
-
-def _influence_line(c) -> str:
-    text = (f"- Block Influence (ShortGPT) per {c.unit} against the loss increase of deleting it "
-            f"alone: Spearman rho {_rho(c)}")
-    lo, cheap = c.lowest(), c.cheapest()
-    if lo >= 0:
-        text += (f"; lowest influence `{c.names[lo]}` (BI {c.influence[lo]:.3g}; deleting it "
-                 f"costs {c.loss_increase[lo]:+.4g}), cheapest deletion `{c.names[cheap]}` "
-                 f"({c.loss_increase[cheap]:+.4g})")
-    return text + "; table and figure below."
-
-
-def _influence_rows(c, slug: str, most: int = 24) -> list:
-    """The per-unit table of a section: every unit up to `most`, else the lowest-influence
-    ones (the CSV has all)."""
-    order = list(range(len(c.names)))
-    note = []
-    if len(order) > most:
-        order = sorted(c.compared, key=lambda j: (c.influence[j], j))[:most // 2]
-        note = [f"The {len(order)} {c.unit}s of lowest Block Influence; all {len(c.names)} in "
-                f"`{slug}_block_influence.csv`.", ""]
-    ppl = " | perplexity with it deleted" if c.tokens else ""
-    lines = note + [f"| {c.unit} | name | sublayer | Block Influence | loss with it deleted | "
-                    f"loss increase{ppl} |", "|---|---|---|---|---|---|" + ("---|" if ppl else "")]
-    for j in order:
-        cells = [str(j), f"`{c.names[j]}`",
-                 c.sublayers[j] or ("whole layer" if c.unit == "layer" else "-"),
-                 "n/a (changes shape)" if np.isnan(c.influence[j]) else f"{c.influence[j]:.4g}",
-                 fmt(float(c.deleted_loss[j]), 5), _signed(c.loss_increase[j])]
-        if ppl:
-            cells.append(fmt(perplexity(float(c.deleted_loss[j])), 4))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def _signed(v) -> str:
-    return "n/a" if not np.isfinite(v) else f"{v:+.4g}"
-
-
-def section(a, slug: str, figs: dict) -> str:
+def section(a, slug: str, figs: dict, extras: dict) -> str:
+    """The network's section; `extras`: result name -> its figure's file (or None), for the
+    registered measurements' results (their summary lines and subsections)."""
     each = a.delete_each
     non_down = [r["error"] for r in each.rows if r["kind"] == "delete" and not r["downsampling"]]
     down = [r["error"] for r in each.rows if r["kind"] == "delete" and r["downsampling"]]
@@ -229,11 +163,9 @@ def section(a, slug: str, figs: dict) -> str:
     if tables:
         lines.append(f"- Random deletions and reorderings: see the figures and "
                      f"{', '.join(tables)}.")
-    c = a.influence_vs_deletion
-    if c is not None:
-        lines.append(_influence_line(c))
+    for key in extras:
+        lines += a.results[key].summary_lines()
     lines.append("")
-    influence_fig = figs.pop(INFLUENCE_FIGURE, None)
     for caption, name in figs.items():
         lines += [f"![{caption}]({name})", ""]
     lines += ["| effective depth | value | distribution mean | mode | interval | mass | % of paths |",
@@ -249,11 +181,8 @@ def section(a, slug: str, figs: dict) -> str:
                      f"{lo}-{hi} | {fmt(d.mass)} | {fmt(percent)} |")
     if not a.residual:
         lines.append(f"| gradient, variance | {NOT_PLAIN} | | | | | |")
-    if c is not None:
-        lines += ["", f"### {a.name}: Block Influence against single-deletion cost", ""]
-        lines += _influence_rows(c, slug) + [""]
-        if influence_fig:
-            lines += [f"![{INFLUENCE_FIGURE}]({influence_fig})", ""]
+    for key, figure in extras.items():
+        lines += a.results[key].markdown(name=a.name, slug=slug, figure=figure)
     return "\n".join(lines) + "\n"
 
 

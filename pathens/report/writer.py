@@ -30,7 +30,9 @@ from .. import __version__, combinatorics as paths
 from . import plots
 from ..errors import PathensError
 from ..io import save_figure, write_text
-from .markdown import (EXACT_VS_SAMPLED, INFLUENCE, INFLUENCE_FIGURE, LESION_DEPTH, LM_METRICS,
+from ..measure.registry import result_names
+from ..results import csv_text
+from .markdown import (EXACT_VS_SAMPLED, LESION_DEPTH, LM_METRICS,
                        depth_table, fmt, listed, num_layers, perplexity, section, unit_of)
 
 __all__ = ["write"]
@@ -73,9 +75,10 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
     for a in analyses:
         slug = file_slug(a.name)
         figs = _model_figures(out, slug, a)
+        extras = {key: _figure_of(out, slug, a, key) for key in a.results}
         _tables(out, slug, a)
         results[a.name] = _result_dict(a)
-        sections.append(section(a, slug, figs))
+        sections.append(section(a, slug, figs, extras))
     compare = _comparison_figures(out, analyses) if len(analyses) > 1 else {}
     versions = dict(pathens=__version__, torch=torch.__version__, numpy=np.__version__,
                     python=platform.python_version(), platform=platform.platform())
@@ -92,8 +95,8 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
         lines += [LESION_DEPTH, ""]
     if any(a.tokens for a in analyses):
         lines += [LM_METRICS, ""]
-    if any(a.influence_vs_deletion is not None for a in analyses):
-        lines += [INFLUENCE, ""]
+    for note in dict.fromkeys(n for a in analyses for r in a.results.values() for n in r.notes()):
+        lines += [note, ""]  # each said once, in the order the measurements are registered
     for caption, name in compare.items():
         lines += [f"![{caption}]({name})", ""]
     lines += sections
@@ -173,17 +176,16 @@ def _model_figures(out: Path, slug: str, a) -> dict:
     fig.suptitle(f"{a.name} ({a.num_blocks} blocks{layers}): lesions{metric}" if a.residual else
                  f"{a.name}: lesions of a plain network ({a.num_blocks} layers, no shortcuts)")
     figs["lesions: " + ", ".join(c for _, _, c in panels)] = _save(fig, out, f"{slug}_lesions.png")
-    c = a.influence_vs_deletion
-    if c is not None:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
-        plots.plot_block_influence(c, ax=left, title=f"Block Influence per {c.unit}: ShortGPT "
-                                                  f"removes the lowest")
-        plots.plot_influence_vs_deletion(c, ax=right, title=f"Block Influence vs the loss increase "
-                                                        f"of deleting the {c.unit} alone")
-        fig.suptitle(f"{a.name}: Block Influence (1 - cos of a {c.unit}'s input and output) "
-                     f"against single-deletion cost")
-        figs[INFLUENCE_FIGURE] = _save(fig, out, f"{slug}_influence.png")
     return figs
+
+
+def _figure_of(out: Path, slug: str, a, key: str):
+    """The file of result `key`'s figure, drawn by the function plots registers for it (None
+    when it draws none)."""
+    if key not in plots.FIGURES:
+        return None
+    suffix, draw = plots.FIGURES[key]
+    return _save(draw(a.results[key], a.name), out, f"{slug}_{suffix}.png")
 
 
 def _comparison_figures(out: Path, analyses) -> dict:
@@ -226,8 +228,9 @@ def _tables(out: Path, slug: str, a) -> None:
             write_text(out / f"{slug}_{key}_summary.csv", res.summary_csv())
     if a.variance is not None:
         write_text(out / f"{slug}_branch_variance.csv", a.variance.to_csv())
-    if a.influence_vs_deletion is not None:
-        write_text(out / f"{slug}_block_influence.csv", a.influence_vs_deletion.to_csv())
+    for key, res in a.results.items():
+        for suffix, rows in res.tables().items():
+            write_text(out / f"{slug}_{suffix or key}.csv", csv_text(rows))
     rows = [dict(measure=k, **d.table()[0]) for k, d in a.depth.items()]
     if rows:
         header = list(rows[0])
@@ -247,4 +250,4 @@ def _result_dict(a) -> dict:
                 delete_each=d(a.delete_each), delete_random=d(a.delete_random),
                 reorder=d(a.reorder), branch_variance=d(a.variance),
                 effective_depth={k: v.to_dict() for k, v in a.depth.items()},
-                influence=d(a.influence), influence_vs_deletion=d(a.influence_vs_deletion))
+                **{key: d(a.results.get(key)) for key in result_names()})

@@ -17,6 +17,7 @@ Lesion rows whose value is NaN (non-finite outputs) are left out and counted in 
 title. A legend entry is the label the caller gave, followed by the method ("(exact)",
 "(sampled)") unless the label already names it.
 """
+from .common import FIGURES, figure_of
 from .gradients import (plot_compare, plot_gradient_by_length, plot_path_length_distribution,
                         plot_per_path, plot_total_gradient)
 from .influence import plot_block_influence, plot_influence_vs_deletion
@@ -25,4 +26,4 @@ from .lesion import plot_compare_lesions, plot_delete_each, plot_delete_random, 
 __all__ = ["plot_path_length_distribution", "plot_total_gradient", "plot_gradient_by_length",
            "plot_per_path", "plot_delete_each", "plot_delete_random", "plot_reorder",
            "plot_compare", "plot_compare_lesions", "plot_block_influence",
-           "plot_influence_vs_deletion"]
+           "plot_influence_vs_deletion", "FIGURES", "figure_of"]

@@ -126,3 +126,17 @@ def _exp_array(v):
 
 def _log_array(v):
     return np.log(np.clip(v, 1e-300, None))
+
+
+# result name (Analysis.results) -> (file-name suffix, draw(result, model name) -> Figure):
+# the figure the report writes for a registered measurement's result
+FIGURES: dict = {}
+
+
+def figure_of(name: str, suffix: str):
+    """Register the decorated draw(result, model_name) -> Figure as result `name`'s figure in
+    reports, saved as `<model>_<suffix>.png`."""
+    def register(draw):
+        FIGURES[name] = (suffix, draw)
+        return draw
+    return register

@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import matplotlib.pyplot as plt
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
-from .common import axes, legend, sublayer_label, sublayer_styles, title as set_title
+from .common import axes, figure_of, legend, sublayer_label, sublayer_styles, title as set_title
 
 __all__ = ["plot_block_influence", "plot_influence_vs_deletion"]
 
@@ -117,4 +118,17 @@ def plot_influence_vs_deletion(c, *, ax=None, annotate: int = 24, title: Optiona
     extra = _undefined_note(c)
     legend(ax, note=note if extra is None else f"{note}\n{extra}")
     set_title(ax, title)
+    return fig
+
+
+@figure_of("influence_vs_deletion", "influence")
+def influence_figure(c, name: str):
+    """The report's figure: Block Influence per unit, and against the cost of deleting it."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    plot_block_influence(c, ax=left, title=f"Block Influence per {c.unit}: ShortGPT "
+                                           f"removes the lowest")
+    plot_influence_vs_deletion(c, ax=right, title=f"Block Influence vs the loss increase "
+                                                  f"of deleting the {c.unit} alone")
+    fig.suptitle(f"{name}: Block Influence (1 - cos of a {c.unit}'s input and output) "
+                 f"against single-deletion cost")
     return fig
