@@ -228,8 +228,12 @@ def _batch(view, x, y, loss, acc: _Sums, channel_dim) -> np.ndarray:
                 raw = b.parts.branch(h, {} if ctx is None else ctx) if b.parts.context else \
                     b.parts.branch(h)
                 r = raw if b.parts.scale is None else b.parts.scale * raw
-                acc.add("raw", i, raw.detach(), keep, channel_dim)
-                acc.add("branch", i, r.detach(), keep, channel_dim)
+                sums = acc.add("raw", i, raw.detach(), keep, channel_dim)
+                factor = _scalar(b.parts.scale)
+                if factor is not None:  # a scalar a: the same sums times a and a^2
+                    acc.add("branch", i, sums, keep, channel_dim, factor=factor)
+                else:  # a per-channel (or other) scale: measured on its own
+                    acc.add("branch", i, r.detach(), keep, channel_dim)
                 h = b.post(s + r)
             else:
                 h = b.post(b.branch(h, ctx))
@@ -241,6 +245,17 @@ def _batch(view, x, y, loss, acc: _Sums, channel_dim) -> np.ndarray:
                                "checkpoint and the input normalisation")
         grads = torch.autograd.grad(value, states, allow_unused=True)
     return np.array([0.0 if g is None else float(norm(g)) ** 2 for g in grads])
+
+
+def _scalar(scale):
+    """A branch scale as a number (1.0 for None), or None when it is not one number."""
+    if scale is None:
+        return 1.0
+    if isinstance(scale, (int, float)):
+        return float(scale)
+    if torch.is_tensor(scale) and scale.numel() == 1:
+        return float(scale.detach())
+    return None
 
 
 def _keep(x, h: torch.Tensor) -> torch.Tensor | None:
@@ -269,6 +284,29 @@ def channel_axis(t: torch.Tensor, channel_dim: int | None = None) -> int:
     return channel_dim % t.ndim
 
 
+def _channel_sums(t: torch.Tensor, c: int, keep) -> tuple:
+    """((2, C) float64 per-channel sums of t and t^2 over every axis but c, the number of
+    positions summed). The positions first, per example, accumulated in float64 without a
+    float64 copy of t (the squares through a float64 vector norm), then the examples.
+    keep: (N, T) bool of the real tokens of a (N, T, d) t, or None."""
+    if keep is not None:  # padding counts for nothing
+        if t.ndim != 3 or c != 2:
+            raise PathensError(f"an attention_mask needs a (N, T, d) stream with channels last, "
+                               f"got {tuple(t.shape)} with channel_dim {c}")
+        t = t * keep.unsqueeze(-1).to(t.dtype)
+        count = int(keep.sum())
+    else:
+        count = t.numel() // t.shape[c]
+    inner = [d for d in range(1, t.ndim) if d != c]  # the positions within an example
+    if inner:
+        s1 = t.sum(inner, dtype=torch.float64)  # (N, C)
+        s2 = torch.linalg.vector_norm(t, 2, dim=inner, dtype=torch.float64) ** 2
+    else:  # (N, C): one position per example
+        s1 = t.to(torch.float64)
+        s2 = s1 * s1
+    return torch.stack([s1.sum(0), s2.sum(0)]), count
+
+
 class _Sums:
     """Per state and kind ("stream": n + 1 states; "branch", "raw": n blocks), float64 sums
     over examples and positions of x and x^2 per channel, and the number of positions."""
@@ -280,20 +318,18 @@ class _Sums:
         self.sums = {k: [None] * (n + 1 if k == "stream" else n) for k in self.KINDS}
         self.count = {k: [0] * (n + 1 if k == "stream" else n) for k in self.KINDS}
         self.channels = [0] * (n + 1)
+        self._last_count = 0
 
-    def add(self, kind: str, i: int, t: torch.Tensor, keep, channel_dim) -> None:
-        c = channel_axis(t, channel_dim)
-        t = t.double()
-        dims = [d for d in range(t.ndim) if d != c]
-        if keep is not None:  # (N, T) real tokens: padding counts for nothing
-            if t.ndim != 3 or c != 2:
-                raise PathensError(f"an attention_mask needs a (N, T, d) stream with channels "
-                                   f"last, got {tuple(t.shape)} with channel_dim {c}")
-            t = t * keep.unsqueeze(-1)
-            count = int(keep.sum())
+    def add(self, kind: str, i: int, t: torch.Tensor, keep, channel_dim,
+            factor=None) -> torch.Tensor:
+        """Add t's per-channel sums; returns them, (2, C) float64. factor: instead of t, the
+        sums of a scalar times t, from t's (factor^2 for the squares)."""
+        if factor is not None:
+            s = torch.stack([t[0] * factor, t[1] * factor ** 2])
+            count = self._last_count
         else:
-            count = t.numel() // t.shape[c]
-        s = torch.stack([t.sum(dims), t.pow(2).sum(dims)])  # (2, C)
+            s, count = _channel_sums(t, channel_axis(t, channel_dim), keep)
+            self._last_count = count
         if self.sums[kind][i] is not None and self.sums[kind][i].shape != s.shape:
             raise PathensError(f"the {kind} at block {i} changed its channels between batches: "
                                f"{self.sums[kind][i].shape[1]} then {s.shape[1]}")
@@ -301,6 +337,7 @@ class _Sums:
         self.count[kind][i] += count
         if kind == "stream":
             self.channels[i] = s.shape[1]
+        return s
 
     def reduce(self) -> dict:
         """{kind: (mean_c m_c^2, mean_c v_c) arrays}, "positions": per stream state; summed

@@ -98,6 +98,44 @@ def test_cnn_statistics_and_gradients_match_hooks_on_the_model(kwargs):
         np.testing.assert_array_equal(r.branch_variance, r.branch_variance_unscaled)
 
 
+class LayerScaled(torch.nn.Module):
+    """x + gamma * conv(x), gamma per channel (C, 1, 1): a branch scale that is not a scalar."""
+
+    def __init__(self, c: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.gamma = torch.nn.Parameter(0.2 + torch.rand(c, 1, 1, generator=g))
+
+    def forward(self, x):
+        return x + self.gamma * self.conv(x)
+
+
+@pathens.register_block(LayerScaled)
+def _layer_scaled(block):
+    return pathens.BlockParts(branch=block.conv, scale=block.gamma)
+
+
+def test_per_channel_branch_scale():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), LayerScaled(4, 1),
+                                LayerScaled(4, 2), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 10)).double().eval()
+    x, y = batch(4, seed=6)
+    raw, hooks = [], [model[i].conv.register_forward_hook(lambda m, a, out: raw.append(out))
+                      for i in (1, 2)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    r = signal_propagation(pathens.wrap(model, example_input=x), (x, y), progress=False)
+    for i in range(2):
+        scaled = model[i + 1].gamma.detach() * raw[i]
+        assert r.branch_variance[i] == pytest.approx(stats(scaled, 1)[1], rel=TOL)
+        assert r.branch_mean_sq[i] == pytest.approx(stats(scaled, 1)[0], rel=TOL)
+        assert r.branch_variance_unscaled[i] == pytest.approx(stats(raw[i], 1)[1], rel=TOL)
+
+
 def test_grad_norm_is_path_gradients_gradient_norm():
     """The same loss and normalisation as pathens.gradients: grad_norm[0] = its norm."""
     model = small_resnet(14)
