@@ -248,9 +248,9 @@ def _math_attention():
 
 class _Linear:
     """J and J^T of f at x (E, *in_shape), per example (f acts on each example apart), as maps
-    between float64 blocks of p vectors per example, (E, d_in, p) <-> (E, d_out, p), one
-    product per column: J^T u by a backward product through f's graph, J v by a backward
-    product through the graph of u -> J^T u (built once, with create_graph)."""
+    between float64 blocks of p vectors per example, stored as rows: (E, p, d_in) <->
+    (E, p, d_out), one product per vector: J^T u by a backward product through f's graph,
+    J v by a backward product through the graph of u -> J^T u (built once, create_graph)."""
 
     def __init__(self, f, x: torch.Tensor):
         self.dtype, self.E = x.dtype, x.shape[0]
@@ -268,17 +268,17 @@ class _Linear:
         self.d_in, self.d_out = math.prod(self.in_shape[1:]), math.prod(self.out_shape[1:])
 
     def _apply(self, outputs, inputs, V, shape, d) -> torch.Tensor:
-        cols = []
-        for c in range(V.shape[2]):
+        rows = []
+        for c in range(V.shape[1]):
             got = None
             if outputs.requires_grad:
-                v = V[:, :, c].reshape(shape).to(self.dtype)
+                v = V[:, c].reshape(shape).to(self.dtype)
                 got = torch.autograd.grad(outputs, inputs, v, retain_graph=True,
                                           allow_unused=True)[0]
             # None: the product does not depend on v, the map is 0
-            cols.append(torch.zeros(self.E, d, dtype=torch.float64, device=V.device)
+            rows.append(torch.zeros(self.E, d, dtype=torch.float64, device=V.device)
                         if got is None else got.reshape(self.E, d).double())
-        return torch.stack(cols, dim=2)
+        return torch.stack(rows, dim=1)
 
     def J(self, V: torch.Tensor) -> torch.Tensor:
         return self._apply(self.g, self.u0, V, self.in_shape, self.d_out)
@@ -298,63 +298,65 @@ def _spectrum(f, x: torch.Tensor, k: int, iters: int, tol: float, gen) -> dict:
     if a <= iters:
         out = dense_svd(A, x.shape[0], a, p, k=k, device=x.device)
     else:
-        out = block_bidiagonal_svd(A, AT, x.shape[0], a, p, k=k, iters=iters, tol=tol, gen=gen,
-                                   device=x.device)
+        out = block_bidiagonal_svd(A, AT, x.shape[0], a, max(d_in, d_out), p, k=k, iters=iters,
+                                   tol=tol, gen=gen, device=x.device)
     return dict(out, in_dim=d_in, out_dim=d_out)
 
 
 def dense_svd(A, E: int, a: int, p: int, *, k: int, device=None) -> dict:
-    """Exact singular values of E maps A: R^a -> R^b (blocks (E, a, p) -> (E, b, p)), formed
-    p columns at a time: the same as block_bidiagonal_svd returns, residuals 0."""
+    """Exact singular values of E maps A: R^a -> R^b (blocks of p row vectors, (E, p, a) ->
+    (E, p, b)), formed p basis vectors at a time: what block_bidiagonal_svd returns, residuals
+    0."""
     eye = torch.eye(a, dtype=torch.float64, device=device)
-    cols = []
+    rows = []
     for start in range(0, a, p):
-        block = torch.zeros(a, p, dtype=torch.float64, device=device)
-        block[:, :min(p, a - start)] = eye[:, start:start + p]
-        cols.append(A(block.expand(E, a, p))[:, :, :min(p, a - start)])
-    S = torch.linalg.svdvals(torch.cat(cols, dim=2)).cpu().numpy()  # (E, a) descending
+        block = torch.zeros(p, a, dtype=torch.float64, device=device)
+        block[:min(p, a - start)] = eye[start:start + p]
+        rows.append(A(block.expand(E, p, a))[:, :min(p, a - start)])
+    S = torch.linalg.svdvals(torch.cat(rows, dim=1)).cpu().numpy()  # (E, a) descending
     return dict(_ends(S, np.zeros_like(S), k), iterations=a, converged=True)
 
 
-def block_bidiagonal_svd(A, AT, E: int, a: int, p: int, *, k: int, iters: int, tol: float,
-                         gen, device=None) -> dict:
-    """Block Golub-Kahan-Lanczos on E independent maps at once: A takes (E, a, p) blocks of p
-    vectors to (E, b, p) (row e: map e), AT back; a <= b. At most iters // p steps (iters
-    products per example), stopping once every top-k and bottom-k residual is <= tol x
-    sigma_max.
+def block_bidiagonal_svd(A, AT, E: int, a: int, b: int, p: int, *, k: int, iters: int,
+                         tol: float, gen, device=None) -> dict:
+    """Block Golub-Kahan-Lanczos on E independent maps M at once: A takes (E, p, a) blocks of
+    p row vectors to (E, p, b) (row e: map e), AT back; a <= b. At most iters // p steps
+    (iters products per example), stopping once every top-k and bottom-k residual is
+    <= tol x sigma_max.
 
-    M V_j = U_{j-1} S_{j-1} + U_j A_j,  M^T U_j = V_j A_j^T + V_{j+1} S_j^T  (A_j, S_j^T upper
-    triangular p x p), so M [V_1 .. V_m] = [U_1 .. U_m] B, B block upper bidiagonal.
+    In columns: M V_j = U_{j-1} S_{j-1} + U_j A_j, M^T U_j = V_j A_j^T + V_{j+1} S_j^T (A_j,
+    S_j^T upper triangular p x p), so M [V_1 .. V_m] = [U_1 .. U_m] B, B block upper
+    bidiagonal. The bases are kept as rows of (E, vectors, d) tensors, filled as they grow.
     Returns top, bottom, top_res, bottom_res ((E, k) numpy, NaN where fewer than k values),
     iterations (products per example) and converged.
     """
     steps = max(1, min(iters, a) // p)
-    scale = torch.zeros(E, dtype=torch.float64, device=device)
-    start = torch.randn(E, a, p, generator=gen, dtype=torch.float64).to(device)
-    V0, _ = _block_gs(start, [], scale, gen)
-    Vs, Us, As, Ss = [V0], [], [], []
-    U0, A0 = _block_gs(A(V0), [], scale, gen)
-    Us.append(U0)
-    As.append(A0)
+    f64 = torch.float64
+    V = torch.zeros(E, (steps + 1) * p, a, dtype=f64, device=device)
+    U = torch.zeros(E, steps * p, b, dtype=f64, device=device)
+    scale = torch.zeros(E, dtype=f64, device=device)
+    start = torch.randn(E, p, a, generator=gen, dtype=f64).to(device)
+    V[:, :p], _ = _block_gs(start, V[:, :0], scale, gen)
+    U[:, :p], A0 = _block_gs(A(V[:, :p]), U[:, :0], scale, gen)
+    As, Ss = [A0], []
     scale = _grow(scale, A0)
     ends = None
     for j in range(steps):
         last = j + 1 == steps
-        W = AT(Us[j]) - Vs[j] @ As[j].transpose(1, 2)
-        V, R = _block_gs(W, Vs, scale, gen, fresh=not last)  # W = V R: R = S_j^T
-        scale = _grow(scale, R)
+        here, after = slice(j * p, (j + 1) * p), slice((j + 1) * p, (j + 2) * p)
+        W = AT(U[:, here]) - As[j] @ V[:, here]  # rows: (V_j A_j^T)^T = A_j V_j^T
+        V[:, after], R = _block_gs(W, V[:, :(j + 1) * p], scale, gen, fresh=not last)
+        scale = _grow(scale, R)  # W = V_{j+1} R in columns: R = S_j^T
         Ss.append(R.transpose(1, 2))
         m = j + 1
         if last or (m * p >= 2 * k and (m * p <= 60 or m % max(1, 10 // p) == 0)):
             ends = _ritz(As, Ss, R, k)
             if last or ends["converged"](tol):
                 break
-        Vs.append(V)
-        P = A(V) - Us[j] @ Ss[j]
-        U, A_ = _block_gs(P, Us, scale, gen)
-        scale = _grow(scale, A_)
-        Us.append(U)
-        As.append(A_)
+        P = A(V[:, after]) - Ss[j].transpose(1, 2) @ U[:, here]  # rows of M V - U_j S_j
+        U[:, after], A_next = _block_gs(P, U[:, :(j + 1) * p], scale, gen)
+        scale = _grow(scale, A_next)
+        As.append(A_next)
     return {"top": ends["top"], "bottom": ends["bottom"], "top_res": ends["top_res"],
             "bottom_res": ends["bottom_res"], "iterations": m * p,
             "converged": ends["converged"](tol)}
@@ -362,52 +364,50 @@ def block_bidiagonal_svd(A, AT, E: int, a: int, p: int, *, k: int, iters: int, t
 
 def _grow(scale: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     """The running largest entry of the recurrence's blocks, per example: the yardstick of a
-    vanishing column."""
+    vanishing vector."""
     return torch.maximum(scale, R.abs().amax(dim=(1, 2)))
 
 
-def _block_gs(W: torch.Tensor, basis: list, scale: torch.Tensor, gen, fresh: bool = True):
-    """(Q, R) with W = Q R + (W's components along `basis`, dropped: full reorthogonalisation),
-    Q (E, d, p) orthonormal and orthogonal to every block of basis, R (E, p, p) upper
-    triangular; by Gram-Schmidt, each projection done twice. A column that vanishes (W rank-
-    deficient: an invariant subspace) gets R's diagonal 0 and a random unit vector orthogonal
-    to everything before (fresh=False: a zero vector, for a last step whose Q is not used)."""
-    E, d, p = W.shape
-    Q = torch.cat(basis, dim=2) if basis else None  # (E, d, j p)
+def _block_gs(W: torch.Tensor, Q: torch.Tensor, scale: torch.Tensor, gen, fresh: bool = True):
+    """(new rows, R): W's p rows (E, p, d) orthonormalised against the rows of Q (E, j, d)
+    (their components there dropped: full reorthogonalisation, the block projection done
+    twice), then among themselves by Gram-Schmidt (twice), so that in columns W = Q_new R, R
+    (E, p, p) upper triangular. A vector that vanishes (W rank-deficient: an invariant
+    subspace) gets R's diagonal 0 and a random unit vector orthogonal to everything before
+    (fresh=False: a zero vector, for a last step whose new rows are not used)."""
+    E, p, d = W.shape
 
-    def against(w, cols):  # w (E, d) minus its components along Q and cols; the coefficients
-        coeff = None
+    def project(w, rows):  # w (E, r, d) minus its components along rows (E, j, d), twice
+        coeff = 0.0
         for _ in range(2):
-            if Q is not None:
-                w = w - (Q @ (Q.transpose(1, 2) @ w[:, :, None]))[:, :, 0]
-            if cols:
-                C = torch.stack(cols, dim=2)
-                c = (C.transpose(1, 2) @ w[:, :, None])[:, :, 0]  # (E, len(cols))
-                w = w - (C @ c[:, :, None])[:, :, 0]
-                coeff = c if coeff is None else coeff + c
+            if rows.shape[1]:
+                c = w @ rows.transpose(1, 2)  # (E, r, j)
+                w = w - c @ rows
+                coeff = coeff + c
         return w, coeff
 
+    W, _ = project(W, Q)
     R = torch.zeros(E, p, p, dtype=torch.float64, device=W.device)
-    cols: list = []
+    new = torch.zeros(E, p, d, dtype=torch.float64, device=W.device)
     for c in range(p):
-        w, coeff = against(W[:, :, c], cols)
-        if coeff is not None:
-            R[:, :c, c] = coeff
-        n = torch.linalg.vector_norm(w, dim=1)
-        q = w / n.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+        w, coeff = project(W[:, c:c + 1], new[:, :c])  # (E, 1, d)
+        if c:
+            R[:, :c, c] = coeff[:, 0]
+        n = torch.linalg.vector_norm(w[:, 0], dim=1)
+        q = w[:, 0] / n.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
         dead = n <= 1e-12 * scale
         if dead.any():
             if fresh:
-                z = torch.randn(E, d, generator=gen, dtype=torch.float64).to(W.device)
-                z, _ = against(z, cols)
-                z = z / torch.linalg.vector_norm(z, dim=1, keepdim=True)
+                z = torch.randn(E, 1, d, generator=gen, dtype=torch.float64).to(W.device)
+                z, _ = project(project(z, Q)[0], new[:, :c])
+                z = z[:, 0] / torch.linalg.vector_norm(z[:, 0], dim=1, keepdim=True)
             else:
-                z = torch.zeros_like(w)
+                z = torch.zeros_like(q)
             q = torch.where(dead[:, None], z, q)
             n = torch.where(dead, torch.zeros_like(n), n)
         R[:, c, c] = n
-        cols.append(q)
-    return torch.stack(cols, dim=2), R
+        new[:, c] = q
+    return new, R
 
 
 def _ritz(As: list, Ss: list, R_last: torch.Tensor, k: int) -> dict:
