@@ -150,8 +150,8 @@ def _block_timings(b, h: torch.Tensor, E: int, rounds: int = 9) -> dict:
         return torch.autograd.grad(out, z, torch.ones_like(out))[0]
 
     lin = _Linear(b, h)
-    v = torch.randn(E, lin.d_in, 1, dtype=torch.float64)
-    u = torch.randn(E, lin.d_out, 1, dtype=torch.float64)
+    v = torch.randn(E, 1, lin.d_in, dtype=torch.float64)
+    u = torch.randn(E, 1, lin.d_out, dtype=torch.float64)
     runs = {"block_fb": block_fb, "jv": lambda: lin.J(v), "jtu": lambda: lin.JT(u),
             "pair": lambda: (lin.J(v), lin.JT(u))}
     t = {}

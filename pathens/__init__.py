@@ -29,10 +29,12 @@ _EXPORTS = {
     "block_influence": "importance", "angular_distance": "importance",
     "BlockInfluence": "importance", "AngularDistance": "importance",
     "influence_vs_deletion": "influence_cost", "InfluenceVsDeletion": "influence_cost",
+    "signal_propagation": "signal", "SignalPropagation": "signal",
+    "block_jacobian_spectra": "jacobian", "JacobianSpectra": "jacobian",
 }
 _MODULES = ("lesion", "paths", "report", "plots", "data", "models", "losses", "imagefolder",
             "distributed", "text", "transformer", "train_text", "importance", "zoo",
-            "user_model")
+            "user_model", "signal", "jacobian")
 
 __all__ = sorted(_EXPORTS) + list(_MODULES) + ["__version__"]
 

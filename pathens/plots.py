@@ -7,6 +7,7 @@
     plot_compare({"BatchNorm": pg_bn, "SkipInit": pg_si})               # side by side
     plot_compare_lesions({"ResNet": each_res, "plain": each_plain})      # Veit et al. Fig. 3
     plot_block_influence(c)   plot_influence_vs_deletion(c)   # ShortGPT's BI vs deletion cost
+    plot_signal_propagation({"BN": sp_bn, "SkipInit": sp_si})   # Brock et al.'s signal plots
 
 This module draws the path-length and gradient figures; the lesion figures live in
 plots_lesion.py, the Block Influence ones in plots_influence.py, what they share in
@@ -33,6 +34,7 @@ from .plots_common import axes as _axes, legend as _legend, title as _title
 from .plots_influence import plot_block_influence, plot_influence_vs_deletion
 from .plots_lesion import (plot_compare_lesions, plot_delete_each, plot_delete_random,
                            plot_reorder)
+from .plots_signal import plot_signal_propagation
 
 if TYPE_CHECKING:  # for annotations only: plots consume results, never import them
     from .gradients import PathGradients
@@ -40,7 +42,7 @@ if TYPE_CHECKING:  # for annotations only: plots consume results, never import t
 __all__ = ["plot_path_length_distribution", "plot_total_gradient", "plot_gradient_by_length",
            "plot_per_path", "plot_delete_each", "plot_delete_random", "plot_reorder",
            "plot_compare", "plot_compare_lesions", "plot_block_influence",
-           "plot_influence_vs_deletion"]
+           "plot_influence_vs_deletion", "plot_signal_propagation"]
 
 # Line style by method: the exact decomposition solid with circles, Veit's sampling dash-dot
 # with squares, so both can share one axis.
