@@ -147,9 +147,10 @@ def block_jacobian_spectra(view, x, *, k: int = 5, blocks=None, iters: int = 100
             a few examples (each is measured apart; the cost grows with their number).
     k:      how many singular values at each end.
     blocks: indices or names of the blocks to measure (None: all).
-    iters:  at most this many bidiagonalisation steps per map (one J v and one J^T u each,
-            on all the examples at once); capped at min(d_in, d_out), where the values are
-            exact.
+    iters:  at most this many products with J (and as many with J^T) per map and example,
+            rounded down to a multiple of k (at least k): iters // k block steps, each on all
+            the examples at once. Where min(d_in, d_out) <= iters the map is formed densely
+            instead (as many products) and its values are exact.
     tol:    stop early once every top-k and bottom-k value has a residual <= tol x sigma_max
             at every example.
     seed:   of the random starting vectors.

@@ -134,6 +134,7 @@ def signal_propagation(view, data, *, loss=None, batch_size: int = 256,
     batch_size: examples per pass for a pair (a loader's batches are its own); the result
               does not depend on it (to rounding).
     channel_dim: the stream's channel axis (default: 1, except for (N, T, d) streams: 2).
+    progress: a progress bar over the batches (rank 0 only).
     For dict inputs with an attention_mask, the statistics leave the padding positions out
     (the gradient norms keep every position: the loss defines them).
     """
