@@ -38,6 +38,11 @@ _EXPORTS = {
     "BlockInfluence": "measure.importance", "AngularDistance": "measure.importance",
     "influence_vs_deletion": "measure.influence_cost",
     "InfluenceVsDeletion": "measure.influence_cost",
+    "signal_propagation": "measure.signal_propagation",
+    "SignalPropagation": "measure.signal_propagation",
+    "block_jacobian_spectra": "measure.jacobian_spectra",
+    "JacobianSpectra": "measure.jacobian_spectra",
+    "singularities": "measure.singularities", "Singularities": "measure.singularities",
 }
 # public module -> where it lives: `pathens.lesion`, `import pathens.lesion` and
 # `from pathens.lesion import delete_each` all give pathens.measure.lesion
@@ -65,7 +70,10 @@ if TYPE_CHECKING:  # what the lazy names are, for editors ("go to definition") a
                                      angular_distance, block_influence)
     from .measure.influence_cost import InfluenceVsDeletion, influence_vs_deletion  # noqa: F401
     from .measure.lesion import LesionResult  # noqa: F401
+    from .measure.jacobian_spectra import JacobianSpectra, block_jacobian_spectra  # noqa: F401
     from .measure.path_gradients import PathGradients, path_gradients  # noqa: F401
+    from .measure.signal_propagation import SignalPropagation, signal_propagation  # noqa: F401
+    from .measure.singularities import Singularities, singularities  # noqa: F401
     from .models import train_text, transformer, user_model, zoo  # noqa: F401
     from .models.checkpoints import (load, load_state_dict, load_weights,  # noqa: F401
                                      save_checkpoint)

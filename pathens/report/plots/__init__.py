@@ -7,6 +7,8 @@
     plot_compare({"BatchNorm": pg_bn, "SkipInit": pg_si})               # side by side
     plot_compare_lesions({"ResNet": each_res, "plain": each_plain})      # Veit et al. Fig. 3
     plot_block_influence(c)   plot_influence_vs_deletion(c)   # ShortGPT's BI vs deletion cost
+    plot_signal_propagation({"BN": sp_bn, "SkipInit": sp_si})   # Brock et al.'s signal plots
+    plot_singularities({"ResNet": s_res, "plain": s_plain})     # Orhan & Pitkow's singularities
 
 One module per measurement family: gradients.py (path lengths, gradient by length),
 lesion.py, influence.py; what they share in common.py; all importable from here. Each
@@ -22,8 +24,11 @@ from .gradients import (plot_compare, plot_gradient_by_length, plot_path_length_
                         plot_per_path, plot_total_gradient)
 from .influence import plot_block_influence, plot_influence_vs_deletion
 from .lesion import plot_compare_lesions, plot_delete_each, plot_delete_random, plot_reorder
+from .signal import plot_signal_propagation
+from .singularities import plot_singularities
 
 __all__ = ["plot_path_length_distribution", "plot_total_gradient", "plot_gradient_by_length",
            "plot_per_path", "plot_delete_each", "plot_delete_random", "plot_reorder",
            "plot_compare", "plot_compare_lesions", "plot_block_influence",
-           "plot_influence_vs_deletion", "FIGURES", "figure_of"]
+           "plot_influence_vs_deletion", "plot_signal_propagation", "plot_singularities",
+           "FIGURES", "figure_of"]

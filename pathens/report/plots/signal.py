@@ -1,0 +1,136 @@
+"""Signal propagation plots (Brock, De & Smith 2021) and gradient norms by block, from
+SignalPropagation results (pathens.signal), several networks on one figure:
+
+    plot_signal_propagation({"BN": sp_bn, "SkipInit": sp_si})    # 4 panels
+    plot_signal_propagation(sp, panels=("variance",), ax=ax)      # one panel on a given Axes
+
+Panels: "mean_sq" (average channel squared mean of the stream), "variance" (average channel
+variance of the stream), "branch" (the residual branch output's average channel variance,
+a_i * R_i: what is added to the shortcut), "grad" (||dL/dx_i||). The stream and gradient are
+drawn at states 0..n (the input of each block, then the last block's output), the branch at
+blocks 0..n-1. Downsampling blocks (transitions) are marked by vertical dotted lines. A
+y axis is logarithmic when its values span more than SPREAD x (symmetric-log when some are
+<= 0, e.g. a SkipInit branch at alpha = 0). Results in, figures out: no torch.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+from ...errors import PathensError
+from .common import DOWNSAMPLING_COLOR
+from .common import title as set_title
+
+__all__ = ["PANELS", "plot_signal_propagation"]
+
+SPREAD = 30.0  # values spanning more than this factor get a logarithmic axis
+
+# panel -> (field of the result, y label, drawn at states 0..n (True) or blocks 0..n-1)
+PANELS = {
+    "mean_sq": ("channel_mean_sq", "avg. channel squared mean", True),
+    "variance": ("channel_variance", "avg. channel variance", True),
+    "branch": ("branch_variance", "residual branch: avg. channel variance", False),
+    "grad": ("grad_norm", "gradient norm ||dL/dx_i||", True),
+}
+_STYLES = [{"color": c, "marker": m} for c, m in
+           (("tab:blue", "o"), ("tab:orange", "s"), ("tab:green", "^"), ("tab:purple", "D"),
+            ("tab:brown", "v"), ("tab:pink", "P"), ("tab:olive", "X"), ("tab:cyan", "*"))]
+
+
+def plot_signal_propagation(results, *, labels: Sequence[str] | None = None, ax=None,
+                            panels: Sequence[str] = tuple(PANELS), title: str | None = None):
+    """One curve per network in each panel, against the block index.
+
+    results: a SignalPropagation, a list of them (labels= names them; default "network 1",
+        ...), or a {label: result} mapping.
+    ax: None (a new figure, one Axes per panel side by side in rows of two), or as many Axes
+        as panels (a single Axes for one panel).
+    panels: which of PANELS to draw, in order.
+    Returns the Figure.
+    """
+    named = _named(results, labels)
+    panels = list(panels)
+    unknown = [p for p in panels if p not in PANELS]
+    if unknown or not panels:
+        raise PathensError(f"panels must be some of {', '.join(PANELS)}, got {panels!r}")
+    if ax is None:
+        cols = min(2, len(panels))
+        rows = -(-len(panels) // cols)
+        fig, grid = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False,
+                                 layout="constrained")
+        axs = list(grid.ravel())
+        for extra in axs[len(panels):]:
+            extra.remove()
+        axs = axs[:len(panels)]
+    else:
+        axs = list(np.ravel(np.asarray(ax, dtype=object)))
+        if len(axs) != len(panels):
+            raise PathensError(f"ax must hold one Axes per panel ({len(panels)}), got {len(axs)}")
+        fig = axs[0].figure
+    for a, panel in zip(axs, panels):
+        _panel(a, panel, named)
+    if title:
+        if ax is None:
+            fig.suptitle(title, fontsize=11)
+        else:
+            set_title(axs[0], title)
+    return fig
+
+
+def _named(results, labels) -> list:
+    if isinstance(results, Mapping):
+        if labels is not None:
+            raise PathensError("labels= goes with a list of results, not a mapping (its keys "
+                               "are the labels)")
+        pairs = list(results.items())
+    else:
+        items = list(results) if isinstance(results, (list, tuple)) else [results]
+        if labels is None:
+            labels = [f"network {j + 1}" for j in range(len(items))] if len(items) > 1 else [None]
+        if len(labels) != len(items):
+            raise PathensError(f"{len(labels)} labels for {len(items)} results")
+        pairs = list(zip(labels, items))
+    if not pairs:
+        raise PathensError("plot_signal_propagation needs at least one result")
+    for _, r in pairs:
+        if not hasattr(r, "channel_variance") or not hasattr(r, "grad_norm"):
+            raise PathensError(f"plot_signal_propagation takes SignalPropagation results, got "
+                               f"{type(r).__name__}")
+    return pairs
+
+
+def _panel(ax, panel: str, named: list) -> None:
+    key, ylabel, states = PANELS[panel]
+    values, transitions = [], set()
+    for j, (label, r) in enumerate(named):
+        y = np.asarray(getattr(r, key), float)
+        x = np.arange(len(y))
+        ok = np.isfinite(y)
+        ax.plot(x[ok], y[ok], ms=3.5, lw=1.2, label=label, **_STYLES[j % len(_STYLES)])
+        values.append(y[ok])
+        transitions.update(i for i, d in enumerate(r.downsample) if d)
+    for k, i in enumerate(sorted(transitions)):
+        ax.axvline(i, color=DOWNSAMPLING_COLOR, ls=":", lw=1.0,
+                   label="downsampling block" if k == 0 else None)
+    _scale(ax, np.concatenate(values) if values else np.zeros(0))
+    ax.set_xlabel("block index" + (" (n: the last block's output)" if states else ""))
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=7)
+
+
+def _scale(ax, v: np.ndarray) -> None:
+    """Logarithmic when the finite values span more than SPREAD x (symmetric-log when some are
+    <= 0), else linear."""
+    mags = np.abs(v[v != 0])
+    if len(mags) < 2 or mags.max() <= SPREAD * mags.min():
+        return
+    if (v > 0).all():
+        ax.set_yscale("log")
+    else:
+        ax.set_yscale("symlog", linthresh=float(mags.min()))
