@@ -47,10 +47,10 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-import pathens
-from pathens.measure.jacobian_spectra import _Linear, block_jacobian_spectra
-from pathens.models.modes import recalibrate_batchnorm
-from pathens.measure.signal_propagation import signal_propagation
+import pathens  # noqa: E402
+from pathens.measure.jacobian_spectra import _Linear, block_jacobian_spectra  # noqa: E402
+from pathens.models.modes import recalibrate_batchnorm  # noqa: E402
+from pathens.measure.signal_propagation import signal_propagation  # noqa: E402
 
 REALDATA = Path(os.environ.get("PATHENS_REALDATA") or ROOT.parent / "shared" / "realdata")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # akamaster's normalisation

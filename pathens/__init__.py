@@ -51,7 +51,7 @@ _MODULES = {
     "plots": "report.plots", "data": "data", "models": "models", "losses": "data.losses",
     "imagefolder": "data.imagefolder", "distributed": "distributed", "text": "data.text",
     "transformer": "models.transformer", "train_text": "models.train_text",
-    "importance": "measure.importance", "zoo": "models.zoo", "user_model": "models.user_model",
+    "importance": "measure.importance", "zoo": "zoo", "user_model": "zoo.user_model",
 }
 
 __all__ = sorted(_EXPORTS) + list(_MODULES) + ["__version__"]
@@ -74,7 +74,9 @@ if TYPE_CHECKING:  # what the lazy names are, for editors ("go to definition") a
     from .measure.path_gradients import PathGradients, path_gradients  # noqa: F401
     from .measure.signal_propagation import SignalPropagation, signal_propagation  # noqa: F401
     from .measure.singularities import Singularities, singularities  # noqa: F401
-    from .models import train_text, transformer, user_model, zoo  # noqa: F401
+    from . import zoo  # noqa: F401
+    from .models import train_text, transformer  # noqa: F401
+    from .zoo import user_model  # noqa: F401
     from .models.checkpoints import (load, load_state_dict, load_weights,  # noqa: F401
                                      save_checkpoint)
     from .models.cifar import cifar_resnet  # noqa: F401

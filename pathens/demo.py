@@ -22,7 +22,7 @@ from .errors import PathensError
 from .models.cifar import cifar_resnet
 from .models.train import train
 from .view.residual_view import wrap
-from .models.zoo.record import file_sha256
+from .zoo.record import file_sha256
 
 # name -> (cifar_resnet arguments, train arguments). One recipe for all four: at depth 110 a
 # warm-up and gradient clipping keep both BN and SkipInit (no normalisation) from diverging.

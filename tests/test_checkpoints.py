@@ -80,7 +80,8 @@ def test_shape_mismatch_is_reported(strict):
     msg = one_line_error(akamaster_checkpoint(20), load_weights, model=cifar_resnet(20, width=32), strict=strict)
     assert "conv1.weight: checkpoint (16, 3, 3, 3) vs model (32, 3, 3, 3)" in msg
     assert "missing keys 0" in msg and "unexpected keys 0" in msg
-    n_shaped = sum(1 for k in cifar_resnet(20).state_dict() if not k.endswith("num_batches_tracked")) - 1  # linear.bias fits
+    n_shaped = sum(1 for k in cifar_resnet(20).state_dict()
+                   if not k.endswith("num_batches_tracked")) - 1  # linear.bias fits
     assert f"shape mismatches {n_shaped} (" in msg
 
 

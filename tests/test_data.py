@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pathens.data.datasets import DATASETS, DEBIAN_FASHION_MNIST, NORMALIZATIONS, dataset_info, digits_split, load_dataset, load_npz, normalize_images, read_idx
+from pathens.data.datasets import (DATASETS, DEBIAN_FASHION_MNIST, NORMALIZATIONS, dataset_info,
+                                   digits_split, load_dataset, load_npz, normalize_images, read_idx)
 from pathens.errors import PathensError
 from realdata import REALDATA, load_cifar_npz, requires_realdata
 

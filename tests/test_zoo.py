@@ -17,7 +17,8 @@ from torch import nn
 import pathens
 from nets import randomize_bn
 from pathens import paths
-from pathens.measure.linearize import Autograd, AutogradTransposes, autograd_blocks, autograd_note, linearize, note_autograd_blocks
+from pathens.measure.linearize import (Autograd, AutogradTransposes, autograd_blocks, autograd_note,
+                                      linearize, note_autograd_blocks)
 from test_linearize import block_inputs, check_block
 
 timm = pytest.importorskip("timm")

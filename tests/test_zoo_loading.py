@@ -338,7 +338,9 @@ def test_hf_bad_folders(tmp_path):
     assert "no_such_type" in msg
     msg = one_line(zoo.build, f"hf:{write_config(tmp_path / 'noarch', model_type='resnet')}")
     assert "architectures" in msg
-    msg = one_line(zoo.build, f"hf:{write_config(tmp_path / 'custom', model_type='resnet', architectures=['MyCustomNet'], auto_map={'AutoModel': 'm.MyCustomNet'})}")
+    folder = write_config(tmp_path / 'custom', model_type='resnet', architectures=['MyCustomNet'],
+                          auto_map={'AutoModel': 'm.MyCustomNet'})
+    msg = one_line(zoo.build, f"hf:{folder}")
     assert "MyCustomNet" in msg and "never runs" in msg and "--model" in msg
     # a folder's own code (auto_map) is never run, nor asked about
     remote = write_config(tmp_path / "remote", model_type="mything", architectures=["MyThing"],

@@ -10,8 +10,7 @@ import argparse
 import math
 
 from ..errors import PathensError
-from ..checks import (MAX_CONDITIONS, MAX_ENUMERATE_BLOCKS, MAX_PATHS_BLOCKS, MAX_SAMPLES,
-                      MAX_SEED)
+from ..checks import MAX_CONDITIONS, MAX_ENUMERATE_BLOCKS, MAX_PATHS_BLOCKS, MAX_SAMPLES, MAX_SEED
 from ..version import __version__
 
 EPILOG = ("Exit codes: 0 success, 2 bad input (a one-line message), 1 internal error or a\n"

@@ -381,8 +381,3 @@ def _counts(counts: list, top: int, flag: str, why: str) -> list:
     if not counts or max(counts) > top:  # no counts: top is 0
         raise PathensError((f"{flag} {max(counts)} is too many: " if counts else "") + why)
     return counts
-
-
-def _with(args, **changes):
-    import argparse
-    return argparse.Namespace(**{**vars(args), **changes})

@@ -23,10 +23,7 @@ from ..errors import PathensError
 from ..data.inputs import batch_len, take, to_model
 from ..models.train import check_device
 from ..view.residual_view import wrap
-from ..models.zoo import ARCH_FLAGS  # the flags that shape an --arch resnetD
-
-# Flags that shape a pathens CIFAR ResNet given as --arch resnetD; None / False: not given.
-DATA_KINDS = ("imagefolder", "text")  # besides the named datasets and .npz files
+from ..zoo import ARCH_FLAGS  # the flags that shape an --arch resnetD
 
 
 def build_cifar(what: str, **kw) -> torch.nn.Module:
@@ -48,7 +45,8 @@ def flags(args) -> dict:
 def load_model(args, checkpoint, device):
     """(model in eval mode on device, metadata dict) for one checkpoint (or None with
     --model), as the flags say."""
-    from ..models import user_model, zoo
+    from ..zoo import user_model
+    from .. import zoo
     spec, arch, shaped = getattr(args, "model", None), getattr(args, "arch", None), flags(args)
     if spec and (arch or shaped):
         raise PathensError("--model builds the network itself: drop --arch and its flags")

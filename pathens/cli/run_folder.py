@@ -29,7 +29,6 @@ SWEEPS = "sweeps"  # subfolder of resumable sweep files (one row per finished co
 CONFIG = "config.json"  # the run's command and settings (commands add what they learn later)
 
 
-
 def check_out(out, *, run: dict, force: bool = False, resume=None) -> Path:
     """Refuse an --out that cannot take `run`'s results, touching nothing: a file (or a path
     under one), a folder we may not write into, a folder holding results (unless force, or
@@ -51,7 +50,6 @@ def check_out(out, *, run: dict, force: bool = False, resume=None) -> Path:
                            f"--force to overwrite them" + (" or --resume to continue its sweeps"
                                                           if can_resume else ""))
     return out
-
 
 
 @contextlib.contextmanager
@@ -95,12 +93,6 @@ def _open_out(out, *, run: dict, force: bool = False, resume=None, holder: str =
             if force and (out / SWEEPS).is_dir():
                 shutil.rmtree(out / SWEEPS)
         yield out
-
-
-def prepare_out(out, *, run: dict, force: bool = False, resume=None) -> Path:
-    """open_out without the lock, for a caller that writes the folder at once and alone."""
-    with open_out(out, run=run, force=force, resume=resume) as path:
-        return path
 
 
 def holds_results(out) -> bool:
@@ -187,6 +179,3 @@ def _check_same_run(out: Path, run: dict) -> None:
             raise PathensError(f"--out {out} holds a `pathens {run['command']}` run with other "
                                f"settings ({flag}: {then.get(key)!r} there, {now.get(key)!r} "
                                f"now): resume with the same settings, or {fix}")
-
-
-

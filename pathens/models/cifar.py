@@ -1,6 +1,7 @@
 """CIFAR ResNets (He et al. 2016a/b) with the options pathens compares: BatchNorm, SkipInit
-(De & Smith 2020), Fixup (Zhang, Dauphin & Ma 2019) or no normalisation; option-A (zero-pad) or option-B (projection) shortcuts;
-post- or pre-activation blocks; and the plain network with no shortcuts at all (Veit et al.).
+(De & Smith 2020), Fixup (Zhang, Dauphin & Ma 2019) or no normalisation; option-A (zero-pad)
+or option-B (projection) shortcuts; post- or pre-activation blocks; and the plain network with
+no shortcuts at all (Veit et al.).
 
 Every block follows one protocol, which the rest of pathens relies on:
 

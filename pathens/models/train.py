@@ -182,8 +182,8 @@ def train(model: nn.Module, train_data, *, epochs: int, lr: float = 0.1, momentu
     norm is clipped to it before each step (steadies deep networks without normalisation).
     seed: torch.manual_seed(seed), and a torch.Generator seeded with it draws the shuffling and
     the augmentation, so a run is reproducible bit for bit on the same machine and device.
-    eval_data: evaluated after every epoch. log: a function called with one line per epoch (e.g. print). The model ends in
-    eval mode, on `device`. Raises PathensError if the loss becomes NaN or infinite.
+    eval_data: evaluated after every epoch. log: a function called with one line per epoch
+    (e.g. print). The model ends in eval mode, on `device`. Raises PathensError if the loss becomes NaN or infinite.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise PathensError(f"epochs must be a positive integer, got {epochs!r}")

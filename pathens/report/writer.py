@@ -32,8 +32,8 @@ from ..errors import PathensError
 from ..io import save_figure, write_text
 from ..measure.registry import result_names
 from ..results import csv_text
-from .markdown import (EXACT_VS_SAMPLED, LESION_DEPTH, LM_METRICS,
-                       depth_table, fmt, listed, num_layers, perplexity, section, unit_of)
+from .markdown import (EXACT_VS_SAMPLED, LESION_DEPTH, LM_METRICS, depth_table, fmt, listed,
+                       num_layers, perplexity, section, unit_of)
 
 __all__ = ["write"]
 

@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from .block import Block
-from ..adapters import (ModelParts, find_adapter, find_model_adapter,
-                        registered_classes, split_block)
+from ..adapters import ModelParts, find_adapter, find_model_adapter, registered_classes, split_block
 from ..errors import PathensError, WrapError
 from ..data.inputs import main_tensor
 from ..data.losses import get_loss

@@ -13,7 +13,8 @@
 One module per measurement family: gradients.py (path lengths, gradient by length),
 lesion.py, influence.py; what they share in common.py; all importable from here. Each
 function takes `ax=None` (a new figure when None) and `title=None` (the Axes' title when
-given: the caller knows which model it shows), draws labelled axes with a legend, returns the Figure and never calls plt.show().
+given: the caller knows which model it shows), draws labelled axes with a legend, returns the
+Figure and never calls plt.show().
 Results in, figures out: no torch, no computation beyond normalising what the results hold.
 Lesion rows whose value is NaN (non-finite outputs) are left out and counted in the legend's
 title. A legend entry is the label the caller gave, followed by the method ("(exact)",

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
-from .. import checkpoints
-from ...errors import CheckpointError
+from ..models import checkpoints
+from ..errors import CheckpointError
 from .record import file_sha256
 
 

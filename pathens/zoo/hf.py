@@ -18,8 +18,8 @@ import re
 from collections import OrderedDict
 from pathlib import Path
 
-from .. import checkpoints
-from ...errors import CheckpointError, PathensError
+from ..models import checkpoints
+from ..errors import CheckpointError, PathensError
 from . import weights as weights_mod
 from .extras import require
 from .record import file_sha256
@@ -83,7 +83,7 @@ def _config(transformers, arch: str, path: Path):
 
 def _model_class(transformers, arch: str, config, raw: dict):
     """The class config.json names, if transformers has it and pathens can wrap it."""
-    from ... import adapters
+    from .. import adapters
     names = getattr(config, "architectures", None) or []
     if not names:
         raise PathensError(f"{arch}: config.json names no model class (its 'architectures' list is "

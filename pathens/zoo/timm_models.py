@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 
-from ...errors import PathensError
+from ..errors import PathensError
 from .extras import require
 
 # what of pretrained_cfg the eval transform depends on

@@ -22,7 +22,7 @@ def file_sha256(path) -> str:
 
 def versions(*libraries: str) -> dict:
     """{"python", "pathens", "torch", and each library named that is imported: its version}."""
-    from ...version import __version__
+    from ..version import __version__
     out = {"python": sys.version.split()[0], "pathens": str(__version__)}
     for name in ("torch", *libraries):
         module = sys.modules.get(name) or _try_import(name)

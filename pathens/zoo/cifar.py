@@ -4,7 +4,7 @@ flags norm, shortcut, preact, plain, width, num_classes and in_channels; the siz
 which is how the public akamaster checkpoints load with only --arch resnet56."""
 from __future__ import annotations
 
-from ...errors import PathensError
+from ..errors import PathensError
 
 # ImageNet ResNet depths that are not 6n+2: `resnet50` is almost surely meant as torchvision's
 # or timm's, so the error points there.
@@ -27,7 +27,7 @@ def size(given, state, key: str, dim: int, default: int) -> int:
 
 def build(arch: str, state, flags: dict):
     """(CifarResNet, meta) for arch = resnetD / cifar_resnetD; meta is the builder's config."""
-    from ..cifar import cifar_resnet
+    from ..models.cifar import cifar_resnet
     depth, get = depth_of(arch), flags.get
     try:
         model = cifar_resnet(depth, norm=get("norm", "bn"), shortcut=get("shortcut", "A"),

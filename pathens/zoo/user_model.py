@@ -33,8 +33,8 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import PathensError
-from .zoo import weights as weights_mod
-from .zoo.record import file_sha256, versions
+from . import weights as weights_mod
+from .record import file_sha256, versions
 
 _FORM = "FILE.py:FUNCTION or package.module:FUNCTION (the function that returns the model)"
 
@@ -59,7 +59,9 @@ def parse(spec: str) -> tuple[str, str]:
         raise PathensError(f"model spec {spec!r} has no ':FUNCTION': use {_FORM}")
     target, _, function = spec.rpartition(":")  # rpartition: a Windows drive's colon stays left
     if not target or not function.isidentifier():
-        raise PathensError(f"model spec {spec!r}: {'the function name ' + repr(function) + ' is not a Python name' if target else 'no file or module before the colon'}: use {_FORM}")
+        what = (f"the function name {function!r} is not a Python name" if target else
+                "no file or module before the colon")
+        raise PathensError(f"model spec {spec!r}: {what}: use {_FORM}")
     return target, function
 
 

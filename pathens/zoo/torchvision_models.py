@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 
-from ...errors import PathensError
+from ..errors import PathensError
 from .extras import require
 
 _FAMILIES = ("torchvision.models.resnet", "torchvision.models.vision_transformer")

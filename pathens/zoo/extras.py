@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from ...errors import PathensError
+from ..errors import PathensError
 
 # library -> what to install for it (timm also brings safetensors; the hf extra includes it)
 EXTRAS = {

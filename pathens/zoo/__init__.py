@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Optional
 
-from ...errors import PathensError
+from ..errors import PathensError
 
 # Flags that shape a network (the command line's --norm ... --in-channels); None / False: not
 # given. All shape pathens's CIFAR ResNets; the others accept the ones they can use.
