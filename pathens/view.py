@@ -304,7 +304,7 @@ def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
     The check runs in eval mode (BatchNorm on running statistics, no dropout); the model's
     train/eval state is restored afterwards.
     """
-    from . import proof, tracing
+    from . import proof, tracing, transitions
 
     if isinstance(model, ResidualView):
         return model
@@ -349,7 +349,8 @@ def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
     with eval_mode(model), torch.no_grad():
         record = proof.record(model, modules, probe)
         blocks = proof.build_blocks(model, modules, split, [names.get(id(m), "?") for m in modules],
-                                    record, stem, probe, rtol)
+                                    record, stem, probe, rtol, transitions.check(
+                                        parts.transitions, len(modules), type(model).__name__))
         output = record.output
         view = ResidualView(model, stem, blocks, parts.head,
                             input_shape=tuple(main_tensor(probe).shape[1:]),
