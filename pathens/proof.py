@@ -52,8 +52,8 @@ def default_probe(model: nn.Module, param: torch.Tensor):
         shape = (2, cfg["input_size"][0], *size) if size else (2, *cfg["input_size"])
     elif isinstance(getattr(model, "image_size", None), int):  # torchvision VisionTransformer
         shape = (2, 3, model.image_size, model.image_size)
-    elif type(model).__module__.startswith("torchvision.models") and hasattr(model, "conv1"):
-        shape = (2, model.conv1.in_channels, 64, 64)
+    elif type(model).__module__.startswith("torchvision.models"):  # image classifiers
+        shape = (2, getattr(getattr(model, "conv1", None), "in_channels", 3), 64, 64)
     else:
         raise WrapError(f"pathens cannot guess an input for {type(model).__name__}; pass "
                         f"example_input=<a batch of inputs> to pathens.wrap")

@@ -159,7 +159,8 @@ def note(cls: str, chain: ResidualChain, kinds: tuple, why: str) -> Optional[str
     msg = (f"{cls}: {n} of its {n + lead + between + tail} blocks are residual ({why}); the "
            f"{lead + between + tail} others have no shortcut and are folded, {', '.join(where)}: "
            f"the view has {n} residual blocks (2^{n} paths)")
-    warnings.warn(msg, FoldedLayers, stacklevel=3)
+    # note <- the family's split <- its model adapter <- wrap <- the caller of wrap
+    warnings.warn(msg, FoldedLayers, stacklevel=5)
     return msg
 
 

@@ -346,6 +346,15 @@ def test_stage_transitions_are_folded_into_the_next_block():
     assert names and not any("downsample" in n for n in names)
 
 
+@pytest.mark.parametrize("name", ["tv-regnety", "tv-convnext", "tv-swin", "tv-mobilenetv3"])
+def test_torchvision_models_have_a_default_probe(name):
+    model = family(name)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FoldedLayers)
+        view = pathens.wrap(model)  # 64 x 64 images: torchvision's classifiers take 3 channels
+    assert view.input_shape == (3, 64, 64) and view.num_blocks == BLOCKS[name]
+
+
 def test_inverted_residuals_say_how_many_blocks_are_residual():
     model, view, notes = family("tv-mobilenetv2")
     blocks = [m for m in model.features if isinstance(m, tv_v2.InvertedResidual)]
@@ -355,6 +364,11 @@ def test_inverted_residuals_say_how_many_blocks_are_residual():
     assert notes[0].startswith("MobileNetV2: 11 of its 17 blocks are residual")
     assert "the 6 others have no shortcut and are folded" in notes[0]
     assert "(2^11 paths)" in notes[0]
+    with warnings.catch_warnings(record=True) as caught:  # said at the caller's wrap
+        warnings.simplefilter("always")
+        pathens.wrap(model, example_input=images(2))
+    said = [w for w in caught if issubclass(w.category, FoldedLayers)]
+    assert len(said) == 1 and said[0].filename == __file__
     assert family("timm-convnext")[2] == []  # stage transitions are not worth a warning
 
 
