@@ -388,12 +388,16 @@ def test_folded_inverted_residuals_keep_closed_form_transposes():
 
 
 def test_regnetx_is_closed_form_and_regnety_says_its_se():
-    torch.manual_seed(0)
-    model = perturb(timm_regnet("regnetx_002"))
-    view = pathens.wrap(model, example_input=images(2))
-    assert autograd_blocks(view) == {}
-    for b, xb in zip(view.blocks, block_inputs(view, images(2))):
-        check_block(b, xb)
+    """RegNetX (no SE): conv-BN-ReLU branches and 1x1 projections, transposed in closed form,
+    each VJP equal to autograd on the block (timm's and torchvision's)."""
+    x_params = tv_rg.BlockParams.from_init_params(depth=4, w_0=8, w_a=8, w_m=2, group_width=8)
+    for build in (lambda: timm_regnet("regnetx_002"),
+                  lambda: tv_rg.RegNet(x_params, num_classes=10, stem_width=8)):
+        torch.manual_seed(0)
+        view = pathens.wrap(perturb(build()), example_input=images(2))
+        assert view.num_blocks > 3 and autograd_blocks(view) == {}
+        for b, xb in zip(view.blocks, block_inputs(view, images(2))):
+            check_block(b, xb)
     assert set(autograd_blocks(family("timm-regnety")[1]).values()) == {"SEModule in the branch"}
     assert set(autograd_blocks(family("tv-regnety")[1]).values()) == {
         "SqueezeExcitation in the branch"}
