@@ -101,6 +101,11 @@ class ModelParts:
     loss:     the loss analyses use by default: "classification" ((N, C) logits, (N,) labels)
               or "next_token" ((N, T, V) logits of a language model, targets the token ids).
     vocab_size, max_length: for token-id inputs: checked before any work.
+    transitions: {i: layer} for layers without a shortcut that the model runs between block
+              module i-1 and block module i (a ConvNeXt or Swin stage's downsampling, an
+              inverted residual that changes the width): module i's input is layer(output of
+              module i-1). `wrap` checks that on the probe and folds the layer into the first
+              block of module i, its shortcut and its branch alike (pathens/transitions.py).
     """
 
     blocks: Sequence[nn.Module]
@@ -111,6 +116,7 @@ class ModelParts:
     vocab_size: Optional[int] = None
     max_length: Optional[int] = None
     info: dict = field(default_factory=dict)
+    transitions: dict = field(default_factory=dict)
 
 
 BlockAdapter = Callable[[nn.Module], Union[BlockParts, Sequence[BlockParts]]]
@@ -152,9 +158,12 @@ it unless registered themselves. Models without one are traced with torch.fx."""
 # first time a module of that package is looked up (the library is then already imported).
 _FAMILIES = {
     "pathens": ("pathens_models",),
-    "torchvision": ("torchvision", "torchvision_vit"),
-    "timm": ("timm_resnet", "timm_vit"),
-    "transformers": ("hf_gpt2", "hf_bert", "hf_resnet", "hf_decoder", "hf_encoders"),
+    "torchvision": ("torchvision", "torchvision_vit", "torchvision_convnext", "torchvision_swin",
+                    "torchvision_regnet", "torchvision_mobile", "torchvision_densenet"),
+    "timm": ("timm_resnet", "timm_vit", "timm_convnext", "timm_swin", "timm_regnet",
+             "timm_efficientnet", "timm_nfnet", "timm_densenet"),
+    "transformers": ("hf_gpt2", "hf_bert", "hf_resnet", "hf_decoder", "hf_encoders", "hf_convnext",
+                     "hf_swin"),
 }
 _loaded: set = set()
 unavailable: dict[str, str] = {}  # family file -> why it could not load (e.g. an old library)

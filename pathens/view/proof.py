@@ -21,6 +21,7 @@ from ..errors import WrapError
 from ..data.inputs import batch_len, call_model, describe, logits_of, tensors, to_model
 from ..adapters.calls import block_call
 from .block import Block, owner
+from ..adapters.transitions import fold
 
 
 def check_probe(model: nn.Module, probe, param: torch.Tensor):
@@ -51,8 +52,8 @@ def default_probe(model: nn.Module, param: torch.Tensor):
         shape = (2, cfg["input_size"][0], *size) if size else (2, *cfg["input_size"])
     elif isinstance(getattr(model, "image_size", None), int):  # torchvision VisionTransformer
         shape = (2, 3, model.image_size, model.image_size)
-    elif type(model).__module__.startswith("torchvision.models") and hasattr(model, "conv1"):
-        shape = (2, model.conv1.in_channels, 64, 64)
+    elif type(model).__module__.startswith("torchvision.models"):  # image classifiers
+        shape = (2, getattr(getattr(model, "conv1", None), "in_channels", 3), 64, 64)
     else:
         raise WrapError(f"pathens cannot guess an input for {type(model).__name__}; pass "
                         f"example_input=<a batch of inputs> to pathens.wrap")
@@ -122,8 +123,10 @@ def _identity(parts, x: torch.Tensor) -> tuple[bool, str]:
 
 
 def build_blocks(model, modules: list, split: list, names: list, rec: Record, stem, probe,
-                 rtol) -> list:
-    """The view's blocks, each checked against what the model computed on the probe."""
+                 rtol, transitions: Optional[dict] = None) -> list:
+    """The view's blocks, each checked against what the model computed on the probe.
+    transitions: {i: layer} computing module i's input from module i-1's output, folded into
+    module i's first block (transitions.py)."""
     out = stem(probe)
     h, ctx = out if isinstance(out, tuple) else (out, None)
     cls = type(model).__name__
@@ -133,10 +136,19 @@ def build_blocks(model, modules: list, split: list, names: list, rec: Record, st
     blocks = []
     for li, (m, parts_list, name) in enumerate(zip(modules, split, names)):
         x = rec.inputs[id(m)]
-        if li and not close(x, rec.outputs[id(modules[li - 1])], rtol):
+        if li in (transitions or {}):
+            prev = rec.outputs[id(modules[li - 1])]
+            if not close(transitions[li](prev), x, rtol):
+                raise WrapError(f"the transition the adapter names before {name} does not compute "
+                                f"its input from the output of {names[li - 1]}; fix the model "
+                                f"adapter for {cls}")
+            parts_list = [fold(transitions[li], parts_list[0]), *parts_list[1:]]
+            x = prev
+        elif li and not close(x, rec.outputs[id(modules[li - 1])], rtol):
             raise WrapError(f"the blocks of {cls} do not form a chain: the chain breaks between "
                             f"{names[li - 1]} and {name} (the input of {name} is not the output of "
                             f"{names[li - 1]}); pathens needs stem -> block -> ... -> block -> head")
+        x_in = x  # what the module's blocks read
         for j, p in enumerate(parts_list):
             sub = p.name or (str(j) if len(parts_list) > 1 else "")
             ident, how = _identity(p, x)
@@ -151,17 +163,17 @@ def build_blocks(model, modules: list, split: list, names: list, rec: Record, st
             blocks.append(replace(b, out_shape=tuple(y.shape[1:])))
             x = y
         if not close(x, rec.outputs[id(m)], rtol):
-            raise WrapError(_mismatch(m, name, parts_list, rec, ctx, rtol))
+            raise WrapError(_mismatch(m, name, parts_list, x_in, rec, ctx, rtol))
     return blocks
 
 
-def _mismatch(m, name: str, parts_list: list, rec: Record, ctx, rtol) -> str:
+def _mismatch(m, name: str, parts_list: list, x, rec: Record, ctx, rtol) -> str:
     fix = f"fix the adapter registered for {owner(m)}"
     if len(parts_list) > 1:
         subs = ", ".join(p.name or str(j) for j, p in enumerate(parts_list))
         return (f"module {name} ({type(m).__name__}): its {len(parts_list)} blocks ({subs}), "
                 f"composed, do not reproduce its output; {fix}")
-    p, x = parts_list[0], rec.inputs[id(m)]
+    p = parts_list[0]
     hint = ""
     if p.residual:
         r = p.branch(x, ctx) if p.context else p.branch(x)

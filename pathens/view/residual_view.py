@@ -223,6 +223,7 @@ def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
     train/eval state is restored afterwards.
     """
     from . import proof, tracing
+    from ..adapters import transitions
 
     if isinstance(model, ResidualView):
         return model
@@ -267,7 +268,8 @@ def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
     with eval_mode(model), torch.no_grad():
         record = proof.record(model, modules, probe)
         blocks = proof.build_blocks(model, modules, split, [names.get(id(m), "?") for m in modules],
-                                    record, stem, probe, rtol)
+                                    record, stem, probe, rtol, transitions.check(
+                                        parts.transitions, len(modules), type(model).__name__))
         output = record.output
         view = ResidualView(model, stem, blocks, parts.head,
                             input_shape=tuple(main_tensor(probe).shape[1:]),
