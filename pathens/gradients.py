@@ -122,8 +122,9 @@ def path_gradients(view, inputs, targets=None, *, method: str = "exact", loss=No
                 with the number of examples. Moved to the model's device (float inputs to its
                 dtype: float64 models give float64 results).
     method:     "exact" (one sweep, no sampling error) or "sampled" (Veit's protocol).
-    loss:       "classification", "next_token", fn(logits, targets) -> mean loss, or None:
-                the view's own (a language model's is "next_token").
+    loss:       "classification", "next_token", "next_token_aligned" (targets already shifted,
+                nanoGPT's (x, y)), fn(logits, targets) -> mean loss, or None: the view's own
+                (a language model's is "next_token").
     tol:        exact only: drop a length's component once its norm is below tol x the largest
                 (1e-6 makes the sweep nearly linear in n); 0 = exact. In [0, 1).
     components: also return the gradient vectors by length (memory: (n+1) x inputs).
