@@ -72,7 +72,17 @@ class Classification(Loss):
     name, unit = "classification", "examples"
 
     def check(self, targets, inputs, num_outputs):
-        from .inputs import batch_len
+        from .inputs import batch_len, is_tokens, main_tensor
+        ids = main_tensor(inputs)
+        if (torch.is_tensor(targets) and targets.ndim == 2 and is_tokens(inputs)
+                and targets.shape == ids.shape and not targets.is_floating_point()):
+            raise PathensError(
+                f"targets of shape {tuple(targets.shape)}, the token inputs' own, are next-token "
+                f"targets, but the loss is 'classification' ((N,) class indices: the default of "
+                f"a model wrapped without a model adapter naming its loss): pass "
+                f"loss='next_token' (targets = the inputs, (ids, ids)) or "
+                f"loss='next_token_aligned' (targets already shifted), or have the model's "
+                f"adapter (pathens.register_model) return ModelParts(..., loss='next_token')")
         targets = _integer_targets(targets, (batch_len(inputs),), "integer class indices")
         lo, hi = int(targets.min()), int(targets.max())
         if lo < 0 or hi >= num_outputs:
