@@ -82,7 +82,8 @@ class Classification(Loss):
                 f"a model wrapped without a model adapter naming its loss): pass "
                 f"loss='next_token' (targets = the inputs, (ids, ids)) or "
                 f"loss='next_token_aligned' (targets already shifted), or have the model's "
-                f"adapter (pathens.register_model) return ModelParts(..., loss='next_token')")
+                f"adapter (pathens.register_model) return ModelParts(..., loss='next_token'); "
+                f"per-token classes need loss=fn(logits, targets)")
         targets = _integer_targets(targets, (batch_len(inputs),), "integer class indices")
         lo, hi = int(targets.min()), int(targets.max())
         if lo < 0 or hi >= num_outputs:

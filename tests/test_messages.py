@@ -112,6 +112,14 @@ def test_context_is_read_only_when_unambiguous():
     assert infer_context(Two(7, 9)) is None  # two sizes: nothing claimed
     assert infer_context(nn.Sequential(nn.Embedding(5, 3))) is None  # no position in its name
 
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed_positions = nn.Embedding(12, 4)
+            self.transposed = nn.Parameter(torch.zeros(3, 4))  # "pos" inside a word: not one
+
+    assert infer_context(Named()) == 12
+
 
 class Ordered(FxGPT):
     pass
