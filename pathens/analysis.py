@@ -135,7 +135,8 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
                         architecture, checkpoint; dataset, split); default
                         {"class": <the model's class>} and {}.
     loss:               "classification", "next_token" (a language model: position t predicts
-                        token t+1; lesion rows count tokens and give the perplexity), a function
+                        token t+1; lesion rows count tokens and give the perplexity),
+                        "next_token_aligned" (targets already shifted: nanoGPT's (x, y)), a function
                         fn(logits, targets) -> mean loss (no error rate), or None: the view's
                         own ("next_token" for language models).
     unit:               what the lesions and the Block Influence take as one: "block" (each

@@ -113,7 +113,9 @@ def test_a_timm_model_on_an_image_folder(capsys, tmp_path):
         for i in range(3):
             Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
                 tmp_path / "val" / f"c{c}" / f"{i}.png")
-    model = timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
+    # zero_init_last=False: timm's default zeroes every branch's end, all gradient at length 0
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=3,
+                              zero_init_last=False).eval()
     torch.save(model.state_dict(), tmp_path / "r10.pth")
     out = tmp_path / "grad"
     code, _, err = run(capsys, "gradients", tmp_path / "r10.pth", "--arch", "timm:resnet10t",
@@ -125,6 +127,7 @@ def test_a_timm_model_on_an_image_folder(capsys, tmp_path):
     ref = pathens.path_gradients(pathens.wrap(model, example_input=next(iter(loader))[0][:2]),
                                  loader, progress=False)
     np.testing.assert_allclose(got["total"], ref.total, rtol=1e-5)
+    assert np.count_nonzero(ref.total) == len(ref.total)  # every length carries some
     assert got["config"]["data"]["image_size"] == 32
 
 

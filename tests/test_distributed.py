@@ -1,5 +1,7 @@
 """torch.distributed: two processes (gloo, on the CPU) give exactly the numbers one process
-gives: lesion sweeps (errors and counts equal, losses to rounding), exact and sampled path
+gives: lesion sweeps (errors and counts equal, losses to rounding; sweeps of more than one
+group of 16 conditions written to files, several batches per rank, unequal shards; the command
+line under torchrun on the bundled checkpoints and all their data), exact and sampled path
 gradients; rank 0 alone writes; a rank killed mid-sweep loses nothing that resume cannot
 finish, and nothing is counted twice."""
 from __future__ import annotations
@@ -48,6 +50,46 @@ def measure(out: Path) -> dict:
                 sampled_se=sampled.per_path_se.tolist(), sampled_norm=sampled.gradient_norm)
 
 
+# ---- sweeps as users run them: more than one group of 16, files, several batches ----------
+
+M = 13  # examples: two ranks hold 6 and 7, in batches of 3: 2 batches on rank 0, 3 on rank 1
+
+
+def sweeps(out: Path) -> dict:
+    """delete_each, delete_random and reorder with out= and the default groups of 16, each with
+    more than 16 conditions (so more than one group), in batches of 3."""
+    torch.set_num_threads(1)
+    view = pathens.wrap(small_resnet(38, **VARIANTS[4][1]))  # 18 blocks: 19 conditions each
+    x, y = batch(M, seed=4)
+    kw = dict(progress=False, batch_size=3)
+    got = dict(each=lesion.delete_each(view, (x, y), out=out / "each.csv", **kw),
+               rand=lesion.delete_random(view, (x, y), ks=[1, 2, 4], trials=6, seed=5,
+                                         out=out / "rand.csv", **kw),
+               swap=lesion.reorder(view, (x, y), swaps=[1, 3], trials=9, seed=5,
+                                   out=out / "swap.csv", **kw))
+    return {k: [[r["condition"], r["errors"], r["n"], r["loss"]] for r in res.rows]
+            for k, res in got.items()}
+
+
+def check_sweeps(one: dict, dir_one: Path, dir_two: Path) -> None:
+    """The rows of sweeps() on two ranks (their rank{r}.json in dir_two) and the files rank 0
+    wrote are one process's."""
+    assert all(len(rows) > 16 for rows in one.values()), {k: len(v) for k, v in one.items()}
+    for rank in (0, 1):  # every rank holds every row, as one process computes it
+        got = json.loads((dir_two / f"rank{rank}.json").read_text())["sweeps"]
+        for key, rows in one.items():
+            assert [r[:3] for r in got[key]] == [r[:3] for r in rows], (rank, key)
+            assert all(r[2] == M for r in got[key])  # both shards counted, each once
+            np.testing.assert_allclose([r[3] for r in got[key]], [r[3] for r in rows],
+                                       rtol=1e-12, err_msg=f"rank {rank} {key}")
+    for name in ("each.csv", "rand.csv", "swap.csv"):  # rank 0's file: one process's file
+        a, b = sweep_rows(dir_two / "many" / name), sweep_rows(dir_one / "many" / name)
+        assert len(a) == len(b) > 16 and len({r["condition"] for r in a}) == len(a)
+        for ra, rb in zip(a, b):
+            assert float(ra.pop("loss")) == pytest.approx(float(rb.pop("loss")), rel=1e-12)
+            assert ra == rb
+
+
 def _join(rank, world, init, timeout=60):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init}", rank=rank,
                                          world_size=world, timeout=timedelta(seconds=timeout))
@@ -56,12 +98,14 @@ def _join(rank, world, init, timeout=60):
 def _worker(rank, world, init, out):
     _join(rank, world, init)
     result = measure(Path(out))
+    result["sweeps"] = sweeps(Path(out) / "many")
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(result, default=float))
     torch.distributed.destroy_process_group()
 
 
 def test_two_processes_give_the_numbers_of_one(tmp_path):
     one = measure(tmp_path / "one")
+    one_sweeps = sweeps(tmp_path / "one" / "many")
     two = tmp_path / "two"
     two.mkdir()
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(two)), nprocs=2, join=True)
@@ -81,6 +125,8 @@ def test_two_processes_give_the_numbers_of_one(tmp_path):
     for ra, rb in zip(a, b):
         assert float(ra.pop("loss")) == pytest.approx(float(rb.pop("loss")), rel=1e-12)
         assert ra == rb
+    # sweeps of more than one group of 16, written to files, several batches per rank
+    check_sweeps(one_sweeps, tmp_path / "one", two)
 
 
 def _dies(rank, world, init, out):
@@ -183,3 +229,37 @@ def test_more_processes_on_a_node_than_gpus_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(pathens.PathensError, match="4 processes on this node but 2 GPUs"):
         distributed.init_from_env("cuda")
+
+
+
+def test_torchrun_on_a_bundled_checkpoint_with_its_full_data(tmp_path, capsys):
+    """What users run: the bundled ResNet-56s on all 359 digits test images, sweeps of more
+    than 16 conditions (28 single deletions; 18 reorderings) under torchrun, printed (the
+    tables said once, by rank 0) and --quiet (nothing said), the default batches (one per rank)
+    and batches of 64 (three per rank, the last ones unequal): every row one process's."""
+    from cli_helpers import run
+
+    from pathens.demo import bundled_dir
+    runs = [(("lesion", bundled_dir() / "bn_resnet56.pt", "--data", "digits", "--ks", "2",
+              "--trials", "2", "--seed", "3"), {"delete_each.csv": 28, "delete_random.csv": 3}),
+            (("reorder", bundled_dir() / "skipinit_resnet56.pt", "--data", "digits", "--swaps",
+              "1", "2", "--trials", "9", "--batch-size", "64", "--quiet"), {"reorder.csv": 19})]
+    for i, (args, names) in enumerate(runs):
+        one, two = tmp_path / f"one{i}", tmp_path / f"two{i}"
+        code, said, _ = run(capsys, *args, "--out", one)
+        assert code == 0
+        done = torchrun(*args, "--out", two)
+        assert done.returncode == 0, done.stderr[-2000:]
+        if "--quiet" in args:
+            assert done.stdout == "" and said == ""
+        else:  # the same printout, once
+            mine = [line for line in said.splitlines() if not line.startswith("wrote ")]
+            theirs = [line for line in done.stdout.splitlines() if not line.startswith("wrote ")]
+            assert theirs == mine and said.count("intact error") == 1
+        for name, count in names.items():
+            a, b = sweep_rows(two / "sweeps" / name), sweep_rows(one / "sweeps" / name)
+            assert len(a) == len(b) == count, (name, len(a))
+            for ra, rb in zip(a, b):
+                assert ra["n"] == "359"
+                assert float(ra.pop("loss")) == pytest.approx(float(rb.pop("loss")), rel=1e-5)
+                assert ra == rb

@@ -5,6 +5,11 @@ or tokens for a language model), so that batches, chunks and ranks add up exactl
     "next_token":     logits (N, T, V) of a language model, targets (N, T) token ids (the
                       inputs themselves); position t predicts token t+1, targets of -100 (and
                       positions an attention mask marks as padding) are ignored; items = tokens.
+    "next_token_aligned": the same loss with targets already shifted, as nanoGPT-style code
+                      makes them (y[:, t] = x[:, t+1]): position t predicts targets[:, t].
+                      Each loss refuses the other's targets (next_token: targets equal to the
+                      inputs shifted by one; aligned: targets equal to the inputs), which would
+                      score every position against the token two ahead, or against itself.
     a callable:       fn(logits, targets) -> the mean loss over the batch's examples; items =
                       examples; no error rate.
 
@@ -67,7 +72,18 @@ class Classification(Loss):
     name, unit = "classification", "examples"
 
     def check(self, targets, inputs, num_outputs):
-        from .inputs import batch_len
+        from .inputs import batch_len, is_tokens, main_tensor
+        ids = main_tensor(inputs)
+        if (torch.is_tensor(targets) and targets.ndim == 2 and is_tokens(inputs)
+                and targets.shape == ids.shape and not targets.is_floating_point()):
+            raise PathensError(
+                f"targets of shape {tuple(targets.shape)}, the token inputs' own, are next-token "
+                f"targets, but the loss is 'classification' ((N,) class indices: the default of "
+                f"a model wrapped without a model adapter naming its loss): pass "
+                f"loss='next_token' (targets = the inputs, (ids, ids)) or "
+                f"loss='next_token_aligned' (targets already shifted), or have the model's "
+                f"adapter (pathens.register_model) return ModelParts(..., loss='next_token'); "
+                f"per-token classes need loss=fn(logits, targets)")
         targets = _integer_targets(targets, (batch_len(inputs),), "integer class indices")
         lo, hi = int(targets.min()), int(targets.max())
         if lo < 0 or hi >= num_outputs:
@@ -102,6 +118,12 @@ class NextToken(Loss):
         targets = _integer_targets(targets, tuple(ids.shape), "token ids")
         if ids.shape[1] < 2:
             raise PathensError("loss='next_token' needs sequences of at least 2 tokens")
+        if _shifted_once(ids, targets):
+            raise PathensError(
+                "the targets are the inputs shifted by one token (targets[:, t] == inputs[:, "
+                "t+1], as nanoGPT's (x, y)), but loss='next_token' shifts the targets itself "
+                "(pass the inputs as targets: (ids, ids)); for targets already aligned with the "
+                "positions, pass loss='next_token_aligned'")
         valid = targets[targets != IGNORE]
         if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_outputs):
             raise PathensError(f"targets hold token ids {int(valid.min())}..{int(valid.max())} "
@@ -134,6 +156,63 @@ class NextToken(Loss):
         errors = int(((lg.argmax(dim=-1) != tg) & valid).sum())
         nonfinite = int((~torch.isfinite(lg).all(dim=-1) & valid).sum())
         return errors, float(self.sum(logits, targets)), int(valid.sum()), nonfinite
+
+
+def _agree(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """a == b wherever a is not IGNORE, and a holds some target."""
+    valid = a != IGNORE
+    return bool(valid.any()) and bool(((a == b.to(a.device)) | ~valid).all())
+
+
+def _shifted_once(ids: torch.Tensor, targets: torch.Tensor) -> bool:
+    """True when every row of targets is its row of ids shifted left by one token
+    (targets[:, t] == ids[:, t+1]) and targets are not ids themselves (a row of one repeated
+    token is both: ambiguous, and not refused)."""
+    return _agree(targets[:, :-1], ids[:, 1:]) and not _agree(targets, ids)
+
+
+class NextTokenAligned(NextToken):
+    """loss="next_token_aligned": the next-token loss with targets already aligned with the
+    logits, as nanoGPT-style code makes (x, y) with y = x shifted by one: position t predicts
+    targets[:, t], nothing is shifted. Items are the targets that are not IGNORE (with an
+    attention mask: at positions that are tokens and whose next position is one too); the last
+    position's target lies beyond the window, so every position counts (T items per row where
+    loss="next_token" on (x, x) counts T - 1)."""
+
+    name, unit = "next_token_aligned", "tokens"
+
+    def check(self, targets, inputs, num_outputs):
+        from .inputs import main_tensor
+        ids = main_tensor(inputs)
+        if ids.ndim != 2:
+            raise PathensError(f"loss='next_token_aligned' needs token ids of shape (N, T), got "
+                               f"inputs of shape {tuple(ids.shape)}")
+        targets = _integer_targets(targets, tuple(ids.shape), "token ids")
+        if _agree(targets, ids) and not _agree(targets[:, :-1], ids[:, 1:]):
+            raise PathensError(
+                "the targets are the inputs themselves, but loss='next_token_aligned' takes "
+                "targets already shifted (targets[:, t] == inputs[:, t+1]): each position would "
+                "predict its own token; for (ids, ids) pass loss='next_token', which shifts them")
+        valid = targets[targets != IGNORE]
+        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_outputs):
+            raise PathensError(f"targets hold token ids {int(valid.min())}..{int(valid.max())} "
+                               f"but the model's vocabulary has {num_outputs} (0..{num_outputs - 1})")
+        mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+        if mask is not None:  # padding predicts nothing, and a token followed by padding has
+            pad = mask == 0   # no next token
+            targets = targets.masked_fill(pad, IGNORE)
+            targets[:, :-1] = targets[:, :-1].masked_fill(pad[:, 1:], IGNORE)
+        if not (targets != IGNORE).any():
+            raise PathensError("loss='next_token_aligned': no token has a target to predict")
+        return targets
+
+    def count(self, targets):
+        return int((targets != IGNORE).sum())
+
+    @staticmethod
+    def _shift(logits, targets):
+        _expect(logits, 3, "(N, T, vocabulary) logits", "next_token_aligned")
+        return logits, targets
 
 
 class CallableLoss(Loss):
@@ -169,7 +248,8 @@ def _expect(logits, ndim, what, name):
                                                        else ""))
 
 
-LOSSES = {"classification": Classification, "next_token": NextToken}
+LOSSES = {"classification": Classification, "next_token": NextToken,
+          "next_token_aligned": NextTokenAligned}
 
 
 def get_loss(spec: Union[str, Callable, Loss, None], default: str = "classification") -> Loss:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PathensError
+from .remote_code import refuse_folder_code
 
 # Pure-Python modules present (as single files) from Python 3.9 on, alphabetical: ~2.2 MB.
 STDLIB_MODULES = (
@@ -112,13 +113,15 @@ class HFTokenizer(Tokenizer):
         if not self.folder.is_dir():
             raise PathensError(f"tokenizer folder {self.folder} does not exist (or is not a "
                                f"folder): pass a Hugging Face model folder holding a tokenizer")
+        refuse_folder_code(self.folder)  # before transformers could ask to run it
         try:
             from transformers import AutoTokenizer
         except ImportError:
             raise PathensError("a Hugging Face tokenizer needs transformers: pip install "
                                "transformers") from None
         try:
-            self.tok = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+            self.tok = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True,
+                                                     trust_remote_code=False)  # never prompt
         except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, ...
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise PathensError(f"no tokenizer could be loaded from {self.folder} ({first[:120]}): "

@@ -75,8 +75,11 @@ class EffectiveDepth(Result):
         """One line saying what the number is, with its interval (used by repr and reports)."""
         lo, hi = self.interval
         if self.source != "lesion":
+            zero = self.details.get("zero_gradient")
             return (f"{self.source}: {self.depth:.2f} of {self.num_blocks} blocks; "
-                    f"{self.level:.0%} in lengths {lo}..{hi}, {self.path_fraction:.3%} of paths")
+                    f"{self.level:.0%} in lengths {lo}..{hi}, {self.path_fraction:.3%} of paths"
+                    + ("; every branch passes zero gradient back (zero-initialised branch ends)"
+                       if zero else ""))
         d = self.details
         trials = "/".join(map(str, sorted(set(d["trials"]))))
         unit = d.get("unit", "block")
@@ -154,8 +157,15 @@ def effective_depth(result, *, level: float = 0.9, quantity: str = "magnitude",
             raise PathensError("effective_depth needs every length 0..n measured; this sampled "
                                "result has only some (drop lengths= to measure all)")
         w = result.total ** 2 if quantity == "energy" else result.total
-        return from_distribution(w, level=level, source="gradients",
-                                 details=dict(method=result.method, quantity=quantity))
+        zero = result.config.get("zero_gradient")  # a degenerate profile (zero_gradient.py)
+        if np.isfinite(w).all() and not np.any(w):
+            raise PathensError("no gradient-based effective depth: the gradient is zero at every "
+                               "path length: " + (zero or "the loss gradient at the first "
+                                                  "block's input is exactly zero"))
+        details = dict(method=result.method, quantity=quantity)
+        if zero:
+            details["zero_gradient"] = zero
+        return from_distribution(w, level=level, source="gradients", details=details)
     if isinstance(result, BranchVariance):
         return from_distribution(result.distribution, level=level, source="variance",
                                  details=dict(ratios=result.ratios.tolist()))

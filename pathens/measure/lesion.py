@@ -152,8 +152,9 @@ def evaluate(view, data, *, deleted: Sequence = (), order: Optional[Sequence[int
 
     data: an (inputs, targets) pair (cut into batches of batch_size) or a DataLoader (or any
     re-iterable) of (inputs, targets) batches; moved to the model's device and dtype.
-    loss: "classification", "next_token" (a language model: n counts tokens) or a function;
-    None: the view's own.
+    loss: "classification", "next_token" (a language model: n counts tokens; targets the inputs),
+    "next_token_aligned" (targets already shifted, nanoGPT's (x, y)) or a function; None: the
+    view's own.
     """
     view = wrap(view)
     data = Data(view, data, batch_size, loss)  # checks data first: the commonest mistake
@@ -220,8 +221,9 @@ _COMMON = """
                  sublayers apart) or "layer" (each module with all its blocks: whole
                  transformer layers); k counts units.
     loss:        "classification", "next_token" (a language model: errors and n count
-                 tokens, loss is the mean next-token loss, perplexity its exp), a function
-                 fn(logits, targets) -> mean loss, or None: the view's own.
+                 tokens, loss is the mean next-token loss, perplexity its exp),
+                 "next_token_aligned" (the same with targets already shifted: nanoGPT's
+                 (x, y)), a function fn(logits, targets) -> mean loss, or None: the view's own.
     out:         a .csv or .jsonl file: each finished condition is appended as it completes;
                  re-running the same sweep with the same out resumes (conditions on disk are
                  not recomputed); a file from a different sweep (settings, model, or data:

@@ -32,6 +32,7 @@ from .. import distributed, combinatorics as _paths
 from ..data.batches import Data
 from ..errors import PathensError
 from ..data.inputs import batch_len, call_model, logits_of, take
+from . import zero_gradient
 from .linearize import branch_parameters, linearize, note_autograd_blocks
 from ..models.modes import eval_mode
 from ..results import Result
@@ -122,8 +123,9 @@ def path_gradients(view, inputs, targets=None, *, method: str = "exact", loss=No
                 with the number of examples. Moved to the model's device (float inputs to its
                 dtype: float64 models give float64 results).
     method:     "exact" (one sweep, no sampling error) or "sampled" (Veit's protocol).
-    loss:       "classification", "next_token", fn(logits, targets) -> mean loss, or None:
-                the view's own (a language model's is "next_token").
+    loss:       "classification", "next_token", "next_token_aligned" (targets already shifted,
+                nanoGPT's (x, y)), fn(logits, targets) -> mean loss, or None: the view's own
+                (a language model's is "next_token").
     tol:        exact only: drop a length's component once its norm is below tol x the largest
                 (1e-6 makes the sweep nearly linear in n); 0 = exact. In [0, 1).
     components: also return the gradient vectors by length (memory: (n+1) x inputs).
@@ -243,11 +245,13 @@ def _exact(view, data, tol, want_components, want_params, check, progress, confi
     sq = torch.zeros(n + 1, dtype=torch.float64)  # sum over batches of ||G_k||^2 (disjoint rows)
     full_sq = err_sq = 0.0  # ||g||^2 and ||sum_k G_k - g||^2, g by the model's own autograd
     items, examples, comps, param_sums = 0, 0, [], None
+    head_sq = 0.0  # ||gradient at the head's input||^2: zero for a zero head (zero_gradient.py)
     total = data.num_batches * n if data.num_batches else None
     bar = tqdm(total=total, desc="exact sweep", unit="block", leave=False,
                disable=not (progress and distributed.is_writer()))
     for xb, yb in data:
         lins, g = _forward(view, xb, yb, data.loss, 1.0, params=want_params)
+        head_sq += float(norm(g) ** 2)
         G, P = exact_sweep(lins, g, tol=tol, with_params=want_params, on_block=bar.update)
         zero = next(c for c in G if c is not None)
         G = [torch.zeros_like(zero) if c is None else c for c in G]
@@ -267,8 +271,8 @@ def _exact(view, data, tol, want_components, want_params, check, progress, confi
             param_sums = _add_param_parts(param_sums, P)
     bar.close()
     # sums over disjoint examples: over ranks too (identity in one process)
-    *sq, full_sq, err_sq, items, examples = distributed.all_sum([*sq.tolist(), full_sq, err_sq,
-                                                                 items, examples])
+    *sq, full_sq, err_sq, items, examples, head_sq = distributed.all_sum(
+        [*sq.tolist(), full_sq, err_sq, items, examples, head_sq])
     items, examples = int(items), int(examples)
     if items == 0:
         raise PathensError("data is empty: it yielded no examples")
@@ -287,13 +291,14 @@ def _exact(view, data, tol, want_components, want_params, check, progress, confi
     residual = (math.sqrt(err_sq / full_sq) if full_sq > 0 else 0.0) if check else math.nan
     config = dict(config, num_examples=examples, items=items,
                   check="model's own autograd" if check else None)
-    return PathGradients(
+    return zero_gradient.note(PathGradients(
         method="exact", num_blocks=n, lengths=np.arange(n + 1), counts=counts, total=totals,
         per_path=totals / counts, per_path_se=np.full(n + 1, np.nan),
         samples=np.zeros(n + 1, dtype=int), gradient_norm=math.sqrt(full_sq) / items,
         residual=residual, config=config,
         components=torch.cat(comps, 1) / items if want_components else None,
-        param_norms=param_norms, param_components=param_components if want_params else None)
+        param_norms=param_norms, param_components=param_components if want_params else None),
+        head_sq, exact_lengths=tol == 0, stacklevel=4)
 
 
 def _add_param_parts(acc, parts):
@@ -318,6 +323,7 @@ def _sampled(view, data, samples_per_length, lengths, seed, batch_size, want_com
     rng = np.random.default_rng(seed)  # the same paths on every rank, whatever their number
     norms = np.zeros((samples_per_length, len(lengths)))
     mean = m2 = None  # Welford running mean and sum of squared deviations of the vectors
+    head_sq = 0.0  # ||gradient at the head's input||^2 over the rounds (zero_gradient.py)
     rounds = tqdm(range(samples_per_length), desc="sampled paths", unit="round", leave=False,
                   disable=not (progress and distributed.is_writer()))
     for r in rounds:
@@ -325,12 +331,14 @@ def _sampled(view, data, samples_per_length, lengths, seed, batch_size, want_com
         # summed loss: the squared norms of disjoint rows add up over ranks, then / items.
         xb, yb = next(batches)
         masks = np.stack([_paths.sample_paths(n, int(k), 1, seed=rng)[0] for k in lengths])
-        sq, grads = np.zeros(len(lengths)), None
+        sq, grads, hsq = np.zeros(len(lengths)), None, 0.0
         if yb is not None:
             lins, g = _forward(view, xb, yb, data.loss, 1.0)
             grads = sampled_sweep(lins, g, masks)
-            sq = np.array([float(norm(v)) ** 2 for v in grads])
-        *sq, items = distributed.all_sum([*sq, 0 if yb is None else data.loss.count(yb)])
+            sq, hsq = np.array([float(norm(v)) ** 2 for v in grads]), float(norm(g) ** 2)
+        *sq, items, hsq = distributed.all_sum([*sq, 0 if yb is None else data.loss.count(yb),
+                                               hsq])
+        head_sq += hsq
         norms[r] = np.sqrt(sq) / items
         if want_components:
             v = torch.stack(grads) / items
@@ -347,13 +355,13 @@ def _sampled(view, data, samples_per_length, lengths, seed, batch_size, want_com
     # sampling error: its repeats differ only by rounding, so its standard error is 0.
     deterministic = (counts == 1) & fixed
     per_path[deterministic], se[deterministic] = norms[0, deterministic], 0.0
-    return PathGradients(
+    return zero_gradient.note(PathGradients(
         method="sampled", num_blocks=n, lengths=lengths, counts=counts, total=counts * per_path,
         per_path=per_path, per_path_se=se, samples=np.full(len(lengths), samples_per_length),
         gradient_norm=_gradient_norm(view, data), config=config,
         components=mean if want_components else None,
         components_se=(m2 / (samples_per_length - 1)).sqrt() / math.sqrt(samples_per_length)
-        if want_components else None)
+        if want_components else None), head_sq, stacklevel=4)
 
 
 def _measurement_batches(data, batch_size, rng):

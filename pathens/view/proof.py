@@ -10,7 +10,7 @@ to be the identity or not here, from what it does to the probe.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -64,16 +64,19 @@ def default_probe(model: nn.Module, param: torch.Tensor):
 @dataclass
 class Record:
     """What the model computed on the probe: per block module (by id), its stream input and
-    output; and the model's logits."""
+    output; the model's logits; and the block modules' ids in the order the model ran them."""
     inputs: dict
     outputs: dict
     output: torch.Tensor
+    called: list = field(default_factory=list)
 
 
 def record(model: nn.Module, modules: list, probe) -> Record:
-    inputs, outputs, handles = {}, {}, []
+    inputs, outputs, handles, called = {}, {}, [], []
 
     def hook(module, args, kwargs, out):
+        if id(module) not in inputs:
+            called.append(id(module))
         inputs[id(module)] = block_call(module, args, kwargs)[0]
         outputs[id(module)] = out if torch.is_tensor(out) else out[0]
 
@@ -97,7 +100,7 @@ def record(model: nn.Module, modules: list, probe) -> Record:
         raise WrapError(f"{type(model).__name__} gives outputs that are not finite (NaN or inf) "
                         f"on the probe: nothing can be proved on it; check the weights, or pass "
                         f"another example_input=")
-    return Record(inputs, outputs, output)
+    return Record(inputs, outputs, output, called)
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rtol: Optional[float]) -> bool:
@@ -130,6 +133,7 @@ def build_blocks(model, modules: list, split: list, names: list, rec: Record, st
     out = stem(probe)
     h, ctx = out if isinstance(out, tuple) else (out, None)
     cls = type(model).__name__
+    _check_order(cls, modules, names, rec)
     if not close(h, rec.inputs[id(modules[0])], rtol):
         raise WrapError(f"the stem of {cls} (everything before {names[0]}) does not reproduce "
                         f"the model on the probe")
@@ -167,7 +171,23 @@ def build_blocks(model, modules: list, split: list, names: list, rec: Record, st
     return blocks
 
 
+def _check_order(cls: str, modules: list, names: list, rec: Record) -> None:
+    """Blocks listed in another order than the model runs them (a model adapter's mistake) are
+    named as such, before the stem is compared with the first one listed."""
+    listed = [id(m) for m in modules]
+    if len(set(listed)) != len(listed) or rec.called == listed or \
+            sorted(rec.called) != sorted(listed):
+        return
+    name_of = dict(zip(listed, names))
+    i = next(i for i, (a, b) in enumerate(zip(listed, rec.called)) if a != b)
+    raise WrapError(f"the blocks of {cls} are listed in another order than its forward runs "
+                    f"them: {names[i]} is listed at position {i}, where the model runs "
+                    f"{name_of[rec.called[i]]}; list the blocks in the order the model calls "
+                    f"them (ModelParts(blocks=...) in the model adapter registered for {cls})")
+
+
 def _mismatch(m, name: str, parts_list: list, x, rec: Record, ctx, rtol) -> str:
+
     fix = f"fix the adapter registered for {owner(m)}"
     if len(parts_list) > 1:
         subs = ", ".join(p.name or str(j) for j, p in enumerate(parts_list))

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .block import Block
-from ..adapters import ModelParts, find_adapter, find_model_adapter, registered_classes, split_block
+from ..adapters import ModelParts, find_adapter, find_model_adapter, split_block
 from ..errors import PathensError, WrapError
 from ..data.inputs import main_tensor
 from ..data.losses import get_loss
@@ -243,7 +243,7 @@ def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
                             f"a pathens.ModelParts, got {type(parts).__name__}")
         source = f"model adapter for {type(model).__name__}"
     else:
-        parts = tracing.fx_parts(model, _block_modules(model))
+        parts = tracing.fx_parts(model, _block_modules(model, example_input))
         source = "torch.fx"
     names = {id(m): n for n, m in model.named_modules()}
     modules = list(parts.blocks)
@@ -274,14 +274,22 @@ def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
         view = ResidualView(model, stem, blocks, parts.head,
                             input_shape=tuple(main_tensor(probe).shape[1:]),
                             num_outputs=output.shape[-1], loss=parts.loss,
-                            vocab_size=parts.vocab_size, max_length=parts.max_length,
+                            vocab_size=parts.vocab_size,
+                            max_length=parts.max_length or _context(model, probe),
                             source=source)
         get_loss(view.loss)  # a model adapter naming an unknown loss fails here, not later
         proof.check_head(view, record, probe, rtol)
     return view
 
 
-def _block_modules(model: nn.Module) -> list:
+def _context(model: nn.Module, probe) -> Optional[int]:
+    """A token model's context from its position embedding, when no adapter states it."""
+    from .context_length import infer_context
+    from .inputs import is_tokens
+    return infer_context(model) if is_tokens(probe) else None
+
+
+def _block_modules(model: nn.Module, example_input=None) -> list:
     """The outermost modules of the model that a block adapter splits (not nested ones)."""
     found, inside = [], set()
     for name, m in model.named_modules():
@@ -290,14 +298,9 @@ def _block_modules(model: nn.Module) -> list:
         if find_adapter(m) is not None:
             found.append(m)
             inside.add(name)
-    if not found:
-        known = sorted({name.rsplit(".", 1)[-1] for name in registered_classes()})
-        shown = ", ".join(known[:8]) + (f" and {len(known) - 8} more" if len(known) > 8 else "")
-        raise WrapError(
-            f"{type(model).__name__} has no residual blocks pathens knows ({shown}): register "
-            f"your block class with pathens.register_block (and, if torch.fx cannot trace the "
-            f"model, the model with pathens.register_model), e.g. in a file that the command "
-            f"line loads with --model FILE.py:FUNCTION")
+    if not found:  # every family pathens supports, and whether the model adds at all
+        from .no_blocks import message
+        raise WrapError(message(model, example_input))
     return found
 
 
