@@ -285,7 +285,7 @@ def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
 def _context(model: nn.Module, probe) -> Optional[int]:
     """A token model's context from its position embedding, when no adapter states it."""
     from .context_length import infer_context
-    from .inputs import is_tokens
+    from ..data.inputs import is_tokens
     return infer_context(model) if is_tokens(probe) else None
 
 
