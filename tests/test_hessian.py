@@ -352,3 +352,40 @@ def test_a_transformer_sublayer_and_the_next_token_loss():
         torch.cat([full[n].detach().reshape(-1) for n in names])).detach()
     np.testing.assert_allclose(r.eigenvalues, torch.linalg.eigvalsh(H).flip(0)[:2], rtol=1e-6)
     assert r.num_items == 3 * 7 and r.config["loss"] == "mean next_token over tokens"
+
+
+# ---- torch.distributed: two processes give the numbers of one ---------------------------------
+
+def _two_ranks_measure() -> dict:
+    torch.set_num_threads(1)
+    view = pathens.wrap(small_resnet(8, width=2, shortcut="B"))
+    x, y = batch(11, size=6, seed=3)  # odd: the ranks hold 5 and 6 examples
+    r = hessian(view, (x, y), top_k=2, tol=1e-10, trace_probes=3, density_probes=1,
+                lanczos_steps=8, batch_size=4, progress=False)
+    return dict(eigenvalues=r.eigenvalues.tolist(), trace=r.trace_samples.tolist(),
+                nodes=r.nodes[0].tolist(), weights=r.weights[0].tolist(), loss=r.loss,
+                examples=r.num_examples, norm=r.gradient_norm)
+
+
+def _two_ranks_worker(rank, world, init, out):
+    from datetime import timedelta
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init}", rank=rank,
+                                         world_size=world, timeout=timedelta(seconds=60))
+    import json
+    from pathlib import Path
+    Path(out, f"rank{rank}.json").write_text(json.dumps(_two_ranks_measure()))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_processes_give_the_numbers_of_one(tmp_path):
+    import json
+    import torch.multiprocessing as mp
+    one = _two_ranks_measure()
+    mp.spawn(_two_ranks_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+             join=True)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["examples"] == one["examples"] == 11
+        for key in ("eigenvalues", "trace", "nodes", "weights", "loss", "norm"):
+            np.testing.assert_allclose(got[key], one[key], rtol=1e-10, atol=1e-12,
+                                       err_msg=f"rank {rank} {key}")
