@@ -76,7 +76,7 @@ __all__ = ["MAX_PARAMS", "Hessian", "hessian", "lanczos", "select_parameters",
            "spectral_density"]
 
 MAX_PARAMS = 10 ** 8  # beyond this, name a subset: the Lanczos basis holds steps x P values
-SIGMA = 1e-3          # default Gaussian width of the broadened density, x the spread of nodes
+SIGMA = 1e-2          # default Gaussian width of the broadened density, x the spread of nodes
 POINTS = 2000         # grid points of the broadened density
 START_NOISE = 0.1     # the random part of the top-k Lanczos start (see _start)
 

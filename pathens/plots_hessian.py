@@ -3,7 +3,7 @@ draws it (Yao et al. 2020, Fig. 1; Ghorbani et al. 2019): the Gaussian-broadened
 on a logarithmic axis, which shows the few large outliers beside the bulk near zero.
 
     plot_hessian_density(h)              # the density stored in h
-    plot_hessian_density(h, sigma=1e-2)  # broadened again, wider (relative to the nodes' spread)
+    plot_hessian_density(h, sigma=1e-3)  # broadened again, narrower (x the nodes' spread)
 
 Marked: the top eigenvalue (dashed; Lanczos's if measured, else the largest SLQ node) and the
 band |lambda| < eps * lambda_max whose quadrature mass is h.degenerate_mass, with the negative
@@ -22,7 +22,7 @@ from .plots_common import title as set_title
 
 __all__ = ["plot_hessian_density"]
 
-FLOOR = 1e-10  # values below FLOOR x the peak are drawn at it (the log axis has no zero)
+FLOOR = 1e-6  # values below FLOOR x the peak are drawn at it (the log axis has no zero)
 
 
 def plot_hessian_density(result, ax=None, *, sigma: Optional[float] = None,

@@ -145,8 +145,8 @@ def test_density_is_gauss_quadrature_of_each_probe(net):
     assert abs(grid[np.argmax(values)]) < 0.05 * ev[-1]
     rows = r.density_table()
     assert len(rows) == len(grid) and set(rows[0]) == {"eigenvalue", "density"}
-    g2, v2 = r.broadened(sigma=1e-2, points=500)
-    assert len(g2) == 500 and np.trapezoid(v2, g2) == pytest.approx(1.0, abs=1e-6)
+    g2, v2 = r.broadened(sigma=1e-3, points=4000)
+    assert len(g2) == 4000 and np.trapezoid(v2, g2) == pytest.approx(1.0, abs=1e-6)
     assert len(r.quadrature_table()) == probes * m
 
 
@@ -237,7 +237,7 @@ def test_result_tables_json_and_plot(net):
     ax = fig.axes[0]
     assert ax.get_yscale() == "log"
     assert any(np.allclose(line.get_xdata(), r.eigenvalues[0]) for line in ax.get_lines()[1:])
-    fig2 = plot_hessian_density(r, sigma=1e-2)
+    fig2 = plot_hessian_density(r, sigma=1e-3)
     assert fig2 is not fig
     import matplotlib.pyplot as plt
     plt.close("all")
