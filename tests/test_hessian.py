@@ -3,13 +3,17 @@ float64 ResNet (torch.func: forward-over-reverse on a flat parameter vector, no 
 backward, + torch.linalg.eigvalsh), and the top eigenvalue against PyHessian."""
 from __future__ import annotations
 
+import json
 import math
+from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from nets import batch, small_resnet
 from torch.func import functional_call
@@ -368,18 +372,13 @@ def _two_ranks_measure() -> dict:
 
 
 def _two_ranks_worker(rank, world, init, out):
-    from datetime import timedelta
     torch.distributed.init_process_group("gloo", init_method=f"file://{init}", rank=rank,
                                          world_size=world, timeout=timedelta(seconds=60))
-    import json
-    from pathlib import Path
     Path(out, f"rank{rank}.json").write_text(json.dumps(_two_ranks_measure()))
     torch.distributed.destroy_process_group()
 
 
 def test_two_processes_give_the_numbers_of_one(tmp_path):
-    import json
-    import torch.multiprocessing as mp
     one = _two_ranks_measure()
     mp.spawn(_two_ranks_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
              join=True)
