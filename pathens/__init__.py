@@ -43,6 +43,7 @@ _EXPORTS = {
     "block_jacobian_spectra": "measure.jacobian_spectra",
     "JacobianSpectra": "measure.jacobian_spectra",
     "singularities": "measure.singularities", "Singularities": "measure.singularities",
+    "hessian": "measure.hessian", "Hessian": "measure.hessian",
 }
 # public module -> where it lives: `pathens.lesion`, `import pathens.lesion` and
 # `from pathens.lesion import delete_each` all give pathens.measure.lesion
@@ -70,6 +71,7 @@ if TYPE_CHECKING:  # what the lazy names are, for editors ("go to definition") a
                                      angular_distance, block_influence)
     from .measure.influence_cost import InfluenceVsDeletion, influence_vs_deletion  # noqa: F401
     from .measure.lesion import LesionResult  # noqa: F401
+    from .measure.hessian import Hessian, hessian  # noqa: F401
     from .measure.jacobian_spectra import JacobianSpectra, block_jacobian_spectra  # noqa: F401
     from .measure.path_gradients import PathGradients, path_gradients  # noqa: F401
     from .measure.signal_propagation import SignalPropagation, signal_propagation  # noqa: F401

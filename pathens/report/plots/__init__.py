@@ -23,6 +23,7 @@ title. A legend entry is the label the caller gave, followed by the method ("(ex
 from .common import FIGURES, figure_of
 from .gradients import (plot_compare, plot_gradient_by_length, plot_path_length_distribution,
                         plot_per_path, plot_total_gradient)
+from .hessian import plot_hessian_density
 from .influence import plot_block_influence, plot_influence_vs_deletion
 from .lesion import plot_compare_lesions, plot_delete_each, plot_delete_random, plot_reorder
 from .signal import plot_signal_propagation
@@ -32,4 +33,5 @@ __all__ = ["plot_path_length_distribution", "plot_total_gradient", "plot_gradien
            "plot_per_path", "plot_delete_each", "plot_delete_random", "plot_reorder",
            "plot_compare", "plot_compare_lesions", "plot_block_influence",
            "plot_influence_vs_deletion", "plot_signal_propagation", "plot_singularities",
+           "plot_hessian_density",
            "FIGURES", "figure_of"]
