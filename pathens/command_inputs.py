@@ -175,8 +175,9 @@ def wrap_on(model, data, *, residual: bool, what):
 def check_data(view, data, examples: int = 1):
     """data checked against the view: a pair on the view's device (labels in range, finite
     values, enough examples, one at least per process); a loader as it is (each batch is
-    checked as it streams)."""
+    checked as it streams; an image folder's labels here)."""
     if not isinstance(data, tuple):
+        _check_folder_labels(view, data)
         return data
     x, y = data
     n = batch_len(x)
@@ -189,6 +190,21 @@ def check_data(view, data, examples: int = 1):
                            f"processes (torchrun's --nproc_per_node x --nnodes): each needs at "
                            f"least one; use fewer processes")
     return check_batch(view, x, y)
+
+
+def _check_folder_labels(view, loader) -> None:
+    """An image folder's labels (its class folders, known before any image is decoded) within
+    the model's classes, so that a third class folder stops the run before it computes."""
+    dataset = getattr(loader, "dataset", None)
+    classes, samples = getattr(dataset, "classes", None), getattr(dataset, "samples", None)
+    if view.loss != "classification" or not classes or not samples:
+        return
+    top = max(c for _, c in samples)
+    if top >= view.num_outputs:
+        raise PathensError(f"the image folder {dataset.root} has {len(classes)} class folders "
+                           f"but the model has {view.num_outputs} classes: its folder "
+                           f"{classes[top]!r} is class {top} (folders count in sorted order, "
+                           f"from 0); keep one folder per class of the model")
 
 
 def setup(args, *, residual: bool = False, examples: int = 1, checkpoint=None):
