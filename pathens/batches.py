@@ -147,10 +147,11 @@ class Data:
         an indexable dataset (e.g. a DataLoader): the dataset's size, the loader's number of
         batches and the items at 16 evenly spread indices (independent of shuffling). Any other
         loader: its number of batches and what it yields in its first batch; that batch is
-        kept for the next pass, so the loader is not read once more. Limitation: for loaders,
-        a change confined to items (or batches) not sampled goes unnoticed, and a loader whose
-        items vary between passes (random augmentation, shuffled plain iterables) is taken for
-        different data.
+        kept for the next pass, so the loader is not read once more. A dataset with a
+        files_fingerprint() (imagefolder.ImageFolder: every file's path, size and mtime) adds
+        it. Limitation: for other loaders, a change confined to items (or batches) not sampled
+        goes unnoticed, and a loader whose items vary between passes (random augmentation,
+        shuffled plain iterables) is taken for different data.
         """
         if self.pair is not None:
             return fingerprint_tensors(self.pair)
@@ -159,6 +160,9 @@ class Data:
         size = _length(dataset) if dataset is not None else None
         if size:
             h.update(f"dataset:{size}:{self.num_batches};".encode())
+            files = getattr(dataset, "files_fingerprint", None)
+            if callable(files):  # an image folder: every file's name, size and mtime
+                h.update(f"files:{files()};".encode())
             try:
                 for i in sorted(set(np.linspace(0, size - 1, 16).astype(int).tolist())):
                     hash_item(h, dataset[i])

@@ -20,6 +20,7 @@ from .batches import check_batch
 from .data import load_dataset, load_npz
 from .errors import PathensError
 from .inputs import batch_len, take, to_model
+from .rank_inputs import check_same_inputs
 from .train import check_device
 from .view import wrap
 from .zoo import ARCH_FLAGS  # the flags that shape an --arch resnetD
@@ -219,7 +220,9 @@ def setup(args, *, residual: bool = False, examples: int = 1, checkpoint=None):
         what = path or getattr(args, "model", None) or args.arch
         view = wrap_on(model, data, residual=residual, what=what)
         return view, check_data(view, data, examples), meta, info
-    return distributed.all_agree(step)
+    view, data, meta, info = distributed.all_agree(step)
+    check_same_inputs(view, data)  # the same argv may name files that differ between machines
+    return view, data, meta, info
 
 
 def recalibration(args, view, meta):

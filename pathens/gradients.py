@@ -34,6 +34,7 @@ from .errors import PathensError
 from .inputs import batch_len, call_model, logits_of, take
 from .linearize import branch_parameters, linearize, note_autograd_blocks
 from .modes import eval_mode
+from .rank_inputs import check_same_inputs
 from .results import Result
 from .sweeps import exact_sweep, norm, sampled_sweep
 from .view import wrap
@@ -160,6 +161,7 @@ def path_gradients(view, inputs, targets=None, *, method: str = "exact", loss=No
         data = Data(view, (inputs, targets) if pair else inputs, chunk, loss)
     else:  # sampled on tensors: random subsets of batch_size examples
         data = Data(view, (inputs, targets), None, loss)
+    check_same_inputs(view, data)  # under torch.distributed: one model, one dataset
     loss = data.loss
     config = dict(method=method, num_examples=data.num_examples, batch_size=batch_size,
                   dtype=str(view.param.dtype), device=str(view.param.device),

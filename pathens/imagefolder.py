@@ -16,7 +16,8 @@ batch (images.check_file: a zero-byte or truncated file is found before any comp
 the first bad one is named in one line, unless skip_bad=True, which leaves it out and counts it
 (`loader.skipped`, `loader.description["skipped"]`); a file whose pixels fail to decode later
 stops the pass the same way. Hidden files and folders (`.ipynb_checkpoints`) are ignored; a
-class folder without images is refused (as torchvision's ImageFolder does).
+class folder without images is refused (as torchvision's ImageFolder does). 16-bit and float
+images are scaled to [0, 1] (images.py), never clipped.
 limit keeps a seeded subset spread evenly over the classes (quick runs stay representative).
 """
 from __future__ import annotations
@@ -112,6 +113,20 @@ class ImageFolder(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def files_fingerprint(self) -> str:
+        """A short sha256 of every sample's path (relative to root), label, size and
+        modification time (ns): a file replaced, added or removed changes it, so that a resumed
+        sweep never mixes rows of other images (batches.Data.fingerprint adds it). The
+        contents are not hashed (too slow for ImageNet-sized folders): a file rewritten with
+        its old size and its old mtime restored goes unnoticed."""
+        import hashlib
+        h = hashlib.sha256()
+        for path, label in self.samples:
+            st = path.stat()
+            h.update(f"{path.relative_to(self.root).as_posix()}\0{label}\0{st.st_size}\0"
+                     f"{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
 
     def __getitem__(self, i):
         path, label = self.samples[i]

@@ -1,0 +1,165 @@
+"""Inputs that used to give a wrong number without a word: processes of one torchrun run on
+different files, an image replaced between a run and its --resume, 16-bit and float images,
+a calibration set taken from the evaluation set, non-float weights, a Hugging Face folder
+without its tokenizer, a model changed after it was wrapped. Each is now measured right or
+refused in one line."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+
+import pathens
+from cli_helpers import checkpoint, refused, run
+from nets import VARIANTS, batch, small_resnet
+from pathens import imagefolder
+
+
+# ---- processes of one run on different files ----------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank, world, port, base):
+    """As torchrun starts a rank (its environment), in a working folder of its own: the same
+    relative paths name different files, as on two machines. Writes what each check said."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from pathens import distributed
+    from pathens.cli import main
+    distributed.init_from_env("cpu")
+    said = {}
+    view = pathens.wrap(small_resnet(8, **VARIANTS[0][1]))
+    x, y = batch(6, seed=rank)  # rank 1's examples are not rank 0's
+    try:
+        pathens.path_gradients(view, x, y, progress=False)
+        said["api"] = "measured"
+    except pathens.PathensError as err:
+        said["api"] = str(err)
+    for differs in ("data", "model"):
+        os.chdir(Path(base) / differs / f"node{rank}")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(["gradients", "net.pt", "--data", "d.npz", "--quiet", "--out", "out"])
+        said[differs] = dict(code=code, err=err.getvalue())
+    Path(base, f"rank{rank}.json").write_text(json.dumps(said))
+    torch.distributed.destroy_process_group()
+
+
+def test_ranks_holding_different_files_are_refused_by_every_command(tmp_path):
+    """path_gradients, and `pathens gradients` on two ranks whose data files (or checkpoints)
+    differ behind the same relative paths: the command used to mix the ranks' results (exit
+    0); now every rank refuses (exit 2) and nothing is written."""
+    for differs in ("data", "model"):
+        for rank in (0, 1):
+            node = tmp_path / differs / f"node{rank}"
+            node.mkdir(parents=True)
+            rng = np.random.default_rng(rank if differs == "data" else 0)
+            np.savez(node / "d.npz", x=rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8),
+                     y=rng.integers(0, 10, 6))
+            checkpoint(node / "net.pt", seed=rank if differs == "model" else 0)
+    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        said = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert said["api"].startswith("rank 1 (on ") and "holds other data than rank 0" in \
+            said["api"]
+        for differs, what in (("data", "data"), ("model", "model weights")):
+            assert said[differs]["code"] == 2, said
+            assert said[differs]["err"].count("\n") == 1, said
+            assert f"rank 1 (on {socket.gethostname()}) holds other {what} than rank 0" in \
+                said[differs]["err"], said
+            assert not (tmp_path / differs / f"node{rank}" / "out").exists()
+
+
+# ---- --resume after an image was replaced ----------------------------------------------------
+
+def write_images(root, per_class=10, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                root / f"c{c}" / f"{i:02d}.png")
+    return root
+
+
+MODEL = """\
+import torch, pathens
+def make():
+    torch.manual_seed(0)
+    return pathens.cifar_resnet(8, width=4, num_classes=2)
+"""
+
+
+def test_resume_after_an_image_outside_the_sampled_ones_changed_is_refused(capsys, tmp_path):
+    root = write_images(tmp_path / "val")
+    (tmp_path / "m.py").write_text(MODEL)
+    argv = ["lesion", "--model", f"{tmp_path / 'm.py'}:make", "--data", "imagefolder", "--root",
+            root, "--image-size", "8", "--workers", "0", "--ks", "1", "--trials", "1",
+            "--quiet", "--out", tmp_path / "out"]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    samples = imagefolder.loader(root, image_size=8, workers=0).dataset.samples
+    sampled = set(np.linspace(0, len(samples) - 1, 16).astype(int).tolist())
+    i = next(i for i in range(len(samples)) if i not in sampled)  # not among the 16 hashed
+    rng = np.random.default_rng(99)
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(samples[i][0])
+    refused(capsys, *argv, "--resume", match="holds a different lesion sweep (data:")
+
+
+# ---- 16-bit and float images ------------------------------------------------------------------
+
+def decoded(root):
+    """The images of a folder as the loader gives them, in [0, 1] (no normalisation, no resize:
+    the images are 8 x 8 already)."""
+    stream = imagefolder.loader(root, image_size=8, crop_pct=1.0, normalize="none", workers=0)
+    x, _ = next(iter(stream))
+    return x
+
+
+@pytest.mark.parametrize("kind", ["png16", "tiff_float"])
+def test_high_depth_images_are_scaled_not_clipped(tmp_path, kind):
+    rng = np.random.default_rng(0)
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    if kind == "png16":  # mean 0.5 of 65535: convert("RGB") made it 0.998
+        pixels = rng.integers(0, 65536, (8, 8)).astype(np.uint16)
+        values = pixels / 65535
+        Image.fromarray(pixels).save(tmp_path / "val" / "a" / "x.png")
+        assert Image.open(tmp_path / "val" / "a" / "x.png").mode == "I;16"
+    else:  # floats in [0, 1]: convert("RGB") made them 0
+        values = rng.random((8, 8)).astype(np.float32)
+        Image.fromarray(values).save(tmp_path / "val" / "a" / "x.tif")
+        assert Image.open(tmp_path / "val" / "a" / "x.tif").mode == "F"
+    x = decoded(tmp_path / "val")
+    assert x.shape == (1, 3, 8, 8)
+    for channel in x[0]:  # grey: the same in R, G and B; 8-bit: within half a level
+        np.testing.assert_allclose(channel.numpy(), values, atol=0.5 / 255 + 1e-6)
+    assert abs(float(x.mean()) - values.mean()) < 1 / 255
+
+
+def test_images_whose_scale_is_unknown_are_refused_before_any_batch(tmp_path):
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(tmp_path / "val" / "a" / "f.tif")
+    with pytest.raises(pathens.PathensError, match=r"f\.tif cannot be decoded as an image "
+                                                   r"\(ImageError: float pixels \(PIL mode F\) "
+                                                   r"range over 3\.5 to 3\.5, not \[0, 1\]"):
+        imagefolder.loader(tmp_path / "val", workers=0)
+    (tmp_path / "val" / "a" / "f.tif").unlink()
+    Image.fromarray(np.arange(64, dtype=np.int32).reshape(8, 8) * 1000).save(
+        tmp_path / "val" / "a" / "i.tif")
+    with pytest.raises(pathens.PathensError, match=r"i\.tif .*32-bit integer pixels"):
+        imagefolder.loader(tmp_path / "val", workers=0)
