@@ -81,6 +81,11 @@ def load_data(args, meta: dict, model=None):
                            "trained on (e.g. --data cifar10 --root DIR, --data imagefolder "
                            "--root DIR, --data text, or --data test.npz)")
     split = getattr(args, "split", "test")
+    if split != "test" and (name == "imagefolder" or name.endswith(".npz")):
+        folder = name == "imagefolder"
+        raise PathensError(f"--split {split}: {'an image folder' if folder else 'an .npz file'} "
+                           f"has no splits (it is one): point {'--root' if folder else '--data'} "
+                           f"at the examples to measure, and drop --split")
     if name == "imagefolder":
         return _image_folder(args, model)
     if name == "text":
@@ -226,18 +231,55 @@ def setup(args, *, residual: bool = False, examples: int = 1, checkpoint=None):
 
 
 def recalibration(args, view, meta):
-    """The --recalibrate examples (training split) on the view's device, or None; checked
-    (BatchNorm present, data loads) before --out is touched."""
-    if not args.recalibrate:
-        return None
+    """(the --recalibrate examples on the view's device, where they came from), or (None,
+    None); checked (BatchNorm present, a calibration set that is not the evaluation set, data
+    loads, N examples) before --out is touched. The examples: the first N of
+    --calibration-data (an .npz; an image folder: a seeded subset over its classes, with the
+    evaluation transform), else of the named dataset's train split. An .npz or an image folder
+    given as --data has no train split: its first N would be the evaluation set itself, so
+    --calibration-data is required."""
+    n = args.recalibrate
+    source = getattr(args, "calibration_data", None)
+    if not n:
+        if source is not None:
+            raise PathensError("--calibration-data is for --recalibrate N: add it, or drop "
+                               "--calibration-data")
+        return None, None
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in view.model.modules()):
         raise PathensError("--recalibrate re-estimates BatchNorm statistics, but the model has "
                            "no BatchNorm layers: drop --recalibrate")
     import argparse
-    calib = argparse.Namespace(**{**vars(args), "split": "train", "limit": args.recalibrate})
+    name = args.data or meta.get("dataset")
+    if source is None:
+        if name == "imagefolder" or name.endswith(".npz"):
+            raise PathensError(f"--recalibrate {n} needs training examples, but --data {name} "
+                               f"has no train split (its first {n} examples would be the "
+                               f"evaluation set itself): name them with --calibration-data "
+                               f"(an .npz, or an image folder laid out as --root)")
+        calib = argparse.Namespace(**{**vars(args), "split": "train", "limit": n})
+        where = dict(source=f"the train split of {name}", root=args.root)
+    elif Path(source).is_dir():
+        if name != "imagefolder":
+            raise PathensError(f"--calibration-data {source} is an image folder but --data is "
+                               f"{name}: give an .npz of images shaped as the --data ones")
+        calib = argparse.Namespace(**{**vars(args), "root": source, "limit": n,
+                                      "skip_bad_images": False})
+        where = dict(source="image folder", path=str(Path(source).absolute()))
+    elif source.endswith(".npz"):
+        if name in ("imagefolder", "text"):
+            raise PathensError(f"--calibration-data {source}: with --data {name} give "
+                               f"{'an image folder' if name == 'imagefolder' else 'nothing'}")
+        calib = argparse.Namespace(**{**vars(args), "data": source, "limit": n})
+        where = dict(source=".npz", path=str(Path(source).absolute()))
+    else:
+        raise PathensError(f"--calibration-data {source} is neither an image folder nor an "
+                           f".npz file")
     data, _ = load_data(calib, meta, view.model)
-    x = data[0] if isinstance(data, tuple) else _gather(data, args.recalibrate)[0]
-    return to_model(x, view.param)
+    x = data[0] if isinstance(data, tuple) else _gather(data, n)[0]
+    if batch_len(x) < n:
+        raise PathensError(f"--recalibrate {n}: the calibration data ({where['source']}) hold "
+                           f"only {batch_len(x)} examples: lower --recalibrate")
+    return to_model(x, view.param), dict(where, examples=n)
 
 
 def _gather(loader, limit: int):

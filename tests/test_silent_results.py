@@ -163,3 +163,64 @@ def test_images_whose_scale_is_unknown_are_refused_before_any_batch(tmp_path):
         tmp_path / "val" / "a" / "i.tif")
     with pytest.raises(pathens.PathensError, match=r"i\.tif .*32-bit integer pixels"):
         imagefolder.loader(tmp_path / "val", workers=0)
+
+
+# ---- the calibration set of --recalibrate -----------------------------------------------------
+
+def digits_npz(path, n, seed):
+    rng = np.random.default_rng(seed)
+    np.savez(path, x=rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8), y=rng.integers(0, 10, n))
+    return path
+
+
+def test_recalibrate_needs_a_calibration_set_apart_from_the_evaluation_set(capsys, tmp_path):
+    ckpt = checkpoint(tmp_path / "bn.pt")
+    data, cal = digits_npz(tmp_path / "eval.npz", 12, 0), digits_npz(tmp_path / "cal.npz", 6, 1)
+    argv = ["lesion", ckpt, "--data", data, "--normalize", "none", "--ks", "1", "--trials", "1",
+            "--recalibrate", "4", "--quiet"]
+    refused(capsys, *argv, "--out", tmp_path / "o", match="--recalibrate 4 needs training "
+            "examples, but --data " + str(data) + " has no train split (its first 4 examples "
+            "would be the evaluation set itself): name them with --calibration-data")
+    refused(capsys, *argv, "--calibration-data", tmp_path / "nothing.csv", "--out", tmp_path / "o",
+            match="neither an image folder nor an .npz")
+    refused(capsys, *argv[:-3], "--calibration-data", cal, "--out", tmp_path / "o",
+            match="--calibration-data is for --recalibrate N")
+    assert not (tmp_path / "o").exists()
+    code, _, err = run(capsys, *argv, "--calibration-data", cal, "--out", tmp_path / "o")
+    assert code == 0, err
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["calibration"] == dict(source=".npz", path=str(cal), examples=4)
+    assert config["settings"]["calibration_data"] == str(cal)
+    # the rows are those of the API recalibrating on the first 4 examples of cal.npz
+    model, _ = pathens.load(ckpt)
+    x, y = pathens.data.load_npz(data, normalize="none")
+    calib = pathens.data.load_npz(cal, normalize="none", limit=4)[0]
+    ref = pathens.lesion.delete_each(pathens.wrap(model), (x, y), recalibrate=calib,
+                                     progress=False)
+    rows = [r.split(",") for r in (tmp_path / "o" / "delete_each.csv").read_text().splitlines()]
+    got = [dict(zip(rows[0], r)) for r in rows[1:]]
+    assert [int(r["errors"]) for r in got] == [r["errors"] for r in ref.rows]
+    np.testing.assert_allclose([float(r["loss"]) for r in got], [r["loss"] for r in ref.rows],
+                               rtol=1e-6)
+    code, _, err = run(capsys, *argv, "--calibration-data", data, "--out", tmp_path / "o",
+                       "--resume")
+    assert code == 2 and "--calibration-data" in err  # a resume with another calibration set
+
+
+def test_split_train_of_an_image_folder_or_npz_is_refused(capsys, tmp_path):
+    root = write_images(tmp_path / "val", per_class=2)
+    (tmp_path / "m.py").write_text(MODEL)
+    refused(capsys, "gradients", "--model", f"{tmp_path / 'm.py'}:make", "--data", "imagefolder",
+            "--root", root, "--split", "train", "--out", tmp_path / "o",
+            match="--split train: an image folder has no splits (it is one): point --root at")
+    refused(capsys, "gradients", checkpoint(tmp_path / "bn.pt"), "--data",
+            digits_npz(tmp_path / "d.npz", 4, 0), "--split", "train", "--out", tmp_path / "o",
+            match="--split train: an .npz file has no splits")
+    root2 = write_images(tmp_path / "cal", per_class=3, seed=1)
+    code, _, err = run(capsys, "lesion", "--model", f"{tmp_path / 'm.py'}:make", "--data",
+                       "imagefolder", "--root", root, "--image-size", "8", "--workers", "0",
+                       "--recalibrate", "5", "--calibration-data", root2, "--ks", "1",
+                       "--trials", "1", "--quiet", "--out", tmp_path / "if")
+    assert code == 0, err
+    config = json.loads((tmp_path / "if" / "config.json").read_text())
+    assert config["calibration"] == dict(source="image folder", path=str(root2), examples=5)
