@@ -224,3 +224,25 @@ def test_split_train_of_an_image_folder_or_npz_is_refused(capsys, tmp_path):
     assert code == 0, err
     config = json.loads((tmp_path / "if" / "config.json").read_text())
     assert config["calibration"] == dict(source="image folder", path=str(root2), examples=5)
+
+
+# ---- non-float weights for a float model ------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.complex64])
+def test_non_float_weights_for_float_parameters_are_refused(capsys, tmp_path, dtype):
+    """A cast used to load them: bool weights became 0/1 (loss 1.3e7), int8 ones lost their
+    quantisation scales, complex ones their imaginary part."""
+    safetensors = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(0)
+    model = pathens.cifar_resnet(8, width=4, in_channels=1, num_classes=10)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    name = "layer1.0.conv1.weight"
+    state[name] = (state[name] * 100).to(dtype) if dtype != torch.bool else state[name] > 0
+    safetensors.save_file(state, tmp_path / "w.safetensors")
+    with pytest.raises(pathens.PathensError, match=f"the tensor '{name}' is "
+                       f"{str(dtype).split('.')[1]} but the model's is float32"):
+        pathens.load_weights(model, tmp_path / "w.safetensors")
+    (tmp_path / "m.py").write_text("import pathens\ndef make():\n    return pathens.cifar_resnet("
+                                   "8, width=4, in_channels=1, num_classes=10)\n")
+    refused(capsys, "gradients", tmp_path / "w.safetensors", "--model", f"{tmp_path / 'm.py'}:make",
+            "--data", "digits", "--out", tmp_path / "o", match=f"the tensor '{name}' is")
