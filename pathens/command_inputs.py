@@ -114,12 +114,19 @@ def _image_folder(args, model):
 
 def _text(args, meta, model, split):
     from . import text
+    vocab = _vocab(model)
+    if meta.get("source") == "hf" and not args.tokenizer and not meta.get("tokenizer") and \
+            vocab not in (None, 256):
+        raise PathensError(f"the Hugging Face folder {meta.get('hf_dir') or args.arch} has no "
+                           f"tokenizer files (tokenizer.json, vocab.json + merges.txt, ...): "
+                           f"its {vocab}-token vocabulary is not bytes; name the tokenizer it "
+                           f"was trained with: --tokenizer hf:DIR (or --tokenizer bytes / chars "
+                           f"if it really was)")
     corpus = text.checkpoint_corpus(meta.get("data") if isinstance(meta.get("data"), dict)
                                     else None, root=args.root,
                                     tokenizer=args.tokenizer or _hf_tokenizer(meta))
     arch = meta.get("arch") if isinstance(meta.get("arch"), dict) else {}
-    seq_len = args.seq_len or arch.get("context") or 64
-    vocab = _vocab(model)
+    seq_len = args.seq_len or arch.get("context") or _context(model) or 64
     if vocab:
         corpus.check_vocab(int(vocab))
     ids, _ = corpus.windows(split, seq_len=seq_len, limit=args.limit)
@@ -133,6 +140,17 @@ def _hf_tokenizer(meta):
     """A Hugging Face folder's own tokenizer (--arch hf:DIR), as text.tokenizer_from takes it."""
     return f"hf:{meta['tokenizer']}" if meta.get("source") == "hf" and meta.get("tokenizer") \
         else None
+
+
+def _context(model):
+    """The longest sequence a language model takes, from its config (Hugging Face:
+    max_position_embeddings, n_positions, n_ctx; pathens GPT: context), or None."""
+    config = getattr(model, "config", None)
+    for key in ("context", "max_position_embeddings", "n_positions", "n_ctx"):
+        value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+            return value
+    return None
 
 
 def _vocab(model):

@@ -246,3 +246,30 @@ def test_non_float_weights_for_float_parameters_are_refused(capsys, tmp_path, dt
                                    "8, width=4, in_channels=1, num_classes=10)\n")
     refused(capsys, "gradients", tmp_path / "w.safetensors", "--model", f"{tmp_path / 'm.py'}:make",
             "--data", "digits", "--out", tmp_path / "o", match=f"the tensor '{name}' is")
+
+
+# ---- a Hugging Face text model: its context, its tokenizer ------------------------------------
+
+def test_a_hugging_face_folder_sets_the_window_and_needs_its_tokenizer(capsys, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    for vocab in (256, 300):
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=vocab,
+                                         n_positions=16, bos_token_id=0, eos_token_id=0)
+        transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / f"gpt{vocab}")
+    capsys.readouterr()
+    argv = ["gradients", "--data", "text", "--root", text, "--limit", "3", "--quiet"]
+    # --seq-len defaults to the model's context (16 positions), not 64 (an index error)
+    code, _, err = run(capsys, *argv, "--arch", f"hf:{tmp_path / 'gpt256'}", "--out",
+                       tmp_path / "g")
+    assert code == 0, err
+    data = json.loads((tmp_path / "g" / "gradients_exact.json").read_text())["config"]["data"]
+    assert data["seq_len"] == 16 and data["tokenizer"]["kind"] == "bytes"
+    # a 300-token vocabulary and no tokenizer files: not bytes unless the user says so
+    refused(capsys, *argv, "--arch", f"hf:{tmp_path / 'gpt300'}", "--out", tmp_path / "h",
+            match=f"the Hugging Face folder {tmp_path / 'gpt300'} has no tokenizer files")
+    code, _, err = run(capsys, *argv, "--arch", f"hf:{tmp_path / 'gpt300'}", "--tokenizer",
+                       "bytes", "--out", tmp_path / "h")
+    assert code == 0, err
