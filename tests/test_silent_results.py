@@ -273,3 +273,47 @@ def test_a_hugging_face_folder_sets_the_window_and_needs_its_tokenizer(capsys, t
     code, _, err = run(capsys, *argv, "--arch", f"hf:{tmp_path / 'gpt300'}", "--tokenizer",
                        "bytes", "--out", tmp_path / "h")
     assert code == 0, err
+
+
+# ---- a model changed after it was wrapped -----------------------------------------------------
+
+def test_a_view_refuses_a_model_changed_after_wrap():
+    """The view used to keep running the old modules (loss 3.57 against the model's 118.7,
+    10 classes against 5) or fail with a KeyError; now every measurement says which module
+    changed."""
+    import copy
+    model = small_resnet(8, **VARIANTS[0][1])
+    view = pathens.wrap(model)
+    x, y = batch(6, seed=1)
+    torch.testing.assert_close(view(x), model(x))  # unchanged: it runs
+    model.linear = torch.nn.Linear(model.linear.in_features, 5).double()
+    assert model(x).shape == (6, 5)
+    match = r"the model changed after it was wrapped: linear is now a Linear \(a Linear when " \
+            r"wrapped\)"
+    with pytest.raises(pathens.PathensError, match=match):
+        pathens.lesion.evaluate(view, (x, y % 5))
+    with pytest.raises(pathens.PathensError, match=match):
+        pathens.path_gradients(view, x, y % 5, progress=False)
+    with pytest.raises(pathens.PathensError, match=match):
+        view(x)
+    again = pathens.wrap(model)  # wrapped again: the new head is the view's
+    torch.testing.assert_close(again(x), model(x))
+    model.layer1[0] = copy.deepcopy(model.layer1[0])
+    with pytest.raises(pathens.PathensError, match="layer1.0 is now a BasicBlock"):
+        pathens.lesion.delete_each(again, (x, y % 5), progress=False)
+
+
+def test_a_transformer_view_refuses_a_replaced_block():
+    import copy
+    torch.manual_seed(0)
+    model = pathens.gpt(depth=2, width=16, heads=2, context=8, vocab_size=32).eval()
+    view = pathens.wrap(model)
+    ids = torch.randint(0, 32, (3, 8))
+    pathens.lesion.evaluate(view, (ids, ids))
+    model.h[0] = copy.deepcopy(model.h[1])
+    with pytest.raises(pathens.PathensError, match=r"h\.0 is now a"):
+        pathens.path_gradients(view, ids, ids, progress=False)
+    view = pathens.wrap(model)
+    del model.h[1]
+    with pytest.raises(pathens.PathensError, match=r"h\.1 was removed \(a Layer when wrapped\)"):
+        pathens.lesion.evaluate(view, (ids, ids))
