@@ -41,6 +41,7 @@ def check_batch(view, inputs, targets, loss=None) -> tuple:
         raise PathensError("inputs are empty: pass at least one example")
     if any(len(t) != n for t in tensors(inputs)):
         raise PathensError("the tensors of the inputs hold different numbers of examples")
+    _check_kind(view, x)
     if is_tokens(inputs):
         _check_tokens(view, x)
     inputs = to_model(inputs, view.param)
@@ -49,9 +50,30 @@ def check_batch(view, inputs, targets, loss=None) -> tuple:
     return inputs, targets.to(device=view.param.device) if torch.is_tensor(targets) else targets
 
 
+def _check_kind(view, x: torch.Tensor) -> None:
+    """Integer inputs for a model wrapped on floats (uint8 pixels, int64 images), or float
+    inputs for one wrapped on token ids: one line saying how to convert them, instead of the
+    raw dtype error deep in the model (or a silent cast)."""
+    wrapped = getattr(view, "input_dtype", None)  # the probe's
+    if wrapped is None or wrapped.is_floating_point == x.is_floating_point():
+        return
+    name = lambda d: str(d).replace("torch.", "")
+    if wrapped.is_floating_point:
+        how = ("pixels in 0..255: convert them to floats in [0, 1] (x.float() / 255) and "
+               "normalise them as the model was trained" if x.dtype == torch.uint8 else
+               "convert them to floats (x.float()) as the model was trained to take them")
+        raise PathensError(f"inputs are {name(x.dtype)} but the model takes floating-point "
+                           f"inputs (it was wrapped with {name(wrapped)} ones): {how}")
+    raise PathensError(f"inputs are {name(x.dtype)} but the model takes token ids (it was "
+                       f"wrapped with {name(wrapped)} ids): pass integer ids (ids.long())")
+
+
 def _check_tokens(view, ids: torch.Tensor) -> None:
     vocab = view.vocab_size or (view.num_outputs if view.loss == "next_token" else None)
     lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 and not vocab:
+        raise PathensError(f"token ids range over {lo}..{hi}: ids are never negative; tokenise "
+                           f"with the model's own tokenizer")
     if lo < 0 or (vocab and hi >= vocab):
         raise PathensError(f"token ids range over {lo}..{hi} but the model's vocabulary has "
                            f"{vocab} tokens (0..{vocab - 1}): tokenise with the model's own "

@@ -88,6 +88,11 @@ def _run(args) -> int:
         if _kept(err):
             print(f"pathens: interrupted{_kept(err)}", file=sys.stderr)
             return 130
+        if not getattr(err, "pathens_out", None) and args.command not in ("train", "paths"):
+            # outputs.open_out marks an interrupt of a run that had begun writing --out
+            print("pathens: interrupted while loading the model and data, before the run began: "
+                  "nothing was written", file=sys.stderr)
+            return 130
         again = " (re-run with --resume to continue its lesion sweeps)" if resume else ""
         print(f"pathens: interrupted; files already written are complete{again}", file=sys.stderr)
         return 130
@@ -114,7 +119,8 @@ def _quiet_rank(err) -> bool:
         return False
     from . import distributed
     return isinstance(err, distributed.Stopped) or (
-        int(os.environ.get("RANK", "0")) != 0 and not distributed.active())
+        int(os.environ.get("RANK", "0")) != 0 and not distributed.active()
+        and not isinstance(err, distributed.RendezvousError))
 
 
 # errors of a write that found no room (a figure library's writer raises them without the

@@ -45,6 +45,7 @@ def eval_transform(model=None, *, image_size: Optional[int] = None,
     crop = crop_pct or (cfg.get("crop_pct") if cfg else None) or 0.875
     if not 0 < crop <= 1:
         raise PathensError(f"crop_pct must lie in (0, 1], got {crop}")
+    _check_size(size, crop)
     if normalize is not None:
         if normalize not in NORMALIZATIONS:
             raise PathensError(f"unknown normalisation {normalize!r}: choose one of "
@@ -69,6 +70,22 @@ def eval_transform(model=None, *, image_size: Optional[int] = None,
     return transform, dict(image_size=size, crop_pct=crop, resize=int(math.floor(size / crop)),
                            interpolation=interpolation, normalize=name, mean=list(mean),
                            std=list(std), source="timm pretrained_cfg" if cfg else "ImageNet eval")
+
+
+def _check_size(size: int, crop: float) -> None:
+    """Refuse an image size whose resized images PIL would refuse (DecompressionBombError in
+    the crop, a traceback at the first batch) and that no memory could hold in batches."""
+    from PIL import Image
+    most, resize = Image.MAX_IMAGE_PIXELS, int(math.floor(size / crop))
+    if most and resize * resize > most:
+        side = math.isqrt(most)  # the largest resize allowed; then the largest size giving it
+        largest = math.ceil((side + 1) * crop) - 1
+        while largest > 1 and math.floor(largest / crop) > side:
+            largest -= 1
+        raise PathensError(f"image size {size} (--image-size; crop_pct {crop}) resizes every "
+                           f"image to at least {resize} x {resize} pixels, more than PIL's limit "
+                           f"of {most:,} pixels per image ({3 * 4 * size * size / 2**30:.1f} GiB "
+                           f"per image as floats): choose an image size of at most {largest}")
 
 
 def _timm_config(model) -> Optional[dict]:

@@ -377,6 +377,7 @@ def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
                             num_outputs=output.shape[-1], loss=parts.loss,
                             vocab_size=parts.vocab_size, max_length=parts.max_length,
                             source=source)
+        view.input_dtype = main_tensor(probe).dtype  # token ids or floats: check_batch holds to it
         get_loss(view.loss)  # a model adapter naming an unknown loss fails here, not later
         proof.check_head(view, record, probe, rtol)
     return view
