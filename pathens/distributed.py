@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
 from datetime import timedelta
 from typing import Any, Optional
 
@@ -27,6 +29,9 @@ import torch
 from .errors import PathensError
 
 TIMEOUT = timedelta(minutes=30)  # a rank that stops answering fails the others after this
+# how long a process started with WORLD_SIZE > 1 waits for the others to join (seconds; a lone
+# rank used to wait TIMEOUT, silently)
+RENDEZVOUS_ENV, RENDEZVOUS_DEFAULT = "PATHENS_RENDEZVOUS_TIMEOUT", 60.0
 
 
 def active() -> bool:
@@ -68,8 +73,57 @@ def init_from_env(device: str) -> str:
                                f"node (--nproc_per_node {have}) or use --device cpu")
         device = f"cuda:{local}"
         torch.cuda.set_device(device)
-    torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    _join("nccl" if cuda else "gloo")
     return device
+
+
+def _join(backend: str) -> None:
+    """init_process_group from torchrun's environment, the other processes awaited at most
+    PATHENS_RENDEZVOUS_TIMEOUT seconds (default 60; a line on stderr says what this process
+    waits for once it has waited a while), then TIMEOUT for each collective. Under torchrun's
+    own agent (TORCHELASTIC_USE_AGENT_STORE) the agents have met already: joined as they
+    say."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        torch.distributed.init_process_group(backend, timeout=TIMEOUT)
+        return
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+    world = os.environ.get("WORLD_SIZE")
+    if missing:
+        raise PathensError(f"WORLD_SIZE={world} asks for {world} processes, but "
+                           f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+                           f"set: start them with torchrun (--nproc_per_node {world}), or unset "
+                           f"WORLD_SIZE to run in one process")
+    rank, world = int(os.environ["RANK"]), int(world)
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    raw = os.environ.get(RENDEZVOUS_ENV, str(RENDEZVOUS_DEFAULT))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise PathensError(f"{RENDEZVOUS_ENV}={raw!r} must be a positive number of seconds")
+    note = threading.Timer(min(5.0, seconds / 2), lambda: print(
+        f"pathens: rank {rank} of {world}: waiting up to {seconds:g} s for the other "
+        f"{world - 1} process{'es' * (world > 2)} to join at {where} ({RENDEZVOUS_ENV})",
+        file=sys.stderr, flush=True))
+    note.daemon = True
+    note.start()
+    try:
+        store = torch.distributed.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+            is_master=rank == 0, timeout=timedelta(seconds=seconds), wait_for_workers=True,
+            multi_tenant=True)  # as torch's env:// rendezvous makes it
+    except RuntimeError as err:  # DistStoreError / DistNetworkError: no one came
+        raise RendezvousError(f"rank {rank} of {world}: the other processes did not join within "
+                           f"{seconds:g} s at {where} ({str(err).strip().splitlines()[0][:120]}):"
+                           f" start all {world} (torchrun --nproc_per_node {world}, or the same "
+                           f"command on every node), or unset WORLD_SIZE to run in one process; "
+                           f"{RENDEZVOUS_ENV} sets the wait in seconds") from None
+    finally:
+        note.cancel()
+    store.set_timeout(TIMEOUT)  # joined: from now on, the collectives' patience
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                         timeout=TIMEOUT)
 
 
 def _device() -> torch.device:
@@ -171,6 +225,10 @@ def same_everywhere(what: str, value) -> None:
             raise PathensError(f"the processes were started with different {what}: rank {r} "
                                f"differs from rank 0 ({host()}); start every rank with the same "
                                f"command")
+
+
+class RendezvousError(PathensError):
+    """This process found no others to join: said by every rank (no rank 0 speaks for it)."""
 
 
 class Stopped(PathensError):

@@ -233,8 +233,9 @@ def test_resume_needs_a_folder_of_the_same_command(capsys, tmp_path, tiny):
 
 
 def test_interrupt_suggests_resume_only_where_it_exists(capsys, monkeypatch, tmp_path):
-    def interrupted(args):
-        raise KeyboardInterrupt
+    def interrupted(args):  # once the run has begun (its --out opened)
+        with commands._open_out(args):
+            raise KeyboardInterrupt
     for name in ("compare", "gradients"):
         monkeypatch.setattr(commands, name, interrupted)
     code, _, err = run(capsys, "compare", "a.pt", "--out", str(tmp_path / "c"))

@@ -69,14 +69,21 @@ def test_the_eval_transform_follows_the_model_and_the_overrides(tmp_path):
 def test_an_undecodable_file_is_named_or_skipped_and_counted(tmp_path):
     root = write_folder(tmp_path / "val")
     (root / "class1" / "broken.jpg").write_bytes(b"not a jpeg at all")
-    stream = imagefolder.loader(root, image_size=16, batch_size=4, workers=0)
     with pytest.raises(pathens.PathensError, match=r"broken\.jpg cannot be decoded as an image"):
-        list(stream)
+        imagefolder.loader(root, image_size=16, batch_size=4, workers=0)  # before any batch
     skipping = imagefolder.loader(root, image_size=16, batch_size=4, workers=2, skip_bad=True)
+    assert skipping.description["skipped"] == 1 and len(skipping.dataset) == 11
     seen = sum(len(y) for _, y in skipping)
     assert seen == 11 and [p.endswith("broken.jpg") for p in skipping.skipped] == [True]
     sum(len(y) for _, y in skipping)  # a second pass counts the file once
     assert len(skipping.skipped) == 1
+    # a file whose header reads but whose pixels do not is found in the pass
+    (root / "class1" / "broken.jpg").unlink()
+    good = imagefolder.loader(root, image_size=16, batch_size=4, workers=0)
+    data = (root / "class2" / "img2.jpg").read_bytes()
+    (root / "class2" / "img2.jpg").write_bytes(data[:int(0.9 * len(data))])
+    with pytest.raises(pathens.PathensError, match=r"img2\.jpg cannot be decoded as an image"):
+        list(good)
 
 
 def test_folders_without_classes_or_images_are_refused(tmp_path):

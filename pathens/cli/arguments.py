@@ -179,6 +179,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--recalibrate", type=int, default=0, metavar="N",
                    help="re-estimate BatchNorm statistics per condition on N training examples "
                         "(0: keep the trained statistics)")
+    s.add_argument("--calibration-data", metavar="PATH",
+                   help="--recalibrate's examples: an .npz or an image folder (the --root "
+                        "layout); needed with --data .npz or imagefolder, which have no "
+                        "training split (default: the named dataset's train split)")
     _unit_arg(s)
     _common(s, "pathens-lesion", resume=True)
 

@@ -49,7 +49,7 @@ def _command_line(args) -> str:
 
 # Flags that do not change a run's results, so --resume may differ in them.
 _NOT_SETTINGS = ("run", "command", "out", "force", "resume", "quiet", "device", "_argv")
-_PATHS = ("checkpoint", "checkpoints", "root")
+_PATHS = ("checkpoint", "checkpoints", "root", "calibration_data")
 
 
 def _run(args) -> dict:
@@ -185,7 +185,7 @@ def lesion(args) -> int:
     ks = _counts(args.ks or doubling(pool), pool, "--ks", f"random lesions can delete only {pool} "
                  f"of the network's {args.unit}s (downsampling blocks are kept)")
     _conditions(len(ks) * args.trials, f"{len(ks)} k x --trials {args.trials}")
-    recal = recalibration(args, view, meta)
+    recal, calibration = recalibration(args, view, meta)
     kw = dict(progress=_progress(args), recalibrate=recal, unit=args.unit)
     with _open_out(args) as out:
         each = lesion_mod.delete_each(view, data, out=out / SWEEPS / "delete_each.csv", **kw)
@@ -199,7 +199,7 @@ def lesion(args) -> int:
         plots.plot_delete_random(rand, ax=b)
         save_figure(fig, out / "lesion.png", dpi=120)
         _write_config(args, out, model=meta, data=data_info, each=each.config,
-                      random=rand.config)
+                      random=rand.config, calibration=calibration)
     log = _log(args)
     log("\n".join(lesion_tables(each, rand)))
     log(f"wrote {out}/")

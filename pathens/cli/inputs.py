@@ -21,6 +21,7 @@ from ..data.batches import check_batch
 from ..data.datasets import load_dataset, load_npz
 from ..errors import PathensError
 from ..data.inputs import batch_len, take, to_model
+from ..data.rank_inputs import check_same_inputs
 from ..models.train import check_device
 from ..view.residual_view import wrap
 from ..zoo import ARCH_FLAGS  # the flags that shape an --arch resnetD
@@ -79,6 +80,11 @@ def load_data(args, meta: dict, model=None):
                            "trained on (e.g. --data cifar10 --root DIR, --data imagefolder "
                            "--root DIR, --data text, or --data test.npz)")
     split = getattr(args, "split", "test")
+    if split != "test" and (name == "imagefolder" or name.endswith(".npz")):
+        folder = name == "imagefolder"
+        raise PathensError(f"--split {split}: {'an image folder' if folder else 'an .npz file'} "
+                           f"has no splits (it is one): point {'--root' if folder else '--data'} "
+                           f"at the examples to measure, and drop --split")
     if name == "imagefolder":
         return _image_folder(args, model)
     if name == "text":
@@ -107,12 +113,19 @@ def _image_folder(args, model):
 
 def _text(args, meta, model, split):
     from ..data import text
+    vocab = _vocab(model)
+    if meta.get("source") == "hf" and not args.tokenizer and not meta.get("tokenizer") and \
+            vocab not in (None, 256):
+        raise PathensError(f"the Hugging Face folder {meta.get('hf_dir') or args.arch} has no "
+                           f"tokenizer files (tokenizer.json, vocab.json + merges.txt, ...): "
+                           f"its {vocab}-token vocabulary is not bytes; name the tokenizer it "
+                           f"was trained with: --tokenizer hf:DIR (or --tokenizer bytes / chars "
+                           f"if it really was)")
     corpus = text.checkpoint_corpus(meta.get("data") if isinstance(meta.get("data"), dict)
                                     else None, root=args.root,
                                     tokenizer=args.tokenizer or _hf_tokenizer(meta))
     arch = meta.get("arch") if isinstance(meta.get("arch"), dict) else {}
-    seq_len = args.seq_len or arch.get("context") or 64
-    vocab = _vocab(model)
+    seq_len = args.seq_len or arch.get("context") or _context(model) or 64
     if vocab:
         corpus.check_vocab(int(vocab))
     ids, _ = corpus.windows(split, seq_len=seq_len, limit=args.limit)
@@ -126,6 +139,17 @@ def _hf_tokenizer(meta):
     """A Hugging Face folder's own tokenizer (--arch hf:DIR), as text.tokenizer_from takes it."""
     return f"hf:{meta['tokenizer']}" if meta.get("source") == "hf" and meta.get("tokenizer") \
         else None
+
+
+def _context(model):
+    """The longest sequence a language model takes, from its config (Hugging Face:
+    max_position_embeddings, n_positions, n_ctx; pathens GPT: context), or None."""
+    config = getattr(model, "config", None)
+    for key in ("context", "max_position_embeddings", "n_positions", "n_ctx"):
+        value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+            return value
+    return None
 
 
 def _vocab(model):
@@ -174,8 +198,9 @@ def wrap_on(model, data, *, residual: bool, what):
 def check_data(view, data, examples: int = 1):
     """data checked against the view: a pair on the view's device (labels in range, finite
     values, enough examples, one at least per process); a loader as it is (each batch is
-    checked as it streams)."""
+    checked as it streams; an image folder's labels here)."""
     if not isinstance(data, tuple):
+        _check_folder_labels(view, data)
         return data
     x, y = data
     n = batch_len(x)
@@ -190,6 +215,21 @@ def check_data(view, data, examples: int = 1):
     return check_batch(view, x, y)
 
 
+def _check_folder_labels(view, loader) -> None:
+    """An image folder's labels (its class folders, known before any image is decoded) within
+    the model's classes, so that a third class folder stops the run before it computes."""
+    dataset = getattr(loader, "dataset", None)
+    classes, samples = getattr(dataset, "classes", None), getattr(dataset, "samples", None)
+    if view.loss != "classification" or not classes or not samples:
+        return
+    top = max(c for _, c in samples)
+    if top >= view.num_outputs:
+        raise PathensError(f"the image folder {dataset.root} has {len(classes)} class folders "
+                           f"but the model has {view.num_outputs} classes: its folder "
+                           f"{classes[top]!r} is class {top} (folders count in sorted order, "
+                           f"from 0); keep one folder per class of the model")
+
+
 def setup(args, *, residual: bool = False, examples: int = 1, checkpoint=None):
     """(view, data, model metadata, data description), every input checked: the device, the
     model, the data against it and the wrap; on every rank of a torchrun run, which all stop
@@ -202,22 +242,61 @@ def setup(args, *, residual: bool = False, examples: int = 1, checkpoint=None):
         what = path or getattr(args, "model", None) or args.arch
         view = wrap_on(model, data, residual=residual, what=what)
         return view, check_data(view, data, examples), meta, info
-    return distributed.all_agree(step)
+    view, data, meta, info = distributed.all_agree(step)
+    check_same_inputs(view, data)  # the same argv may name files that differ between machines
+    return view, data, meta, info
 
 
 def recalibration(args, view, meta):
-    """The --recalibrate examples (training split) on the view's device, or None; checked
-    (BatchNorm present, data loads) before --out is touched."""
-    if not args.recalibrate:
-        return None
+    """(the --recalibrate examples on the view's device, where they came from), or (None,
+    None); checked (BatchNorm present, a calibration set that is not the evaluation set, data
+    loads, N examples) before --out is touched. The examples: the first N of
+    --calibration-data (an .npz; an image folder: a seeded subset over its classes, with the
+    evaluation transform), else of the named dataset's train split. An .npz or an image folder
+    given as --data has no train split: its first N would be the evaluation set itself, so
+    --calibration-data is required."""
+    n = args.recalibrate
+    source = getattr(args, "calibration_data", None)
+    if not n:
+        if source is not None:
+            raise PathensError("--calibration-data is for --recalibrate N: add it, or drop "
+                               "--calibration-data")
+        return None, None
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in view.model.modules()):
         raise PathensError("--recalibrate re-estimates BatchNorm statistics, but the model has "
                            "no BatchNorm layers: drop --recalibrate")
     import argparse
-    calib = argparse.Namespace(**{**vars(args), "split": "train", "limit": args.recalibrate})
+    name = args.data or meta.get("dataset")
+    if source is None:
+        if name == "imagefolder" or name.endswith(".npz"):
+            raise PathensError(f"--recalibrate {n} needs training examples, but --data {name} "
+                               f"has no train split (its first {n} examples would be the "
+                               f"evaluation set itself): name them with --calibration-data "
+                               f"(an .npz, or an image folder laid out as --root)")
+        calib = argparse.Namespace(**{**vars(args), "split": "train", "limit": n})
+        where = dict(source=f"the train split of {name}", root=args.root)
+    elif Path(source).is_dir():
+        if name != "imagefolder":
+            raise PathensError(f"--calibration-data {source} is an image folder but --data is "
+                               f"{name}: give an .npz of images shaped as the --data ones")
+        calib = argparse.Namespace(**{**vars(args), "root": source, "limit": n,
+                                      "skip_bad_images": False})
+        where = dict(source="image folder", path=str(Path(source).absolute()))
+    elif source.endswith(".npz"):
+        if name in ("imagefolder", "text"):
+            raise PathensError(f"--calibration-data {source}: with --data {name} give "
+                               f"{'an image folder' if name == 'imagefolder' else 'nothing'}")
+        calib = argparse.Namespace(**{**vars(args), "data": source, "limit": n})
+        where = dict(source=".npz", path=str(Path(source).absolute()))
+    else:
+        raise PathensError(f"--calibration-data {source} is neither an image folder nor an "
+                           f".npz file")
     data, _ = load_data(calib, meta, view.model)
-    x = data[0] if isinstance(data, tuple) else _gather(data, args.recalibrate)[0]
-    return to_model(x, view.param)
+    x = data[0] if isinstance(data, tuple) else _gather(data, n)[0]
+    if batch_len(x) < n:
+        raise PathensError(f"--recalibrate {n}: the calibration data ({where['source']}) hold "
+                           f"only {batch_len(x)} examples: lower --recalibrate")
+    return to_model(x, view.param), dict(where, examples=n)
 
 
 def _gather(loader, limit: int):

@@ -11,7 +11,17 @@ a refusal from rank 0, so that every rank stops with it.
 A command checks its folder twice: `check_out` before it loads anything (a folder that holds
 results is refused at once, touching nothing), and `open_out` once every input is checked: it
 creates the folder, locks it for the whole run (locks.py) and checks it again under the lock,
-since another run may have written it in between. Only then are old results removed (--force).
+since another run may have written it in between.
+
+--force replaces a folder's results only when the new run finishes: open_out moves them aside
+into `--out/.pathens-replaced/` (renames, on the same file system) and the run writes into the
+emptied folder; at the end the set-aside results are deleted, and if the run fails (a bad file
+found in a late batch, a full disk, an interrupt, an error) they are moved back in place of the
+new run's files, so that the folder is the finished run it was and `--resume` still continues
+it. A run killed outright (SIGKILL, power) leaves them in `.pathens-replaced/`: the folder
+then holds the killed run (which `--resume` continues; its end deletes them) and, set aside,
+the last results (a later --force puts those back if it fails). A run that created --out and
+fails before writing any result removes the folder again.
 """
 from __future__ import annotations
 
@@ -19,13 +29,15 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from ..errors import PathensError
-from ..io import distributed_run, temporary_path, write_text
+from ..io import distributed_run, temporary_path, write_text, writer
 from .locks import LOCK, lock_folder
 
 SWEEPS = "sweeps"  # subfolder of resumable sweep files (one row per finished condition)
+REPLACED = ".pathens-replaced"  # --force: the results being replaced, until the run finishes
 CONFIG = "config.json"  # the run's command and settings (commands add what they learn later)
 
 
@@ -82,17 +94,77 @@ def _open_out(out, *, run: dict, force: bool = False, resume=None, holder: str =
     recorded, they are continued. Yields the folder's Path."""
     out = Path(out)
     check_out(out, run=run, force=force, resume=resume)
+    created, failed = not out.exists(), False
     _make_folder(out, out)
-    with lock_folder(out, holder=holder, what=f"--out {out}"):
-        check_out(out, run=run, force=force, resume=resume)  # again: now no one else writes it
-        resumed = resume and holds_results(out)
-        if not resumed:  # a resumed folder keeps the fuller config.json of its run
-            # the new config first, then the old sweeps: a failure in between leaves a folder
-            # that is still either the old run or the new one, never a mix
-            write_text(out / CONFIG, json.dumps(run, indent=2, default=str))
-            if force and (out / SWEEPS).is_dir():
-                shutil.rmtree(out / SWEEPS)
-        yield out
+    try:
+        with lock_folder(out, holder=holder, what=f"--out {out}"):
+            check_out(out, run=run, force=force, resume=resume)  # again: no one else writes it
+            resumed = resume and holds_results(out)
+            aside = None
+            if not resumed:  # a resumed folder keeps the fuller config.json of its run
+                if force and holds_results(out):
+                    aside = _set_aside(out)
+                write_text(out / CONFIG, json.dumps(run, indent=2, default=str))
+            try:
+                yield out
+            except BaseException as err:
+                failed = True
+                err.pathens_out = str(out)  # the run had begun (cli.py words its message so)
+                if aside is not None and _put_back(out, aside):
+                    err.pathens_restored = str(out)
+                raise
+            if (out / REPLACED).exists():  # the run finished: what it replaces goes
+                shutil.rmtree(out / REPLACED, ignore_errors=True)
+    finally:
+        if created and failed and writer():
+            _remove_if_empty(out)
+
+
+def _set_aside(out: Path) -> Path:
+    """Move the results in out into out/REPLACED (returned). If REPLACED is there already, a
+    --force run was killed before it finished: REPLACED holds the last results it was to
+    replace and out the killed run's; those are dropped and REPLACED kept."""
+    aside = out / REPLACED
+    stale = aside.is_dir()
+    aside.mkdir(exist_ok=True)
+    for p in out.iterdir():
+        if p.name in (LOCK, REPLACED):
+            continue
+        if stale:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        else:
+            os.replace(p, aside / p.name)
+    return aside
+
+
+def _put_back(out: Path, aside: Path) -> bool:
+    """Replace out's files by those set aside in `aside`; False (and a line on stderr) if that
+    failed, leaving them in `aside`."""
+    try:
+        for p in out.iterdir():
+            if p.name not in (LOCK, REPLACED):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        for p in aside.iterdir():
+            os.replace(p, out / p.name)
+        aside.rmdir()
+        return True
+    except OSError as err:
+        print(f"pathens: could not put the previous results back in {out} "
+              f"({err.strerror or err}): they are in {aside}", file=sys.stderr)
+        return False
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove out, which this run created, if it holds no result: a run that failed before it
+    wrote any leaves no folder behind."""
+    if holds_results(out):
+        return
+    with contextlib.suppress(OSError):
+        for name in (CONFIG, LOCK):
+            (out / name).unlink(missing_ok=True)
+        for p in sorted(out.rglob("*"), reverse=True):  # empty subfolders (sweeps/)
+            p.rmdir()
+        out.rmdir()
 
 
 def holds_results(out) -> bool:

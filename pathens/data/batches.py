@@ -41,6 +41,7 @@ def check_batch(view, inputs, targets, loss=None) -> tuple:
         raise PathensError("inputs are empty: pass at least one example")
     if any(len(t) != n for t in tensors(inputs)):
         raise PathensError("the tensors of the inputs hold different numbers of examples")
+    _check_kind(view, x)
     if is_tokens(inputs):
         _check_tokens(view, x)
     inputs = to_model(inputs, view.param)
@@ -49,9 +50,30 @@ def check_batch(view, inputs, targets, loss=None) -> tuple:
     return inputs, targets.to(device=view.param.device) if torch.is_tensor(targets) else targets
 
 
+def _check_kind(view, x: torch.Tensor) -> None:
+    """Integer inputs for a model wrapped on floats (uint8 pixels, int64 images), or float
+    inputs for one wrapped on token ids: one line saying how to convert them, instead of the
+    raw dtype error deep in the model (or a silent cast)."""
+    wrapped = getattr(view, "input_dtype", None)  # the probe's
+    if wrapped is None or wrapped.is_floating_point == x.is_floating_point():
+        return
+    name = lambda d: str(d).replace("torch.", "")
+    if wrapped.is_floating_point:
+        how = ("pixels in 0..255: convert them to floats in [0, 1] (x.float() / 255) and "
+               "normalise them as the model was trained" if x.dtype == torch.uint8 else
+               "convert them to floats (x.float()) as the model was trained to take them")
+        raise PathensError(f"inputs are {name(x.dtype)} but the model takes floating-point "
+                           f"inputs (it was wrapped with {name(wrapped)} ones): {how}")
+    raise PathensError(f"inputs are {name(x.dtype)} but the model takes token ids (it was "
+                       f"wrapped with {name(wrapped)} ids): pass integer ids (ids.long())")
+
+
 def _check_tokens(view, ids: torch.Tensor) -> None:
     vocab = view.vocab_size or (view.num_outputs if view.loss == "next_token" else None)
     lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 and not vocab:
+        raise PathensError(f"token ids range over {lo}..{hi}: ids are never negative; tokenise "
+                           f"with the model's own tokenizer")
     if lo < 0 or (vocab and hi >= vocab):
         raise PathensError(f"token ids range over {lo}..{hi} but the model's vocabulary has "
                            f"{vocab} tokens (0..{vocab - 1}): tokenise with the model's own "
@@ -147,10 +169,11 @@ class Data:
         an indexable dataset (e.g. a DataLoader): the dataset's size, the loader's number of
         batches and the items at 16 evenly spread indices (independent of shuffling). Any other
         loader: its number of batches and what it yields in its first batch; that batch is
-        kept for the next pass, so the loader is not read once more. Limitation: for loaders,
-        a change confined to items (or batches) not sampled goes unnoticed, and a loader whose
-        items vary between passes (random augmentation, shuffled plain iterables) is taken for
-        different data.
+        kept for the next pass, so the loader is not read once more. A dataset with a
+        files_fingerprint() (imagefolder.ImageFolder: every file's path, size and mtime) adds
+        it. Limitation: for other loaders, a change confined to items (or batches) not sampled
+        goes unnoticed, and a loader whose items vary between passes (random augmentation,
+        shuffled plain iterables) is taken for different data.
         """
         if self.pair is not None:
             return fingerprint_tensors(self.pair)
@@ -159,6 +182,9 @@ class Data:
         size = _length(dataset) if dataset is not None else None
         if size:
             h.update(f"dataset:{size}:{self.num_batches};".encode())
+            files = getattr(dataset, "files_fingerprint", None)
+            if callable(files):  # an image folder: every file's name, size and mtime
+                h.update(f"files:{files()};".encode())
             try:
                 for i in sorted(set(np.linspace(0, size - 1, 16).astype(int).tolist())):
                     hash_item(h, dataset[i])

@@ -11,8 +11,13 @@ size / crop_pct, centre-crop size x size, ImageNet mean and std, with size 224 a
 0.875 = 224 / 256). image_size, crop_pct and normalize override either. A DataLoader with
 workers reads and decodes the images, so memory does not grow with the number of images.
 
-A file that cannot be decoded is never skipped silently: the pass stops with one line naming
-it, unless skip_bad=True, which leaves it out and counts it (`loader.dataset.skipped`).
+A file that cannot be decoded is never skipped silently: every file is checked before the first
+batch (images.check_file: a zero-byte or truncated file is found before any computation) and
+the first bad one is named in one line, unless skip_bad=True, which leaves it out and counts it
+(`loader.skipped`, `loader.description["skipped"]`); a file whose pixels fail to decode later
+stops the pass the same way. Hidden files and folders (`.ipynb_checkpoints`) are ignored; a
+class folder without images is refused (as torchvision's ImageFolder does). 16-bit and float
+images are scaled to [0, 1] (images.py), never clipped.
 limit keeps a seeded subset spread evenly over the classes (quick runs stay representative).
 """
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from . import images
 from .datasets import NORMALIZATIONS
 from ..errors import PathensError
 
@@ -39,6 +45,7 @@ def eval_transform(model=None, *, image_size: Optional[int] = None,
     crop = crop_pct or (cfg.get("crop_pct") if cfg else None) or 0.875
     if not 0 < crop <= 1:
         raise PathensError(f"crop_pct must lie in (0, 1], got {crop}")
+    _check_size(size, crop)
     if normalize is not None:
         if normalize not in NORMALIZATIONS:
             raise PathensError(f"unknown normalisation {normalize!r}: choose one of "
@@ -65,6 +72,22 @@ def eval_transform(model=None, *, image_size: Optional[int] = None,
                            std=list(std), source="timm pretrained_cfg" if cfg else "ImageNet eval")
 
 
+def _check_size(size: int, crop: float) -> None:
+    """Refuse an image size whose resized images PIL would refuse (DecompressionBombError in
+    the crop, a traceback at the first batch) and that no memory could hold in batches."""
+    from PIL import Image
+    most, resize = Image.MAX_IMAGE_PIXELS, int(math.floor(size / crop))
+    if most and resize * resize > most:
+        side = math.isqrt(most)  # the largest resize allowed; then the largest size giving it
+        largest = math.ceil((side + 1) * crop) - 1
+        while largest > 1 and math.floor(largest / crop) > side:
+            largest -= 1
+        raise PathensError(f"image size {size} (--image-size; crop_pct {crop}) resizes every "
+                           f"image to at least {resize} x {resize} pixels, more than PIL's limit "
+                           f"of {most:,} pixels per image ({3 * 4 * size * size / 2**30:.1f} GiB "
+                           f"per image as floats): choose an image size of at most {largest}")
+
+
 def _timm_config(model) -> Optional[dict]:
     if model is None or not isinstance(getattr(model, "pretrained_cfg", None), dict):
         return None
@@ -81,16 +104,26 @@ class ImageFolder(Dataset):
         root = Path(root).expanduser()
         if not root.is_dir():
             raise PathensError(f"image folder {root} does not exist (or is not a folder)")
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        # hidden folders (.ipynb_checkpoints, .git) are no classes: counted as one, the
+        # first in sorted order, it would shift every class index by one
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not _hidden(d))
         if not self.classes:
             raise PathensError(f"image folder {root} has no class subfolders: it needs "
                                f"root/<class>/<image> (the ImageNet-val layout)")
         self.samples = [(p, c) for c, name in enumerate(self.classes)
                         for p in sorted((root / name).rglob("*"))
-                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                        and not any(_hidden(q) for q in p.relative_to(root).parts)]
         if not self.samples:
             raise PathensError(f"image folder {root} has class subfolders but no images "
                                f"({', '.join(IMAGE_SUFFIXES)})")
+        empty = sorted(set(self.classes) - {self.classes[c] for _, c in self.samples})
+        if empty:  # as torchvision's ImageFolder: a class without images is a mistake
+            raise PathensError(f"image folder {root}: the class folder{'s' * (len(empty) > 1)} "
+                               f"{', '.join(empty[:3])}{'...' if len(empty) > 3 else ''} "
+                               f"hold{'s' * (len(empty) == 1)} no images ({len(self.classes)} "
+                               f"class folders in all): remove {'them' if len(empty) > 1 else 'it'}"
+                               f" or add its images; each subfolder is a class, in sorted order")
         if limit is not None:
             self.samples = stratified(self.samples, limit, seed)
         self.root, self.transform = root, transform
@@ -98,15 +131,31 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def files_fingerprint(self) -> str:
+        """A short sha256 of every sample's path (relative to root), label, size and
+        modification time (ns): a file replaced, added or removed changes it, so that a resumed
+        sweep never mixes rows of other images (batches.Data.fingerprint adds it). The
+        contents are not hashed (too slow for ImageNet-sized folders): a file rewritten with
+        its old size and its old mtime restored goes unnoticed."""
+        import hashlib
+        h = hashlib.sha256()
+        for path, label in self.samples:
+            st = path.stat()
+            h.update(f"{path.relative_to(self.root).as_posix()}\0{label}\0{st.st_size}\0"
+                     f"{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
+
     def __getitem__(self, i):
-        from PIL import Image
         path, label = self.samples[i]
         try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
+            image = images.open_rgb(path)
         except Exception as err:  # noqa: BLE001 - PIL raises many kinds on a bad file
             return Bad(str(path), f"{type(err).__name__}: {err}".splitlines()[0])
         return self.transform(image), label
+
+
+def _hidden(path) -> bool:
+    return Path(path).name.startswith(".")
 
 
 class Bad:
@@ -185,8 +234,29 @@ def loader(root, *, model=None, image_size: Optional[int] = None,
     transform, info = eval_transform(model, image_size=image_size, crop_pct=crop_pct,
                                      normalize=normalize)
     data = ImageFolder(root, transform, limit=limit, seed=seed)
+    bad = check_images(data, skip_bad)
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    return ImageLoader(data, batch_size=batch_size, workers=workers, skip_bad=skip_bad,
-                       description=dict(info, root=str(data.root), images=len(data),
-                                        classes=len(data.classes), limit=limit, seed=seed,
-                                        skip_bad=skip_bad))
+    stream = ImageLoader(data, batch_size=batch_size, workers=workers, skip_bad=skip_bad,
+                         description=dict(info, root=str(data.root), images=len(data),
+                                          classes=len(data.classes), limit=limit, seed=seed,
+                                          skip_bad=skip_bad, skipped=len(bad)))
+    stream.skipped.update(str(p) for p in bad)
+    return stream
+
+
+def check_images(data: ImageFolder, skip_bad: bool) -> list:
+    """Every file of data checked before any is used (images.check_file: the header, a PNG's
+    chunks, a float image's range), so that a bad file stops a run before it computes, not in
+    a late batch: refused in one line naming the first, or with skip_bad dropped from
+    data.samples. Returns the paths dropped."""
+    bad = images.check_files([p for p, _ in data.samples])
+    if bad and not skip_bad:
+        path, why = bad[0]
+        more = f" (and {len(bad) - 1} other file{'s' * (len(bad) > 2)})" if len(bad) > 1 else ""
+        raise PathensError(f"{path} cannot be decoded as an image ({why}){more}: remove it, or "
+                           f"skip such files and count them (--skip-bad-images; skip_bad=True)")
+    dropped = {p for p, _ in bad}
+    data.samples = [s for s in data.samples if s[0] not in dropped]
+    if not data.samples:
+        raise PathensError(f"image folder {data.root}: none of its images can be decoded")
+    return [p for p, _ in bad]

@@ -35,6 +35,7 @@ from ..data.inputs import batch_len, call_model, logits_of, take
 from . import zero_gradient
 from .linearize import branch_parameters, linearize, note_autograd_blocks
 from ..models.modes import eval_mode
+from ..data.rank_inputs import check_same_inputs
 from ..results import Result
 from .backward_sweep import exact_sweep, norm, sampled_sweep
 from ..view.residual_view import wrap
@@ -162,6 +163,7 @@ def path_gradients(view, inputs, targets=None, *, method: str = "exact", loss=No
         data = Data(view, (inputs, targets) if pair else inputs, chunk, loss)
     else:  # sampled on tensors: random subsets of batch_size examples
         data = Data(view, (inputs, targets), None, loss)
+    check_same_inputs(view, data)  # under torch.distributed: one model, one dataset
     loss = data.loss
     config = dict(method=method, num_examples=data.num_examples, batch_size=batch_size,
                   dtype=str(view.param.dtype), device=str(view.param.device),

@@ -218,9 +218,23 @@ def load_weights(model, state_dict_or_path, *, strict=True, hint=None):
             f"unexpected keys {_keys(unexpected)}; shape mismatches {_keys(mismatched)}; "
             f"{hint or _CIFAR_HINT}")
 
+    _check_dtypes(source, state_dict, own)
     cast = {k: v.to(device=own[k].device, dtype=own[k].dtype) for k, v in state_dict.items() if k in own}
     model.load_state_dict(cast, strict=False)  # the checks above are the strict ones
     return model
+
+
+def _check_dtypes(source, state_dict, own) -> None:
+    """Refuse a checkpoint tensor that casting would corrupt: an integer, bool or complex tensor
+    for a floating-point parameter or buffer (a cast rounds nothing back: bool weights are 0/1,
+    int8 ones lack their quantisation scales, complex ones lose their imaginary part)."""
+    for k, v in state_dict.items():
+        if k in own and own[k].is_floating_point() and not v.is_floating_point():
+            raise CheckpointError(
+                f"{source}: the tensor {k!r} is {str(v.dtype).replace('torch.', '')} but the "
+                f"model's is {str(own[k].dtype).replace('torch.', '')}: pathens does not cast "
+                f"non-float weights into a float model (quantised, or written wrongly?); save "
+                f"the weights in floating point")
 
 
 # --- checkpoints that carry their metadata -------------------------------------------------

@@ -52,6 +52,10 @@ class ResidualView(nn.Module):
         self.loss = loss
         self.vocab_size, self.max_length = vocab_size, max_length
         self.source = source  # how stem and head were found: "torch.fx" or a model adapter
+        # every module of the model as wrapped (the objects, held: an id could be reused):
+        # stem, blocks and head hold these, so a module replaced since is one the view no
+        # longer runs (check_current)
+        self._wrapped = tuple(model.named_modules())
 
     @property
     def num_blocks(self) -> int:
@@ -79,8 +83,24 @@ class ResidualView(nn.Module):
             groups.setdefault(b.layer, []).append(b.index)
         return list(groups.values())
 
+    def check_current(self) -> None:
+        """Refuse (one line, naming it) when a module of the model was replaced or removed
+        since wrap (`model.fc = nn.Linear(...)`, `model.h[0] = ...`): the view would still run
+        the old one and answer for a model that no longer exists. Every pass over the data
+        starts with embed(), which calls it; so does wrap(view). Modules added since are not
+        seen: the view was proven without them."""
+        now = dict(self.model.named_modules())
+        for name, module in self._wrapped:
+            if now.get(name) is not module:
+                what = f"is now a {type(now[name]).__name__}" if name in now else "was removed"
+                raise PathensError(
+                    f"the model changed after it was wrapped: {name or 'the model'} {what} (a "
+                    f"{type(module).__name__} when wrapped); the view would still run the old "
+                    f"module: wrap the model again (view = pathens.wrap(model))")
+
     def embed(self, inputs) -> tuple:
         """(h, ctx): the residual stream entering block 0 and the context its blocks need."""
+        self.check_current()
         out = self.stem_fn(inputs)
         return out if isinstance(out, tuple) else (out, None)
 
@@ -226,6 +246,7 @@ def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
     from ..adapters import transitions
 
     if isinstance(model, ResidualView):
+        model.check_current()
         return model
     if not isinstance(model, nn.Module):
         raise WrapError(f"pathens.wrap needs a torch.nn.Module, got {type(model).__name__}")
@@ -277,6 +298,7 @@ def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
                             vocab_size=parts.vocab_size,
                             max_length=parts.max_length or _context(model, probe),
                             source=source)
+        view.input_dtype = main_tensor(probe).dtype  # token ids or floats: check_batch holds to it
         get_loss(view.loss)  # a model adapter naming an unknown loss fails here, not later
         proof.check_head(view, record, probe, rtol)
     return view

@@ -172,6 +172,13 @@ def load(spec: str, weights=None):
         tuple_hint = " (a tuple: return the model alone)" if isinstance(model, tuple) else ""
         raise PathensError(f"{where}: {function}() returned {'an' if kind[:1].lower() in 'aeiou' else 'a'} "
                            f"{kind}, not a torch.nn.Module{tuple_hint}: make it return the model")
+    meta_device = next((n for n, t in [*model.named_parameters(), *model.named_buffers()]
+                        if t.device.type == "meta"), None)
+    if meta_device is not None:  # .to(device) would fail with "Cannot copy out of meta tensor"
+        raise PathensError(f"{where}: {function}() returned a model on the meta device (shapes, "
+                           f"no values: {meta_device} first): make it build the model on the "
+                           f"CPU (e.g. model.to_empty(device='cpu') and load its weights, or "
+                           f"load_state_dict(..., assign=True))")
     if weights is not None:
         state, info = weights_mod.read(weights)
         weights_mod.load(model, state, what=f"{spec} ({info['weights'] or 'the state dict given'})",
