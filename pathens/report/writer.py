@@ -30,8 +30,9 @@ from .. import __version__, combinatorics as paths
 from . import plots
 from ..errors import PathensError
 from ..io import save_figure, write_text
+from ..results import csv_text
 from .markdown import (EXACT_VS_SAMPLED, INFLUENCE, INFLUENCE_FIGURE, LESION_DEPTH, LM_METRICS,
-                       depth_table, fmt, listed, num_layers, perplexity, section, unit_of)
+                       depth_table, listed, num_layers, perplexity, section, unit_of)
 
 __all__ = ["write"]
 
@@ -229,11 +230,8 @@ def _tables(out: Path, slug: str, a) -> None:
     if a.influence_vs_deletion is not None:
         write_text(out / f"{slug}_block_influence.csv", a.influence_vs_deletion.to_csv())
     rows = [dict(measure=k, **d.table()[0]) for k, d in a.depth.items()]
-    if rows:
-        header = list(rows[0])
-        write_text(out / f"{slug}_effective_depth.csv",
-                   "\n".join([",".join(header)]
-                             + [",".join(fmt(r[h], 6) for h in header) for r in rows]))
+    if rows:  # csv_text: the cells of Analysis.frames()["effective_depth"]
+        write_text(out / f"{slug}_effective_depth.csv", csv_text(rows))
 
 
 def _result_dict(a) -> dict:

@@ -1,0 +1,169 @@
+"""Results where researchers read them: every result's tables as pandas DataFrames holding the
+cells of its CSV (read back as text, compared cell for cell), an Analysis's frames against the
+CSV files of its report, and one line that says how to install pandas when it is missing."""
+from __future__ import annotations
+
+import importlib
+import io
+import math
+import pkgutil
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import pathens  # noqa: E402
+from pathens import analysis, report  # noqa: E402
+from pathens.errors import PathensError  # noqa: E402
+from pathens.results import Result, csv_text, plain  # noqa: E402
+from nets import batch, small_resnet  # noqa: E402
+
+pd = pytest.importorskip("pandas")
+
+SETTINGS = dict(samples_per_length=2, trials=2, gradient_examples=8, progress=False,
+                log=lambda line: None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def labelled(view, n=16):
+    """Inputs and the network's own predictions, three flipped (lesions then move the error)."""
+    x, _ = batch(n)
+    with torch.no_grad():
+        y = view.run(x).argmax(1)
+    y[:3] = (y[:3] + 1) % 10
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def cnn(one_thread):
+    view = pathens.wrap(small_resnet(8, width=4))
+    return view, analysis.analyze(view, labelled(view), name="ResNet-8", **SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def gpt(one_thread):
+    """A tiny pre-LN GPT (2 layers = 4 blocks): token rows with perplexity columns."""
+    torch.manual_seed(0)
+    model = pathens.gpt(depth=2, width=16, heads=2, context=16).double().eval()
+    view = pathens.wrap(model)
+    ids = torch.randint(0, 256, (6, 12), generator=torch.Generator().manual_seed(1))
+    return view, ids, analysis.analyze(view, (ids, ids), name="GPT-2x16", **SETTINGS)
+
+
+def all_result_types() -> set:
+    """Every Result subclass pathens defines (its modules imported first)."""
+    for info in pkgutil.walk_packages(pathens.__path__, "pathens."):
+        if info.name.split(".")[1] not in ("cli", "__main__") and "zoo" not in info.name:
+            importlib.import_module(info.name)
+    out, todo = set(), [Result]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__module__.startswith("pathens."):
+                out.add(sub)
+            todo.append(sub)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(cnn, gpt):
+    """At least one result of every type, measured on the tiny networks."""
+    from pathens.measure.importance import angular_distance
+    from pathens.measure.singularities import singularities
+    from pathens.models.train_text import train_lm
+
+    view, a = cnn
+    gview, ids, lm = gpt
+    out = [getattr(x, f) for x in (a, lm) for f in (
+        "exact", "sampled", "delete_each", "delete_random", "reorder", "variance", "influence",
+        "influence_vs_deletion")]
+    out += list(a.depth.values()) + list(lm.depth.values())
+    out.append(angular_distance(gview, ids, 1, unit="block"))
+    out.append(singularities(view, labelled(view)[0], progress=False))
+    model = pathens.gpt(depth=1, width=8, heads=2, context=8).eval()
+    out.append(train_lm(model, ids.flatten(), steps=2, batch_size=2, seq_len=8, warmup_steps=1,
+                        eval_data=ids[:2, :8], progress=False))
+    return [r for r in out if r is not None]
+
+
+def csv_cell(v) -> str:
+    """A DataFrame cell as the csv module writes the value: missing -> "", else str()."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return str(v)
+
+
+def assert_frame_is_csv(frame, text: str) -> None:
+    """The frame's columns and every cell, rendered as csv writes them, equal the CSV text read
+    back as strings (no type inference, no NA parsing)."""
+    read = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    assert list(frame.columns) == list(read.columns)
+    assert len(frame) == len(read)
+    got = [[csv_cell(v) for v in row] for row in frame.astype(object).itertuples(index=False)]
+    assert got == read.values.tolist()
+
+
+def test_every_result_type_frame_equals_its_csv_cell_for_cell(results):
+    assert {type(r) for r in results} == all_result_types()  # a new type must be added here
+    for res in results:
+        frames = res.frames()
+        assert list(frames) == list(res.tables())
+        for suffix, rows in res.tables().items():
+            assert_frame_is_csv(frames[suffix], csv_text(rows))
+            assert frames[suffix].attrs == dict(result=type(res).__name__, table=suffix,
+                                                config=plain(getattr(res, "config", {})))
+        assert_frame_is_csv(res.to_frame(), res.to_csv())
+
+
+def test_numeric_columns_are_numbers_with_the_results_values(cnn, gpt):
+    """Frames are for analysis: errors are float64, counts int64, flags bool, the deleted
+    blocks lists; a NaN of the result (a sampled length nobody drew) is NaN, not ""."""
+    _, a = cnn
+    f = a.delete_random.to_frame()
+    assert f["error"].dtype == np.float64 and f["errors"].dtype == np.int64
+    assert f["downsampling"].dtype == bool
+    assert f["error"].tolist() == [r["error"] for r in a.delete_random.rows]
+    assert f["deleted"].tolist() == [list(r["deleted"]) for r in a.delete_random.rows]
+    s = a.delete_random.frames()["summary"]
+    assert s["k"].tolist() == [r["k"] for r in a.delete_random.summary()]
+    g = a.exact.to_frame()
+    np.testing.assert_array_equal(g["total"].to_numpy(), a.exact.total)
+    lm = gpt[2].delete_each.to_frame()
+    np.testing.assert_allclose(lm["perplexity"], np.exp(lm["loss"]), rtol=1e-12)
+    assert lm["tau"].isna().all()  # NaN in the result (no reordering): missing, as in the CSV
+
+
+def test_analysis_frames_are_the_report_csv_files(cnn, gpt, tmp_path):
+    for name, a in (("cnn", cnn[1]), ("lm", gpt[2])):
+        report.write(tmp_path / name, [a])
+        slug = report.writer.file_slug(a.name)
+        files = {p.name[len(slug) + 1:-4] for p in (tmp_path / name).glob(f"{slug}_*.csv")}
+        frames = a.frames()
+        assert set(frames) == files and "effective_depth" in files
+        assert "delete_random_summary" in files and "block_influence" in files
+        for key, frame in frames.items():
+            assert_frame_is_csv(frame, (tmp_path / name / f"{slug}_{key}.csv").read_text())
+            assert frame.attrs["analysis"] == a.name and frame.attrs["table"] == key
+        assert frames["delete_each"].attrs["config"] == plain(a.delete_each.config)
+        assert frames["effective_depth"].attrs["config"] == plain(a.config)
+        assert frames["effective_depth"]["measure"].tolist() == list(a.depth)
+        assert frames["effective_depth"]["depth"].tolist() == [d.depth for d in a.depth.values()]
+
+
+def test_without_pandas_one_line_says_how_to_install(cnn, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "pandas", None)  # import pandas fails
+    _, a = cnn
+    for call in (a.exact.to_frame, a.delete_random.frames, a.frames):
+        with pytest.raises(PathensError) as err:
+            call()
+        msg = str(err.value)
+        assert "\n" not in msg and "pip install 'pathens[pandas]'" in msg
