@@ -119,6 +119,16 @@ class Analysis:
         return {key: data_frame(rows, analysis=self.name, table=key, config=plain(config))
                 for key, (rows, config) in self._tables().items()}
 
+    # Notebooks (Jupyter calls these): formats are the report layer's, imported only when
+    # asked, so that an analysis needs neither the report nor matplotlib until then.
+    def _repr_html_(self) -> str:
+        from .report import html
+        return html.analysis_html(self)
+
+    def _repr_markdown_(self) -> str:
+        from .report import html
+        return html.analysis_markdown(self)
+
     def _tables(self) -> dict:
         """key -> (rows, the config behind them)."""
         results = dict(gradients_exact=self.exact, gradients_sampled=self.sampled,

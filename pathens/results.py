@@ -86,8 +86,8 @@ class Result:
         """table() as a pandas DataFrame (frames()[""] for results with several tables)."""
         return next(iter(self.frames().values()))
 
-    # Notebooks (Jupyter calls these): the HTML and Markdown are built by the report layer,
-    # imported here only when asked, so that results need neither matplotlib nor the report.
+    # Notebooks (Jupyter calls these). Formats are the report layer's (report/html.py),
+    # imported only when asked: a result does not depend on the report, nor on matplotlib.
     def _repr_html_(self) -> str:
         from .report import html
         return html.result_html(self)

@@ -3,10 +3,12 @@ cells of its CSV (read back as text, compared cell for cell), an Analysis's fram
 CSV files of its report, and one line that says how to install pandas when it is missing."""
 from __future__ import annotations
 
+import base64
 import importlib
 import io
 import math
 import pkgutil
+from html.parser import HTMLParser
 
 import matplotlib
 
@@ -18,6 +20,7 @@ import torch  # noqa: E402
 import pathens  # noqa: E402
 from pathens import analysis, report  # noqa: E402
 from pathens.errors import PathensError  # noqa: E402
+from pathens.report import html as html_mod  # noqa: E402
 from pathens.results import Result, csv_text, plain  # noqa: E402
 from nets import batch, small_resnet  # noqa: E402
 
@@ -167,3 +170,127 @@ def test_without_pandas_one_line_says_how_to_install(cnn, monkeypatch):
             call()
         msg = str(err.value)
         assert "\n" not in msg and "pip install 'pathens[pandas]'" in msg
+
+
+# ---- notebooks ---------------------------------------------------------------------------------
+
+class Tables(HTMLParser):
+    """Every <table> of an HTML text as (header cells, body rows of cell texts), every <img> src,
+    and the text of the element with id="probe"."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tables, self.images, self.probe = [], [], None
+        self._cell = self._row = None
+        self._in_probe = False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.tables.append(([], []))
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = ""
+        elif tag == "img":
+            self.images.append(attrs.get("src", ""))
+        elif attrs.get("id") == "probe":
+            self._in_probe, self.probe = True, ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append(self._cell.strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            head, body = self.tables[-1]
+            (body if head else head).extend([self._row] if head else self._row)
+            self._row = None
+        elif self._in_probe:
+            self._in_probe = False
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+        if self._in_probe:
+            self.probe += data
+
+
+def decoded_png(src: str):
+    """The PIL image a data URI holds (asserting it is a PNG data URI)."""
+    from PIL import Image
+    assert src.startswith("data:image/png;base64,"), src[:40]
+    return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1], validate=True)))
+
+
+def test_a_view_shows_its_blocks_as_the_model_runs_them():
+    """One row per block, the shapes those the block modules see in the model's own forward
+    (forward hooks), the downsampling blocks those whose shapes change, SkipInit's alpha."""
+    model = small_resnet(8, width=4, norm="skipinit")
+    view = pathens.wrap(model)
+    seen = {}
+    hooks = [b.module.register_forward_hook(
+        lambda m, i, o, name=b.name: seen.__setitem__(name, (tuple(i[0].shape[1:]),
+                                                             tuple(o.shape[1:]))))
+        for b in view.blocks]
+    with torch.no_grad():
+        model(batch(2, size=32)[0])  # the size of the probe wrap ran
+    for h in hooks:
+        h.remove()
+    (head, rows), = Tables(view._repr_html_()).tables
+    assert head == ["block", "name", "sublayer", "input", "output", "identity shortcut",
+                    "downsample", "scale"]
+    assert [r[1] for r in rows] == [n for n, _ in model.named_modules() if n in seen]
+    for r in rows:
+        i, o = seen[r[1]]
+        assert (r[3], r[4]) == (str(i), str(o))
+        assert r[6] == ("yes" if i != o else "no")
+        assert r[5] == "yes" if i == o else r[5].startswith("no")
+        alpha = float(model.get_submodule(r[1]).alpha.detach())
+        assert r[7] == f"{alpha:.4g}"
+
+
+def test_a_transformer_view_names_its_sublayers(gpt):
+    view = gpt[0]
+    (_, rows), = Tables(view._repr_html_()).tables
+    assert [r[2] for r in rows] == ["attn", "mlp"] * 2
+    assert all(r[7] == "1" and r[6] == "no" for r in rows)
+
+
+def test_a_result_shows_the_first_rows_of_its_tables(cnn):
+    _, a = cnn
+    res = a.exact
+    (head, rows), = Tables(res._repr_html_()).tables
+    table = res.table()
+    assert head == list(table[0]) and len(rows) == len(table)
+    assert [float(v) for v in (r[head.index("total")] for r in rows)] == pytest.approx(
+        list(res.total), rel=1e-3)
+    big = a.delete_random
+    text = big._repr_html_()
+    tables = Tables(text).tables
+    assert len(tables) == 2  # the rows and the summary per k
+    assert len(tables[0][1]) == min(len(big.rows), html_mod.MAX_ROWS)
+    md = big._repr_markdown_()
+    assert md.startswith(f"**{big!r}**") and "*summary*" in md
+    many = analysis.LesionResult(**{**big.__dict__, "rows": big.rows * 10})
+    assert f"{len(many.rows) - html_mod.MAX_ROWS} more rows of {len(many.rows)}" in \
+        many._repr_html_()
+    assert len(Tables(many._repr_html_()).tables[0][1]) == html_mod.MAX_ROWS
+
+
+def test_an_analysis_shows_its_depth_table_and_figures_inline(cnn):
+    import matplotlib.pyplot as plt
+    _, a = cnn
+    before = plt.get_fignums()
+    text = a._repr_html_()
+    assert plt.get_fignums() == before  # drawn, embedded and closed: never shown
+    parsed = Tables(text)
+    head, rows = parsed.tables[0]
+    assert head[0] == "model" and rows[0][:2] == [a.name, str(a.num_blocks)]
+    # the figures the report draws for this network: paths, one path, lesions, influence
+    assert len(parsed.images) == 4
+    for src in parsed.images:
+        img = decoded_png(src)
+        assert img.width > 300 and img.height > 200
+    md = a._repr_markdown_()
+    assert md.startswith(f"## {a.name}\n") and "| model | blocks |" in md and "![" not in md
