@@ -6,9 +6,13 @@ from __future__ import annotations
 import base64
 import importlib
 import io
+import json
 import math
 import pkgutil
+import re
+import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
 import matplotlib
 
@@ -294,3 +298,156 @@ def test_an_analysis_shows_its_depth_table_and_figures_inline(cnn):
         assert img.width > 300 and img.height > 200
     md = a._repr_markdown_()
     assert md.startswith(f"## {a.name}\n") and "| model | blocks |" in md and "![" not in md
+
+
+# ---- report.html in a real browser ------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: apt-get install chromium
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium "
+                                    "(apt-get install chromium)")
+
+# Injected first into the <head> of a copy of the page: records every error (thrown, failed
+# resource, console.error, rejected promise), then at load each image's natural size, and
+# clicks a header of the first sortable table twice, recording that column after each sort.
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", function (e) {
+  window.__errors.push(e.message || ("failed to load " + (e.target.src || e.target.href)));
+}, true);
+window.addEventListener("unhandledrejection", function (e) {
+  window.__errors.push("unhandled rejection: " + e.reason); });
+(function () { var orig = console.error; console.error = function () {
+  window.__errors.push(Array.prototype.join.call(arguments, " "));
+  orig.apply(console, arguments); }; })();
+window.addEventListener("load", function () {
+  var images = Array.prototype.map.call(document.images, function (i) {
+    return {width: i.naturalWidth, height: i.naturalHeight, complete: i.complete, alt: i.alt}; });
+  var sorted = [], t = document.querySelector("table.sortable");
+  if (t) { var th = t.tHead.rows[0].cells[SORT_COLUMN];
+    for (var n = 0; n < 2; n++) { th.click(); sorted.push(Array.prototype.map.call(
+      t.tBodies[0].rows, function (r) { return r.cells[SORT_COLUMN].textContent; })); } }
+  var pre = document.createElement("pre"); pre.id = "probe";
+  pre.textContent = JSON.stringify({errors: window.__errors, images: images, sorted: sorted});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def in_chromium(page: Path, tmp_path: Path, sort_column: int = 2) -> tuple:
+    """(the probe's record, the DOM after load as Tables, console lines reporting an error) of
+    a copy of `page` with PROBE injected, loaded by headless Chromium."""
+    copy = page.with_name("probed_" + page.name)
+    text = page.read_text()
+    assert text.count("<head>") == 1
+    copy.write_text(text.replace("<head>", "<head>\n" + PROBE.replace(
+        "SORT_COLUMN", str(sort_column)), 1))
+    done = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
+         copy.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = Tables(done.stdout)
+    assert dom.probe is not None, f"the probe did not run: {done.stderr[-2000:]}"
+    console = [ln for ln in done.stderr.splitlines() if "CONSOLE" in ln and
+               re.search(r"uncaught|error|failed|refused", ln, re.I)]
+    return json.loads(dom.probe), dom, console
+
+
+@needs_chromium
+def test_the_chromium_probe_sees_errors_and_broken_images(tmp_path):
+    """The harness itself: a page with a thrown error, a console.error, an undecodable and a
+    missing image is caught on all four counts."""
+    page = tmp_path / "bad.html"
+    page.write_text('<!DOCTYPE html><html><head><title>t</title></head><body>'
+                    '<img src="data:image/png;base64,AAAA"><img src="missing.png">'
+                    '<script>console.error("boom"); undefinedFunction();</script></body></html>')
+    probe, _, console = in_chromium(page, tmp_path)
+    assert [i["width"] for i in probe["images"]] == [0, 0]
+    assert any("boom" in e for e in probe["errors"])
+    assert any("undefinedFunction" in e for e in probe["errors"])
+    assert any("missing.png" in e for e in probe["errors"])
+    assert any("Uncaught" in ln for ln in console)
+
+
+def depth_cells(depth: dict) -> list:
+    """The depth table's gradient, energy and variance cells from results.json's numbers, as
+    report/markdown.py formats them."""
+    g, e, v = (depth[k] for k in ("gradient (exact)", "gradient energy (exact)", "variance"))
+    cells = [f"{g['mean']:.2f} / {g['mode']} / {g['interval'][0]}-{g['interval'][1]} "
+             f"({100 * g['path_fraction']:.3g}%)"]
+    s = depth.get("gradient (sampled)")
+    cells.append("not run" if s is None else
+                 f"{s['mean']:.2f} / {s['interval'][0]}-{s['interval'][1]}")
+    return cells + [f"{e['mean']:.2f}", f"{v['mean']:.2f}"]
+
+
+def check_report_in_chromium(folder: Path, tmp_path: Path) -> None:
+    """report.html of `folder` loads with no error, every figure of report.md decodes, the
+    effective-depth table has the numbers of results.json, and a click sorts it."""
+    md = (folder / "report.md").read_text()
+    probe, dom, console = in_chromium(folder / "report.html", tmp_path)
+    assert probe["errors"] == [] and console == []
+    figures = re.findall(r"^!\[([^\]]*)\]\(([^)]+)\)$", md, re.M)
+    assert [i["alt"] for i in probe["images"]] == [alt for alt, _ in figures]
+    for img, (_, name) in zip(probe["images"], figures):
+        assert img["complete"] and img["width"] > 0 and img["height"] > 0
+        from PIL import Image
+        assert (img["width"], img["height"]) == Image.open(folder / name).size
+    assert "report.html" not in md and "data:image" not in md
+    models = json.loads((folder / "results.json").read_text())["models"]
+    head, rows = dom.tables[0]
+    assert head[:2] == ["model", "blocks"] and head[2].startswith("intact error")
+    assert len(rows) == len(models)
+    for row in rows:
+        doc = models[row[0]]
+        assert row[1] == str(len(doc["delete_each"]["block_names"]))
+        assert row[2].startswith(f"{doc['intact_error']:.2%}")
+        assert row[3:7] == depth_cells(doc["effective_depth"])
+    column = [[float(c.split()[0].rstrip("%")) for c in s] for s in probe["sorted"]]
+    assert column[0] == sorted(column[0]) and column[1] == sorted(column[1], reverse=True)
+    assert len(column[0]) == len(models)
+
+
+@pytest.fixture(scope="module")
+def skipinit(one_thread):
+    view = pathens.wrap(small_resnet(8, width=4, norm="skipinit"))
+    return analysis.analyze(view, labelled(view), name="SkipInit ResNet-8", **SETTINGS)
+
+
+@needs_chromium
+def test_the_html_report_of_two_networks_opens_in_chromium(cnn, skipinit, tmp_path):
+    """A demo-like report: a BatchNorm and a SkipInit network compared."""
+    report.write(tmp_path / "out", [cnn[1], skipinit], title="BN vs SkipInit",
+                 command="pathens compare a.pt b.pt")
+    check_report_in_chromium(tmp_path / "out", tmp_path)
+
+
+@needs_chromium
+def test_the_html_report_of_a_gpt2_opens_in_chromium(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=64,
+                                     n_positions=16, bos_token_id=0, eos_token_id=0)
+    view = pathens.wrap(transformers.GPT2LMHeadModel(config).double().eval())
+    ids = torch.randint(0, 64, (6, 12), generator=torch.Generator().manual_seed(2))
+    a = analysis.analyze(view, (ids, ids), name="GPT-2 (2 layers)", **SETTINGS)
+    report.write(tmp_path / "gpt2", [a])
+    check_report_in_chromium(tmp_path / "gpt2", tmp_path)
+
+
+def test_report_html_holds_the_markdown(cnn, tmp_path):
+    """Without a browser: every heading, table row and bullet of report.md is in report.html,
+    and every figure is a data URI of its PNG file."""
+    out = report.write(tmp_path, [cnn[1]]).parent
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    dom = Tables(page)
+    md_tables = [ln for ln in md.splitlines() if ln.startswith("|") and "---" not in ln]
+    html_rows = [r for head, rows in dom.tables for r in [head] + rows]
+    assert len(md_tables) == len(html_rows)
+    figures = re.findall(r"^!\[[^\]]*\]\(([^)]+)\)$", md, re.M)
+    assert [base64.b64decode(src.split(",", 1)[1]) for src in dom.images] == \
+        [(out / name).read_bytes() for name in figures]
+    for heading in re.findall(r"^#+ (.+)$", md, re.M):
+        assert html_mod.html.escape(heading) in page

@@ -47,18 +47,21 @@ figcaption{font-size:90%;color:#57606a}
 """
 
 # Click a header to sort its table's rows by that column, again to reverse. A column whose
-# cells all start with a number (or are empty / n/a) sorts numerically, others as text.
-_SORT = """
+# cells all start with a number (or are missing: empty, -, n/a, not run) sorts numerically,
+# missing values last; other columns as text.
+_SORT = r"""
 (function(){
-  function key(td){var t=td.textContent.trim(),m=t.match(/^[+-]?(\\d+\\.?\\d*|\\.\\d+)(e[+-]?\\d+)?/i);
+  function key(td){var t=td.textContent.trim();
+    var m=t.match(/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?/i);
     return {t:t,n:m?parseFloat(m[0]):NaN};}
+  function missing(t){return t===""||t==="-"||/^(n\/a|not run|none)/.test(t);}
   document.querySelectorAll("table.sortable").forEach(function(table){
     var heads=table.querySelectorAll("thead th");
     heads.forEach(function(th,col){th.title="sort by this column";
       th.addEventListener("click",function(){
         var body=table.tBodies[0],rows=Array.prototype.slice.call(body.rows);
         var keys=rows.map(function(r){return key(r.cells[col]||r.cells[0]);});
-        var num=keys.every(function(k){return !isNaN(k.n)||k.t===""||k.t==="n/a"||k.t==="-";});
+        var num=keys.every(function(k){return !isNaN(k.n)||missing(k.t);});
         var dir=th.getAttribute("data-order")==="asc"?-1:1;
         heads.forEach(function(h){h.removeAttribute("data-order");});
         th.setAttribute("data-order",dir>0?"asc":"desc");

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .. import __version__, combinatorics as paths
-from . import plots
+from . import html, plots
 from ..errors import PathensError
 from ..io import save_figure, write_text
 from ..results import csv_text
@@ -55,7 +55,8 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
     extra:    further settings to record (JSON-serialisable), e.g. timings, checkpoint folder.
 
     Files: report.md (effective depth per network and what it means, per-network sections
-    with figures, configuration and versions); results.json (every number, with each
+    with figures, configuration and versions); report.html (the same as one self-contained
+    page, figures embedded, tables sortable: report/html.py); results.json (every number, with each
     analysis's configuration and the versions); per network `<slug>_gradients_exact.csv`,
     `_gradients_sampled.csv`, `_delete_each.csv`, `_delete_random.csv` (+ `_summary.csv`),
     `_reorder.csv` (+ `_summary.csv`), `_branch_variance.csv`, `_effective_depth.csv`,
@@ -103,6 +104,7 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
                               analyses={a.name: a.config for a in analyses}), indent=2,
                          default=str), "```", ""]
     write_text(out / "report.md", "\n".join(lines))
+    write_text(out / "report.html", html.report("\n".join(lines), out))
     return out / "report.md"
 
 
