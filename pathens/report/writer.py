@@ -32,7 +32,7 @@ from ..errors import PathensError
 from ..io import save_figure, write_text
 from ..results import csv_text
 from .markdown import (EXACT_VS_SAMPLED, INFLUENCE, INFLUENCE_FIGURE, LESION_DEPTH, LM_METRICS,
-                       depth_table, listed, num_layers, perplexity, section, unit_of)
+                       PATHS_SHARE, depth_table, listed, num_layers, perplexity, section, unit_of)
 
 __all__ = ["write"]
 
@@ -88,6 +88,8 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
     if command:
         lines += ["Produced by:", "", f"    {command}", ""]
     lines += ["## Effective depth", "", depth_table(analyses), ""]
+    if any(a.residual for a in analyses):
+        lines += [PATHS_SHARE, ""]
     if any(a.sampled is not None for a in analyses):
         lines += [EXACT_VS_SAMPLED, ""]
     if any(a.delete_random is not None for a in analyses):
@@ -139,15 +141,18 @@ def _model_figures(out: Path, slug: str, a) -> dict:
         grads = {"exact: norm of the sum": a.exact}
         if a.sampled is not None:
             grads["sampled: sum of norms"] = a.sampled
-        overlays = {"Binomial(n, 1/2)": paths.binomial_distribution(n),
-                    "BN variance model": paths.bn_variance_distribution(n),
+        alpha = _skipinit_alpha(a)  # SkipInit: its model, not the BatchNorm one
+        model = {"BN variance model": paths.bn_variance_distribution(n)} if alpha is None else \
+            {f"SkipInit model, alpha = {alpha:.3g}": paths.skipinit_distribution(n, alpha)}
+        overlays = {"Binomial(n, 1/2)": paths.binomial_distribution(n), **model,
                     "measured variance ratios": a.variance.distribution}
         fig, (l, r) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
         plots.plot_path_length_distribution(n, ax=l, variance_ratios=a.variance.ratios,
+                                            alpha=alpha, bn=alpha is None,
                                             title="path lengths: all paths and the variance "
                                                   "models")
         plots.plot_total_gradient(grads, ax=r, overlays=overlays,
-                                  title="gradient magnitude by path length")
+                                  title="gradient by path length: share of magnitude")
         fig.suptitle(f"{a.name} ({n} blocks): path lengths and gradient by path length")
         figs["path lengths and gradient by path length"] = _save(fig, out, f"{slug}_paths.png")
         if a.sampled is not None:
@@ -189,12 +194,23 @@ def _model_figures(out: Path, slug: str, a) -> dict:
     return figs
 
 
+def _skipinit_alpha(a):
+    """For a SkipInit network (model info "norm" or "arch": {"norm"} is "skipinit"), the alpha
+    of its analytic model, Binomial(n, alpha^2 / (1 + alpha^2)): every block's trained alpha
+    differs, so alpha^2 is the mean measured branch-to-shortcut variance ratio; else None."""
+    info = a.model if isinstance(a.model, dict) else {}
+    arch = info.get("arch") if isinstance(info.get("arch"), dict) else {}
+    if (info.get("norm") or arch.get("norm")) != "skipinit" or a.variance is None:
+        return None
+    return float(np.sqrt(np.mean(a.variance.ratios)))
+
+
 def _comparison_figures(out: Path, analyses) -> dict:
     figs = {}
     residual = [a for a in analyses if a.residual]
     if len(residual) > 1:
         fig = plots.plot_compare({a.name: a.exact for a in residual},
-                                 title="share of gradient energy by path length (exact): "
+                                 title="gradient by path length: share of energy (exact), "
                                        + " vs ".join(a.name for a in residual))
         figs["comparison of path-length mixes"] = _save(fig, out, "comparison.png")
     names = " vs ".join(a.name + ("" if a.residual or "plain" in a.name.lower() else " (plain)")
