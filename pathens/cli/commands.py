@@ -27,7 +27,8 @@ from ..report import plots  # noqa: E402
 from ..report.plots.lesion import modules, unit_of  # noqa: E402
 from ..analysis import analyze as run_analysis, doubling, lesion_counts  # noqa: E402
 from ..checks import MAX_CONDITIONS  # noqa: E402
-from .inputs import build_cifar, checkpoint_name, recalibration, setup  # noqa: E402
+from .inputs import (build_cifar, checkpoint_name, model_title, recalibration,  # noqa: E402
+                     setup)
 from ..data.datasets import load_dataset  # noqa: E402
 from ..errors import PathensError  # noqa: E402
 from ..measure.path_gradients import path_gradients  # noqa: E402
@@ -101,10 +102,11 @@ def analyze(args) -> int:
     torch.manual_seed(args.seed)
     view, data, meta, data_info = setup(args, examples=2)
     _analysis_counts(args, view)
-    name = checkpoint_name(args, args.checkpoint)
+    name = checkpoint_name(args, args.checkpoint, meta)
     with _open_out(args) as out:
         a = _analysis(args, view, data, name, meta, data_info, out)
-        path = report.write(out, [a], title=f"pathens analysis of {args.checkpoint or args.model}",
+        path = report.write(out, [a], title=f"pathens analysis of "
+                                            f"{model_title(args, name, meta)}",
                             command=_command_line(args))
     _log(args)(f"wrote {path} (and results.json, CSVs, figures in {out}/)")
     return 0
@@ -132,10 +134,11 @@ def compare(args) -> int:
     for path in args.checkpoints:  # every model and its data checked before --out
         view, data, meta, data_info = setup(args, examples=2, checkpoint=path)
         _analysis_counts(args, view)
-        name, copy = Path(path).stem, 1
+        name = first = checkpoint_name(args, path, meta)
+        copy = 1
         while slug(name) in slugs:  # the slug names its files and sweeps: keep them apart
             copy += 1
-            name = f"{Path(path).stem} ({copy})"
+            name = f"{first} ({copy})"
         slugs.add(slug(name))
         runs.append((view, data, name, meta, data_info))
     with _open_out(args) as out:
@@ -149,7 +152,7 @@ def compare(args) -> int:
 def gradients(args) -> int:
     _check_out(args)
     view, data, meta, data_info = setup(args, residual=True)
-    name = checkpoint_name(args, args.checkpoint)
+    name = checkpoint_name(args, args.checkpoint, meta)
     with _open_out(args) as out:
         res = path_gradients(view, data, method=args.method, tol=args.tol,
                              samples_per_length=args.samples, seed=args.seed,
