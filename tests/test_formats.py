@@ -28,7 +28,11 @@ from pathens.report import html as html_mod  # noqa: E402
 from pathens.results import Result, csv_text, plain  # noqa: E402
 from nets import batch, small_resnet  # noqa: E402
 
-pd = pytest.importorskip("pandas")
+
+@pytest.fixture
+def pd():
+    """pandas (an optional dependency: the DataFrame tests skip without it)."""
+    return pytest.importorskip("pandas")
 
 SETTINGS = dict(samples_per_length=2, trials=2, gradient_examples=8, progress=False,
                 log=lambda line: None)
@@ -104,6 +108,7 @@ def results(cnn, gpt):
 
 def csv_cell(v) -> str:
     """A DataFrame cell as the csv module writes the value: missing -> "", else str()."""
+    import pandas as pd
     if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return ""
     return str(v)
@@ -112,6 +117,7 @@ def csv_cell(v) -> str:
 def assert_frame_is_csv(frame, text: str) -> None:
     """The frame's columns and every cell, rendered as csv writes them, equal the CSV text read
     back as strings (no type inference, no NA parsing)."""
+    import pandas as pd
     read = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     assert list(frame.columns) == list(read.columns)
     assert len(frame) == len(read)
@@ -119,7 +125,7 @@ def assert_frame_is_csv(frame, text: str) -> None:
     assert got == read.values.tolist()
 
 
-def test_every_result_type_frame_equals_its_csv_cell_for_cell(results):
+def test_every_result_type_frame_equals_its_csv_cell_for_cell(results, pd):
     assert {type(r) for r in results} == all_result_types()  # a new type must be added here
     for res in results:
         frames = res.frames()
@@ -131,7 +137,7 @@ def test_every_result_type_frame_equals_its_csv_cell_for_cell(results):
         assert_frame_is_csv(res.to_frame(), res.to_csv())
 
 
-def test_numeric_columns_are_numbers_with_the_results_values(cnn, gpt):
+def test_numeric_columns_are_numbers_with_the_results_values(cnn, gpt, pd):
     """Frames are for analysis: errors are float64, counts int64, flags bool, the deleted
     blocks lists; a NaN of the result (a sampled length nobody drew) is NaN, not ""."""
     _, a = cnn
@@ -149,7 +155,7 @@ def test_numeric_columns_are_numbers_with_the_results_values(cnn, gpt):
     assert lm["tau"].isna().all()  # NaN in the result (no reordering): missing, as in the CSV
 
 
-def test_analysis_frames_are_the_report_csv_files(cnn, gpt, tmp_path):
+def test_analysis_frames_are_the_report_csv_files(cnn, gpt, tmp_path, pd):
     for name, a in (("cnn", cnn[1]), ("lm", gpt[2])):
         report.write(tmp_path / name, [a])
         slug = report.writer.file_slug(a.name)
