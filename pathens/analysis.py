@@ -111,6 +111,46 @@ class Analysis:
     def num_blocks(self) -> int:
         return len(self.delete_each.block_names)
 
+    def tables(self) -> dict:
+        """Every table of the analysis, keyed as the report names its CSV files
+        (`<slug>_<key>.csv`): "<measurement>" or "<measurement>_<suffix>": gradients_exact,
+        gradients_sampled, delete_each, delete_random (+ _summary), reorder (+ _summary),
+        branch_variance, block_influence (Block Influence beside the single-deletion cost),
+        effective_depth (one row per measure), those that apply."""
+        return {key: rows for key, (rows, _) in self._tables().items()}
+
+    def frames(self) -> dict:
+        """tables() as pandas DataFrames (the cells of the CSV files: results.data_frame), each
+        with attrs analysis (the name), table (the key) and config (the settings of the result
+        behind it; the effective depth's: the analysis's). Needs pandas (pathens[pandas])."""
+        from .results import data_frame, plain
+        return {key: data_frame(rows, analysis=self.name, table=key, config=plain(config))
+                for key, (rows, config) in self._tables().items()}
+
+    # Notebooks (Jupyter calls these): formats are the report layer's, imported only when
+    # asked, so that an analysis needs neither the report nor matplotlib until then.
+    def _repr_html_(self) -> str:
+        from .report import html
+        return html.analysis_html(self)
+
+    def _repr_markdown_(self) -> str:
+        from .report import html
+        return html.analysis_markdown(self)
+
+    def _tables(self) -> dict:
+        """key -> (rows, the config behind them)."""
+        results = dict(gradients_exact=self.exact, gradients_sampled=self.sampled,
+                       delete_each=self.delete_each, delete_random=self.delete_random,
+                       reorder=self.reorder, branch_variance=self.variance,
+                       block_influence=self.influence_vs_deletion)
+        out = {f"{key}_{suffix}" if suffix else key: (rows, res.config)
+               for key, res in results.items() if res is not None
+               for suffix, rows in res.tables().items()}
+        if self.depth:
+            out["effective_depth"] = ([dict(measure=k, **d.table()[0])
+                                       for k, d in self.depth.items()], self.config)
+        return out
+
 
 def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = None,
             data_info: Optional[dict] = None, loss=None, unit: str = "block",

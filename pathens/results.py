@@ -41,7 +41,9 @@ class Result:
     to_dict/to_json every field but the heavy ones, as JSON-ready values
     to_csv          table() as CSV text
     frames/to_frame the tables as pandas DataFrames, the same cells as the CSV, the result's
-                    `config` in DataFrame.attrs (pandas is optional: `pip install pandas`)
+                    `config` in DataFrame.attrs (pandas is optional: pathens[pandas])
+    _repr_html_, _repr_markdown_: how Jupyter shows it (report/html.py): its key numbers and
+                    the first rows of its table
     notes, summary_lines, markdown: the result's text in a report (none by default): notes
                     explain the quantity once per report, summary_lines are key numbers in the
                     network's section, markdown(...) its own subsection. Its figure is drawn by
@@ -73,23 +75,26 @@ class Result:
         return text
 
     def frames(self) -> dict:
-        """tables() as pandas DataFrames (suffix -> frame), the result's config in attrs."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise PathensError("DataFrames need pandas: pip install pandas (or "
-                               "pip install 'pathens[pandas]')") from None
+        """tables() as pandas DataFrames (suffix -> frame): the columns and cells of the CSV
+        (data_frame), the result's config in attrs. Needs pandas (pathens[pandas])."""
         config = plain(getattr(self, "config", {}) or {})
-        out = {}
-        for suffix, rows in self.tables().items():
-            frame = pd.DataFrame([{k: plain(v) for k, v in r.items()} for r in rows])
-            frame.attrs = dict(result=type(self).__name__, table=suffix, config=config)
-            out[suffix] = frame
-        return out
+        return {suffix: data_frame(rows, result=type(self).__name__, table=suffix,
+                                   config=config)
+                for suffix, rows in self.tables().items()}
 
     def to_frame(self):
         """table() as a pandas DataFrame (frames()[""] for results with several tables)."""
         return next(iter(self.frames().values()))
+
+    # Notebooks (Jupyter calls these). Formats are the report layer's (report/html.py),
+    # imported only when asked: a result does not depend on the report, nor on matplotlib.
+    def _repr_html_(self) -> str:
+        from .report import html
+        return html.result_html(self)
+
+    def _repr_markdown_(self) -> str:
+        from .report import html
+        return html.result_markdown(self)
 
     def notes(self) -> list[str]:
         return []
@@ -109,6 +114,45 @@ def csv_text(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+PANDAS_MISSING = ("DataFrames need pandas, an optional dependency of pathens: pip install "
+                  "'pathens[pandas]' (or pip install pandas)")
+
+
+def data_frame(rows: list[dict], **attrs):
+    """rows as a pandas DataFrame holding the cells csv_text(rows) writes, attrs in .attrs.
+
+    Each column takes the dtype of its values as plain() gives them: all bool -> bool, all int
+    -> int64, all float -> float64, with a missing value (None: NaN or inf in the result)
+    "boolean" / "Int64" (pd.NA) / NaN; anything else (strings, lists such as the deleted
+    blocks, ints mixed with floats) stays object, each cell the Python value the CSV writes.
+    So a cell is never converted (an int never becomes 1.0), and `str(cell)`, a missing one
+    "", is the CSV's text."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise PathensError(PANDAS_MISSING) from None
+    rows = [{k: plain(v) for k, v in row.items()} for row in rows]
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    frame = pd.DataFrame({k: _column(pd, [row.get(k) for row in rows]) for k in names},
+                         index=pd.RangeIndex(len(rows)))
+    frame.attrs = dict(attrs)
+    return frame
+
+
+def _column(pd, values: list):
+    """One column of data_frame: a Series of the narrowest dtype that keeps every cell."""
+    given = [v for v in values if v is not None]
+    missing = len(given) < len(values)
+    if given and all(isinstance(v, bool) for v in given):
+        return pd.Series(values, dtype="boolean" if missing else bool)
+    if given and all(isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63
+                     for v in given):
+        return pd.Series(values, dtype="Int64" if missing else "int64")
+    if given and all(isinstance(v, float) for v in given):
+        return pd.Series([np.nan if v is None else v for v in values], dtype="float64")
+    return pd.Series(values, dtype=object)
 
 
 def fmt(v, digits=3) -> str:

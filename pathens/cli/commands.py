@@ -24,9 +24,11 @@ from ..models import checkpoints  # noqa: E402
 from ..measure import lesion as lesion_mod  # noqa: E402
 from .. import combinatorics as paths, report  # noqa: E402
 from ..report import plots  # noqa: E402
+from ..report.plots.lesion import modules, unit_of  # noqa: E402
 from ..analysis import analyze as run_analysis, doubling, lesion_counts  # noqa: E402
 from ..checks import MAX_CONDITIONS  # noqa: E402
-from .inputs import build_cifar, checkpoint_name, recalibration, setup  # noqa: E402
+from .inputs import (build_cifar, checkpoint_name, model_title, recalibration,  # noqa: E402
+                     setup)
 from ..data.datasets import load_dataset  # noqa: E402
 from ..errors import PathensError  # noqa: E402
 from ..measure.path_gradients import path_gradients  # noqa: E402
@@ -100,10 +102,11 @@ def analyze(args) -> int:
     torch.manual_seed(args.seed)
     view, data, meta, data_info = setup(args, examples=2)
     _analysis_counts(args, view)
-    name = checkpoint_name(args, args.checkpoint)
+    name = checkpoint_name(args, args.checkpoint, meta)
     with _open_out(args) as out:
         a = _analysis(args, view, data, name, meta, data_info, out)
-        path = report.write(out, [a], title=f"pathens analysis of {args.checkpoint or args.model}",
+        path = report.write(out, [a], title=f"pathens analysis of "
+                                            f"{model_title(args, name, meta)}",
                             command=_command_line(args))
     _log(args)(f"wrote {path} (and results.json, CSVs, figures in {out}/)")
     return 0
@@ -131,10 +134,11 @@ def compare(args) -> int:
     for path in args.checkpoints:  # every model and its data checked before --out
         view, data, meta, data_info = setup(args, examples=2, checkpoint=path)
         _analysis_counts(args, view)
-        name, copy = Path(path).stem, 1
+        name = first = checkpoint_name(args, path, meta)
+        copy = 1
         while slug(name) in slugs:  # the slug names its files and sweeps: keep them apart
             copy += 1
-            name = f"{Path(path).stem} ({copy})"
+            name = f"{first} ({copy})"
         slugs.add(slug(name))
         runs.append((view, data, name, meta, data_info))
     with _open_out(args) as out:
@@ -148,7 +152,7 @@ def compare(args) -> int:
 def gradients(args) -> int:
     _check_out(args)
     view, data, meta, data_info = setup(args, residual=True)
-    name = checkpoint_name(args, args.checkpoint)
+    name = checkpoint_name(args, args.checkpoint, meta)
     with _open_out(args) as out:
         res = path_gradients(view, data, method=args.method, tol=args.tol,
                              samples_per_length=args.samples, seed=args.seed,
@@ -207,22 +211,30 @@ def lesion(args) -> int:
 
 
 def lesion_tables(each, rand) -> list:
-    """The lesion command's printout: the intact error, then one line per deleted block
-    (error and change from intact) and one per k (mean over trials, 95% interval)."""
+    """The lesion command's printout: the intact error, then one line per deleted block (or
+    layer, --unit layer: named by its module) with its error and the change from intact, and
+    one per k (mean over trials, 95% interval); columns as wide as their longest entry."""
+    unit = unit_of(each)
+    owner = modules(each)
     intact = each.rows[0]
-    width = max([len("block deleted")] + [len(n) + len(" (downsampling)")
-                                          for n in each.block_names])
-    lines = [f"intact error {_pct(each.intact_error)} on {each.num_examples} examples (95% "
-             f"interval {_pct(intact['error_lo'])} to {_pct(intact['error_hi'])})", "",
-             f"{'block deleted':<{width}}  {'error':>7}  change from intact"]
+    names = []
     for r in each.rows[1:]:
-        name = ", ".join(each.block_names[i] for i in r["deleted"])
-        name += " (downsampling)" if r["downsampling"] else ""
+        held = dict.fromkeys(owner[i] if unit == "layer" else each.block_names[i]
+                             for i in r["deleted"])
+        names.append(", ".join(held) + (" (downsampling)" if r["downsampling"] else ""))
+    head = f"{unit} deleted"
+    width = max([len(head)] + [len(n) for n in names])
+    items = "tokens" if each.tokens else "examples"
+    lines = [f"intact error {_pct(each.intact_error)} on {each.num_examples} {items} (95% "
+             f"interval {_pct(intact['error_lo'])} to {_pct(intact['error_hi'])})", "",
+             f"{head:<{width}}  {'error':>7}  change from intact"]
+    for name, r in zip(names, each.rows[1:]):
         lines.append(f"{name:<{width}}  {_pct(r['error']):>7}  "
                      f"{_pct(r['error'] - each.intact_error, sign=True):>7}")
-    lines += ["", "random blocks deleted  trials  mean error  95% interval (across trials)"]
+    k_head = f"random {unit}s deleted"
+    lines += ["", f"{k_head}  trials  mean error  95% interval (across trials)"]
     for r in rand.summary():
-        lines.append(f"{r['k']:>21}  {r['trials']:>6}  {_pct(r['error_mean']):>10}  "
+        lines.append(f"{r['k']:>{len(k_head)}}  {r['trials']:>6}  {_pct(r['error_mean']):>10}  "
                      f"{_pct(r['error_lo'])} to {_pct(r['error_hi'])}")
     return lines
 

@@ -313,8 +313,37 @@ def _gather(loader, limit: int):
     return take(x, slice(0, limit)), y[:limit]
 
 
-def checkpoint_name(args, path) -> str:
-    """The label of a model in reports: its checkpoint's stem, or the --model function."""
+# Weight files named for what they are, not which model: the folder names the model instead.
+GENERIC_STEMS = ("model", "pytorch_model", "checkpoint", "weights", "best", "last", "final")
+
+
+def checkpoint_name(args, path, meta: dict | None = None) -> str:
+    """The label of a model in reports and its files' names, always something true: the
+    checkpoint's file name (its folder's for a generic one: DIR/model.safetensors -> DIR), the
+    --model function, the folder of --arch hf:DIR, else the architecture or the model's class
+    (meta: what load_model returned)."""
+    meta = meta or {}
     if path is not None:
-        return Path(path).stem
-    return str(args.model).rsplit(":", 1)[-1]
+        p = Path(path).absolute()
+        return p.parent.name if p.stem in GENERIC_STEMS and p.parent.name else p.stem
+    if getattr(args, "model", None):
+        return str(args.model).rsplit(":", 1)[-1]
+    arch = getattr(args, "arch", None) or ""
+    if arch.startswith("hf:"):
+        folder = Path(meta.get("hf_dir") or arch[3:]).absolute().name
+        if folder:
+            return folder
+    return str(arch or meta.get("hf_class") or meta.get("class") or "model")
+
+
+def model_title(args, name: str, meta: dict | None = None) -> str:
+    """What a report's title calls the model: the checkpoint or --model as given, else the
+    name with the architecture and the class (--arch hf:DIR: 'gpt2 (hf:DIR,
+    GPT2LMHeadModel)')."""
+    meta = meta or {}
+    given = getattr(args, "checkpoint", None) or getattr(args, "model", None)
+    if given:
+        return str(given)
+    what = [str(w) for w in (getattr(args, "arch", None), meta.get("hf_class") or
+                             meta.get("class")) if w]
+    return f"{name} ({', '.join(what)})" if what else name

@@ -38,7 +38,17 @@ LESION_DEPTH = (
     "band over the trials (the spread of the random draws; the test set's own sampling error "
     "is shared by every condition). k = 1 is judged exactly from the single deletions (every "
     "block of the pool deleted alone), which also give the count of blocks that can each be "
-    "deleted alone within the margin.")
+    "deleted alone within the margin. The two can disagree: k = 1 takes the *mean* error over "
+    "the pool's single deletions, so a few costly blocks can make the lesion depth 0 while "
+    "most blocks are each deletable alone; the count says which blocks are free to delete, "
+    "the depth what deleting blocks at random costs.")
+
+# Under the effective-depth table: what its "(% of paths)" means.
+PATHS_SHARE = (
+    "**% of paths** (effective-depth tables): the share of all 2^n paths whose length lies in "
+    "the interval, the shortest range of lengths holding the level's share of the gradient "
+    "(of the variance, for the variance model); a small share means that few paths carry "
+    "most of it (Veit et al.: 0.45% of ResNet-110's paths carry almost all of its gradient).")
 
 # Said once when a language model is in the report.
 LM_METRICS = (
@@ -190,6 +200,15 @@ def _lesion_depth_line(a, depth) -> str:
     text = depth.describe().removeprefix("lesion: ")
     how = [w for w, on in (("on the top-1 next-token error", a.tokens),
                            ("whole layers deleted", unit_of(a) == "layer")) if on]
+    d = depth.details
+    mean = d.get("single_pool_mean_error")
+    if int(depth.depth) == 0 and d.get("single_within") and mean is not None and \
+            np.isfinite(mean):  # the two numbers side by side look contradictory: say why
+        unit = d.get("unit", "block")
+        text += (f"; depth 0 although {d['single_within']} {unit}s are each within the margin "
+                 f"alone: one of the {d['single_pool']} {unit}s of the pool deleted at random "
+                 f"costs {mean:.2%} error on average, beyond the {d['threshold']:.2%} the "
+                 f"margin allows")
     return f"- Lesion depth{' (' + '; '.join(how) + ')' if how else ''}: {text}."
 
 

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from .. import __version__, combinatorics as paths
-from . import plots
+from . import html, plots
 from ..errors import PathensError
 from ..io import save_figure, write_text
 from ..measure.registry import result_names
 from ..results import csv_text
-from .markdown import (EXACT_VS_SAMPLED, LESION_DEPTH, LM_METRICS, depth_table, fmt, listed,
-                       num_layers, perplexity, section, unit_of)
+from .markdown import (EXACT_VS_SAMPLED, LESION_DEPTH, LM_METRICS, PATHS_SHARE, depth_table,
+                       listed, num_layers, perplexity, section, unit_of)
 
 __all__ = ["write"]
 
@@ -56,7 +56,8 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
     extra:    further settings to record (JSON-serialisable), e.g. timings, checkpoint folder.
 
     Files: report.md (effective depth per network and what it means, per-network sections
-    with figures, configuration and versions); results.json (every number, with each
+    with figures, configuration and versions); report.html (the same as one self-contained
+    page, figures embedded, tables sortable: report/html.py); results.json (every number, with each
     analysis's configuration and the versions); per network `<slug>_gradients_exact.csv`,
     `_gradients_sampled.csv`, `_delete_each.csv`, `_delete_random.csv` (+ `_summary.csv`),
     `_reorder.csv` (+ `_summary.csv`), `_branch_variance.csv`, `_effective_depth.csv`,
@@ -89,6 +90,8 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
     if command:
         lines += ["Produced by:", "", f"    {command}", ""]
     lines += ["## Effective depth", "", depth_table(analyses), ""]
+    if any(a.residual for a in analyses):
+        lines += [PATHS_SHARE, ""]
     if any(a.sampled is not None for a in analyses):
         lines += [EXACT_VS_SAMPLED, ""]
     if any(a.delete_random is not None for a in analyses):
@@ -105,6 +108,7 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
                               analyses={a.name: a.config for a in analyses}), indent=2,
                          default=str), "```", ""]
     write_text(out / "report.md", "\n".join(lines))
+    write_text(out / "report.html", html.report("\n".join(lines), out))
     return out / "report.md"
 
 
@@ -139,15 +143,18 @@ def _model_figures(out: Path, slug: str, a) -> dict:
         grads = {"exact: norm of the sum": a.exact}
         if a.sampled is not None:
             grads["sampled: sum of norms"] = a.sampled
-        overlays = {"Binomial(n, 1/2)": paths.binomial_distribution(n),
-                    "BN variance model": paths.bn_variance_distribution(n),
+        alpha = _skipinit_alpha(a)  # SkipInit: its model, not the BatchNorm one
+        model = {"BN variance model": paths.bn_variance_distribution(n)} if alpha is None else \
+            {f"SkipInit model, alpha = {alpha:.3g}": paths.skipinit_distribution(n, alpha)}
+        overlays = {"Binomial(n, 1/2)": paths.binomial_distribution(n), **model,
                     "measured variance ratios": a.variance.distribution}
         fig, (l, r) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
         plots.plot_path_length_distribution(n, ax=l, variance_ratios=a.variance.ratios,
+                                            alpha=alpha, bn=alpha is None,
                                             title="path lengths: all paths and the variance "
                                                   "models")
         plots.plot_total_gradient(grads, ax=r, overlays=overlays,
-                                  title="gradient magnitude by path length")
+                                  title="gradient by path length: share of magnitude")
         fig.suptitle(f"{a.name} ({n} blocks): path lengths and gradient by path length")
         figs["path lengths and gradient by path length"] = _save(fig, out, f"{slug}_paths.png")
         if a.sampled is not None:
@@ -188,12 +195,23 @@ def _figure_of(out: Path, slug: str, a, key: str):
     return _save(draw(a.results[key], a.name), out, f"{slug}_{suffix}.png")
 
 
+def _skipinit_alpha(a):
+    """For a SkipInit network (model info "norm" or "arch": {"norm"} is "skipinit"), the alpha
+    of its analytic model, Binomial(n, alpha^2 / (1 + alpha^2)): every block's trained alpha
+    differs, so alpha^2 is the mean measured branch-to-shortcut variance ratio; else None."""
+    info = a.model if isinstance(a.model, dict) else {}
+    arch = info.get("arch") if isinstance(info.get("arch"), dict) else {}
+    if (info.get("norm") or arch.get("norm")) != "skipinit" or a.variance is None:
+        return None
+    return float(np.sqrt(np.mean(a.variance.ratios)))
+
+
 def _comparison_figures(out: Path, analyses) -> dict:
     figs = {}
     residual = [a for a in analyses if a.residual]
     if len(residual) > 1:
         fig = plots.plot_compare({a.name: a.exact for a in residual},
-                                 title="share of gradient energy by path length (exact): "
+                                 title="gradient by path length: share of energy (exact), "
                                        + " vs ".join(a.name for a in residual))
         figs["comparison of path-length mixes"] = _save(fig, out, "comparison.png")
     names = " vs ".join(a.name + ("" if a.residual or "plain" in a.name.lower() else " (plain)")
@@ -232,11 +250,8 @@ def _tables(out: Path, slug: str, a) -> None:
         for suffix, rows in res.tables().items():
             write_text(out / f"{slug}_{suffix or key}.csv", csv_text(rows))
     rows = [dict(measure=k, **d.table()[0]) for k, d in a.depth.items()]
-    if rows:
-        header = list(rows[0])
-        write_text(out / f"{slug}_effective_depth.csv",
-                   "\n".join([",".join(header)]
-                             + [",".join(fmt(r[h], 6) for h in header) for r in rows]))
+    if rows:  # csv_text: the cells of Analysis.frames()["effective_depth"]
+        write_text(out / f"{slug}_effective_depth.csv", csv_text(rows))
 
 
 def _result_dict(a) -> dict:

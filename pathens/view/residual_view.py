@@ -221,6 +221,12 @@ class ResidualView(nn.Module):
                 f"downsampling at {down}{probe}, input {self.input_shape}, "
                 f"{self.num_outputs} outputs, loss {self.loss})")
 
+    def _repr_html_(self) -> str:
+        """The blocks as a table in Jupyter (formats are the report layer's: imported here,
+        only when asked)."""
+        from ..report import html
+        return html.view_html(self)
+
 
 # ---- wrap ---------------------------------------------------------------------------------
 

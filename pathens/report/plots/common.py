@@ -13,6 +13,7 @@ loss gives no error rate: its loss is drawn.
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional
 
 import matplotlib.pyplot as plt
@@ -126,6 +127,80 @@ def _exp_array(v):
 
 def _log_array(v):
     return np.log(np.clip(v, 1e-300, None))
+
+
+# ---- block names along an axis ----------------------------------------------------------------
+
+_INDEXED = re.compile(r"^(?P<prefix>.*?)(?P<i>\d+)(?:\.(?P<sub>[A-Za-z_][\w]*))?$")
+
+
+def short_names(names) -> tuple:
+    """(labels, how): tick labels for block (or layer) names, and a phrase saying how they were
+    shortened (None when they were not).
+
+    Names `P<i>.<sub>` and `P<i>` sharing one prefix P (a transformer's "transformer.h.3.attn",
+    "model.layers.12.mlp", or its layers "h.3") become "<i><s>" and "<i>", s the sublayer's
+    first letter ("3a", "12m", "3"), or its whole name when two sublayers share a first letter;
+    how is then e.g. "3a = h.3.attn, 3m = h.3.mlp". Any other names (a CNN's "layer2.3"), or
+    labels that would collide, are returned as they are."""
+    names = [str(n) for n in names]
+    found = [_INDEXED.match(n) for n in names]
+    if not names or not all(found) or len({m["prefix"] for m in found}) != 1:
+        return names, None
+    subs = list(dict.fromkeys(m["sub"] for m in found if m["sub"]))
+    initials = {s: s[0] for s in subs} if len({s[0] for s in subs}) == len(subs) else \
+        {s: s for s in subs}
+    labels = [m["i"] + initials.get(m["sub"], "") if m["sub"] else m["i"] for m in found]
+    if len(set(labels)) != len(labels) or any(m["sub"] is None for m in found) and subs:
+        return names, None
+    examples = {}  # per sublayer, its last block: an index that is not 0
+    for name, label, m in zip(names, labels, found):
+        examples[m["sub"]] = (label, name)
+    return labels, ", ".join(f"{label} = {name}" for label, name in examples.values())
+
+
+def name_axis(ax, names, *, what: str, max_names: int = 24, spacing: float = 9.0) -> None:
+    """Block (or layer) names along the x axis of a per-block figure, x = index.
+
+    Names a transformer's sublayers or layers share a prefix with (short_names) are shortened
+    to "3a" / "3m" / "3" and written one per tick, rotated when crowded, every k-th one when
+    more than fit (one per `spacing` points of the axis' width); the axis label says how
+    ("h.3.attn = 3a, ..., every 2nd labelled"). Other names (a CNN's) are written under the
+    indices when at most `max_names`, else the indices alone, as before.
+
+    what: the axis' noun, e.g. "deleted block" or "block"."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    n = len(names)
+    labels, how = short_names(names)
+    if how is None:
+        if n <= max_names:
+            ax.xaxis.set_major_locator(FixedLocator(range(n)))
+            ax.xaxis.remove_overlapping_locs = False  # minor ticks sit on the major ones
+            ax.set_xticks(range(n), labels, minor=True)
+            ax.tick_params(axis="x", which="minor", length=0, pad=20, labelsize=7,
+                           labelrotation=90 if n > 8 else 0)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(f"{what} (index" + (", name)" if n <= max_names else ")"))
+        return
+    fig = ax.figure
+    width = ax.get_position().width * fig.get_figwidth() * 72  # points, before layout
+    fits = max(4, int(width // spacing))
+    step = max(1, math.ceil(n / fits))
+    at = list(range(0, n, step))
+    ax.set_xticks(at, [labels[i] for i in at])
+    if step > 1:  # a short tick at every block, labelled or not
+        ax.set_xticks([i for i in range(n) if i % step], minor=True)
+    longest = max(len(labels[i]) for i in at)
+    crowded = len(at) * (0.62 * 7 * longest + 4) > width
+    ax.tick_params(axis="x", which="major", labelsize=7, labelrotation=90 if crowded else 0)
+    every = "" if step == 1 else f"; every {_ordinal(step)} labelled"
+    ax.set_xlabel(f"{what} ({how}{every})")
+
+
+def _ordinal(k: int) -> str:
+    return {2: "2nd", 3: "3rd"}.get(k, f"{k}th")
 
 
 # result name (Analysis.results) -> (file-name suffix, draw(result, model name) -> Figure):

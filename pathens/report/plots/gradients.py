@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # for annotations only: plots consume results, never import t
     from ...measure.path_gradients import PathGradients
 
 __all__ = ["plot_path_length_distribution", "plot_total_gradient", "plot_gradient_by_length",
-           "plot_per_path", "plot_compare"]
+           "plot_per_path", "plot_compare", "share_label"]
 
 # Line style by method: the exact decomposition solid with circles, Veit's sampling dash-dot
 # with squares, so both can share one axis.
@@ -44,6 +44,14 @@ def _raw(res, quantity: str) -> np.ndarray:
     return np.asarray(res.total, float) ** (2 if quantity == "energy" else 1)
 
 
+def share_label(quantity: str) -> str:
+    """The y label of a normalised gradient by length, saying which normalisation: the two
+    differ (energy weighs long, weak lengths less) and must never stand side by side
+    unlabelled."""
+    return ("share of gradient energy, total[k]² / Σ total²" if quantity == "energy" else
+            "share of gradient magnitude, total[k] / Σ total")
+
+
 def _share(res, quantity: str) -> np.ndarray:
     """Per-length share of the gradient: "energy" total^2 / sum total^2, "magnitude"
     total / sum total."""
@@ -54,15 +62,16 @@ def _share(res, quantity: str) -> np.ndarray:
 
 def plot_path_length_distribution(n: int, *, ax=None, alpha=None,
                                   variance_ratios: Optional[Sequence[float]] = None,
-                                  title: Optional[str] = None):
+                                  bn: bool = True, title: Optional[str] = None):
     """The fraction of the 2^n paths of each length, Binomial(n, 1/2) (Veit et al. Fig. 6a),
     with the BatchNorm variance model beside it and, when given, the SkipInit model for branch
     scale `alpha` (a number, or a sequence of them for one curve each) and the measured model
     from per-block branch-to-shortcut variance ratios (paths.variance_ratio_distribution).
 
-    Lines, in order: all paths (solid), BN model, then SkipInit, then measured (dashed), each
-    over k = 0..n; each legend entry says what it is a share of (paths, or the output variance
-    for the models) and gives the distribution's mean length.
+    Lines, in order: all paths (solid), BN model (unless bn=False: a network without
+    BatchNorm, e.g. SkipInit), then SkipInit, then measured (dashed), each over k = 0..n; each
+    legend entry says what it is a share of (paths, or the output variance for the models) and
+    gives the distribution's mean length.
     """
     binomial = _paths.binomial_distribution(n)  # checks n
     n = len(binomial) - 1
@@ -70,11 +79,12 @@ def plot_path_length_distribution(n: int, *, ax=None, alpha=None,
     k = np.arange(n + 1)
     curves = [(f"share of the 2^{n} paths: Binomial(n, 1/2)", binomial,
                dict(marker="o", ms=3, ls="-", color="black"))]
-    curves.append(("share of variance, BatchNorm model", _paths.bn_variance_distribution(n),
-                   dict(_OVERLAY_STYLE)))
+    if bn:
+        curves.append(("share of variance, BatchNorm model", _paths.bn_variance_distribution(n),
+                       dict(_OVERLAY_STYLE)))
     alphas = [] if alpha is None else list(np.atleast_1d(alpha))
     for a in alphas:
-        curves.append((f"share of variance, SkipInit alpha={float(a):g}",
+        curves.append((f"share of variance, SkipInit model, alpha={float(a):.3g}",
                        _paths.skipinit_distribution(n, float(a)), dict(_OVERLAY_STYLE)))
     if variance_ratios is not None:
         r = np.asarray(variance_ratios, float)
@@ -132,8 +142,8 @@ def plot_total_gradient(results, *, ax=None, overlays: Optional[Mapping[str, np.
         ax.plot(np.arange(len(dist)), dist * (1.0 if normalize or scale is None else scale),
                 label=label, **_OVERLAY_STYLE)
     ax.set_xlabel("path length k (residual branches passed)")
-    what = "gradient " + ("energy" if quantity == "energy" else "magnitude")
-    ax.set_ylabel(f"share of total {what}" if normalize else f"total {what}")
+    ax.set_ylabel(share_label(quantity) if normalize else
+                  "total gradient " + ("energy" if quantity == "energy" else "magnitude"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _crop_to_mass(ax)
     _legend(ax)
@@ -249,11 +259,10 @@ def plot_compare(results: Mapping[str, "PathGradients"], *, quantity: str = "ene
             ax.plot(np.arange(len(dist)), dist, color="gray" if not shared else color,
                     label=f"analytic model (mean {_paths.distribution_mean(dist):.2f})",
                     **_OVERLAY_STYLE)
-    what = "energy" if quantity == "energy" else "magnitude"
     for j, ax in enumerate(dict.fromkeys(axes)):  # each distinct Axes once, in order
         ax.set_xlabel("path length k (residual branches passed)")
         if j == 0 or not own:  # our own panels share the y axis: label it once
-            ax.set_ylabel(f"share of gradient {what}")
+            ax.set_ylabel(share_label(quantity))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _legend(ax)
     if title:

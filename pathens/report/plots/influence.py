@@ -14,9 +14,9 @@ from typing import Optional
 
 import numpy as np
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FixedLocator, MaxNLocator
 
-from .common import axes, figure_of, legend, sublayer_label, sublayer_styles, title as set_title
+from .common import (axes, figure_of, legend, name_axis, sublayer_label, sublayer_styles,
+                     title as set_title)
 
 __all__ = ["plot_block_influence", "plot_influence_vs_deletion"]
 
@@ -60,8 +60,9 @@ def _undefined_note(c) -> Optional[str]:
 
 def plot_block_influence(c, *, ax=None, max_names: int = 24, title: Optional[str] = None):
     """Block Influence 1 - cos(input, output) of every unit vs its index, one marker group per
-    sublayer; ShortGPT removes the units of lowest influence. With at most `max_names` units,
-    their names are written under the indices. The y axis is logarithmic when the values span
+    sublayer; ShortGPT removes the units of lowest influence. The x axis names the units
+    (common.name_axis: a transformer's shortened, "3a" = h.3.attn; other names under the
+    indices when at most `max_names`). The y axis is logarithmic when the values span
     more than SPREAD x."""
     n = len(c.names)
     fig, ax = axes(ax, figsize=(min(12, max(6, 0.25 * n + 2)), 4))
@@ -70,18 +71,10 @@ def plot_block_influence(c, *, ax=None, max_names: int = 24, title: Optional[str
         if js:
             ax.plot(js, bi[js], ls="none", ms=6, label=label, **style)
     ax.set_xlim(-0.7, n - 0.3)
-    if n <= max_names:
-        ax.xaxis.set_major_locator(FixedLocator(range(n)))
-        ax.xaxis.remove_overlapping_locs = False
-        ax.set_xticks(range(n), list(c.names), minor=True)
-        ax.tick_params(axis="x", which="minor", length=0, pad=20, labelsize=7,
-                       labelrotation=90 if n > 8 else 0)
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    name_axis(ax, list(c.names), what=c.unit, max_names=max_names)
     _scale(ax.set_yscale, bi)
     if ax.get_yscale() == "linear":
         ax.set_ylim(bottom=0)
-    ax.set_xlabel(f"{c.unit} (index" + (", name)" if n <= max_names else ")"))
     ax.set_ylabel("Block Influence, 1 - cos(input, output)")
     legend(ax, note=_undefined_note(c))
     set_title(ax, title)

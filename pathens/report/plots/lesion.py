@@ -18,11 +18,11 @@ import math
 from typing import Optional
 
 import numpy as np
-from matplotlib.ticker import FixedLocator, MaxNLocator
+from matplotlib.ticker import MaxNLocator
 
 from ...errors import PathensError
 from .common import (BLOCK_STYLE, DOWNSAMPLING_COLOR, INTACT_STYLE, Metric, axes, legend, nan,
-                     sublayer_label, sublayer_styles, title as set_title)
+                     name_axis, sublayer_label, sublayer_styles, title as set_title)
 
 __all__ = ["plot_delete_each", "plot_delete_random", "plot_reorder", "plot_compare_lesions"]
 
@@ -97,8 +97,9 @@ def plot_delete_each(result, *, ax=None, max_names: int = 24, title: Optional[st
     next-token loss, perplexity on the right-hand axis (metric= "error" or "loss" overrides).
     Downsampling blocks in red squares, a transformer's sublayers (result.sublayers) each in
     their own colour and marker, each group its own legend entry; the intact network as a
-    dotted line. With at most `max_names` blocks (or layers), their names are written under
-    the indices."""
+    dotted line. The x axis names the blocks (common.name_axis): a transformer's shortened
+    ("3a" = h.3.attn), thinned when more than fit; other names under the indices when at most
+    `max_names`."""
     m = Metric.of(result, metric)
     pos, names = positions(result)
     n = len(names)
@@ -117,15 +118,7 @@ def plot_delete_each(result, *, ax=None, max_names: int = 24, title: Optional[st
         ax.plot(x, e, ls="none", ms=5, label=label, **style)
     _intact_line(ax, result, m)
     ax.set_xlim(-0.7, n - 0.3)
-    if n <= max_names:
-        ax.xaxis.set_major_locator(FixedLocator(range(n)))
-        ax.xaxis.remove_overlapping_locs = False  # minor ticks sit on the major ones
-        ax.set_xticks(range(n), [str(b) for b in names], minor=True)
-        ax.tick_params(axis="x", which="minor", length=0, pad=20, labelsize=7,
-                       labelrotation=90 if n > 8 else 0)
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(f"deleted {unit_of(result)} (index" + (", name)" if n <= max_names else ")"))
+    name_axis(ax, names, what=f"deleted {unit_of(result)}", max_names=max_names)
     ax.set_ylabel(m.ylabel)
     m.perplexity_axis(ax)
     legend(ax, skipped)
@@ -173,7 +166,8 @@ def plot_reorder(result, *, ax=None, title: Optional[str] = None, metric: Option
     (Veit et al. Fig. 5b), from reorder: each trial a faint dot, the mean per number of swaps
     at their mean tau as a diamond, the intact network (tau = 1) dotted. The error for a
     classifier, the mean next-token loss for a language model. The x axis runs from 1
-    (original order) down, left to right."""
+    (original order) down, left to right, as in Veit et al. and as the axis label says: more
+    reordering to the right, as more blocks deleted in plot_delete_random."""
     m = Metric.of(result, metric)
     fig, ax = axes(ax)
     rows, skipped = _lesion_rows(result, "reorder", m)
@@ -192,7 +186,10 @@ def plot_reorder(result, *, ax=None, title: Optional[str] = None, metric: Option
     else:
         ax.set_xlim(1.02, 0)
     _intact_line(ax, result, m)
-    ax.set_xlabel("Kendall tau of the block order vs the original")
+    # reversed, as Veit et al. Fig. 5b: reordering grows to the right, as the number of blocks
+    # deleted does in the panel beside it, so both read "more damage to the right"
+    ax.set_xlabel(f"Kendall tau of the {unit_of(result)} order vs the original\n"
+                  "(axis reversed, as Veit et al. Fig. 5b: more reordering to the right)")
     ax.set_ylabel(m.ylabel)
     m.perplexity_axis(ax)
     legend(ax, skipped, "trial")
