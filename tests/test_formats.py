@@ -100,6 +100,11 @@ def results(cnn, gpt):
     out += list(a.depth.values()) + list(lm.depth.values())
     out.append(angular_distance(gview, ids, 1, unit="block"))
     out.append(singularities(view, labelled(view)[0], progress=False))
+    x, y = labelled(view, 8)
+    out.append(pathens.signal_propagation(view, (x, y), progress=False))
+    out.append(pathens.block_jacobian_spectra(view, x[:2], k=2, blocks=[0], iters=5))
+    out.append(pathens.hessian(view, (x, y), params="layer1.0", top_k=1, trace_probes=3,
+                               density_probes=1, lanczos_steps=5, progress=False))
     model = pathens.gpt(depth=1, width=8, heads=2, context=8).eval()
     out.append(train_lm(model, ids.flatten(), steps=2, batch_size=2, seq_len=8, warmup_steps=1,
                         eval_data=ids[:2, :8], progress=False))
