@@ -103,3 +103,253 @@ def test_bad_branch_counts_are_one_line(call):
     with pytest.raises(pathens.PathensError) as e:
         call()
     assert "\n" not in str(e.value)
+
+
+# ---- a hand-built CNN with multi-branch cells ------------------------------------------------
+
+class Cell(nn.Module):
+    """relu(S(x) + sum_j alpha_j conv-bn-relu-conv-bn_j(x)): `branches` parallel conv branches;
+    stride 2 with a 1x1 conv-BN projection shortcut when the width changes."""
+
+    def __init__(self, c_in, c_out, branches, stride=1):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+            for _ in range(branches)])
+        self.alphas = nn.ParameterList([nn.Parameter(torch.tensor(0.6 + 0.3 * j))
+                                        for j in range(branches)])
+        self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                      nn.BatchNorm2d(c_out)) if c_in != c_out else None
+
+    def forward(self, x):
+        z = x if self.shortcut is None else self.shortcut(x)
+        for a, conv in zip(self.alphas, self.convs):
+            z = z + a * conv(x)
+        return F.relu(z)
+
+
+@pathens.register_block(Cell)
+def cell_parts(cell):
+    """One branch: BlockParts(branch=...); several: BlockParts(branches=...), each branch with
+    its layers (closed-form transposes) and its scale."""
+    if len(cell.convs) == 1:
+        return pathens.BlockParts(branch=cell.convs[0], scale=cell.alphas[0], post=F.relu,
+                                  shortcut=cell.shortcut, layers=tuple(cell.convs[0]))
+    return pathens.BlockParts(post=F.relu, shortcut=cell.shortcut, branches=tuple(
+        pathens.Branch(conv, scale=a, layers=tuple(conv), name=f"conv{j}")
+        for j, (a, conv) in enumerate(zip(cell.alphas, cell.convs))))
+
+
+class CellNet(nn.Module):
+    """stem -> Cell(2 branches) -> Cell(1 branch) -> Cell(3 branches, stride 2) -> head:
+    branch counts (2, 1, 3), 24 paths."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.cells = nn.Sequential(Cell(4, 4, 2), Cell(4, 4, 1), Cell(4, 8, 3, stride=2))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(self.cells(self.stem(x)).mean((2, 3)))
+
+
+def cellnet():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    model = CellNet().double()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):  # random statistics: no factor is the identity
+                c = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+                m.weight.copy_(0.5 + torch.rand(c, generator=g))
+                m.bias.copy_(0.1 * torch.randn(c, generator=g))
+    return model.eval()
+
+
+def images(n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 6, 6, generator=g, dtype=torch.float64), torch.tensor([0, 3, 1][:n])
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    model = cellnet()
+    return model, pathens.wrap(model, example_input=images()[0])
+
+
+def stream_grad(model, first: str, loss_of):
+    """d(loss)/d(stream entering the module `first`) by the model's own forward and backward
+    (a pre-hook makes that input a leaf); loss_of(model) -> scalar."""
+    leaf = {}
+
+    def hook(module, args, kwargs):
+        if args:
+            leaf["h"] = args[0].detach().requires_grad_(True)
+            return (leaf["h"], *args[1:]), kwargs
+        key = next(iter(kwargs))
+        leaf["h"] = kwargs[key].detach().requires_grad_(True)
+        return args, {**kwargs, key: leaf["h"]}
+
+    handle = model.get_submodule(first).register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        return torch.autograd.grad(loss_of(model), leaf["h"])[0]
+    finally:
+        handle.remove()
+
+
+def single_paths(view, x, loss, params=None):
+    """Every path's gradient at the first block's input, by autograd through the view with
+    detach routes: [(routes, gradient, parameter gradients or None)]."""
+    h, ctx = view.embed(x)
+    out = []
+    for r in P.enumerate_paths(view.branch_counts):
+        h0 = h.detach().requires_grad_(True)
+        value = loss(view.run_from(h0, 0, routes=r, ctx=ctx))
+        grads = torch.autograd.grad(value, [h0] + (params or []), allow_unused=True)
+        out.append((np.asarray(r).astype(int), grads[0], grads[1:]))
+    return out
+
+
+def by_length(view, singles):
+    B = [0.0] * (view.num_blocks + 1)
+    for r, g, _ in singles:
+        B[int((r > 0).sum())] = B[int((r > 0).sum())] + g
+    return B
+
+
+def rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_cnn_wraps_with_its_branches(cnn):
+    model, view = cnn
+    x, _ = images()
+    assert view.num_blocks == 3 and view.branch_counts == (2, 1, 3)
+    assert view.blocks[0].branch_names == ["conv0", "conv1"] and view.blocks[2].downsample
+    with torch.no_grad():
+        torch.testing.assert_close(view(x), model(x), rtol=0, atol=1e-13)
+    from pathens.measure.linearize import Folded, linearize
+    with torch.no_grad():  # every cell's branches listed their layers: closed-form transposes
+        h = view.stem(x)
+        for b in view.blocks:
+            lin, h = linearize(b, h)
+            assert isinstance(lin, Folded) and lin.num_branches == b.num_branches
+
+
+@pytest.mark.parametrize("form", ["folded", "autograd"])
+def test_cnn_exact_components_equal_brute_force(cnn, form, monkeypatch):
+    """G_k = the sum of the gradients of the path_counts(2, 1, 3)[k] single paths of length k
+    (24 paths by autograd), sum_k G_k = the model's own gradient; closed-form transposes and
+    the autograd fallback alike."""
+    model, view = cnn
+    if form == "autograd":
+        from pathens.measure.linearize import Folded
+        monkeypatch.setattr(Folded, "build", classmethod(lambda cls, block, x: None))
+    x, y = images()
+    res = pathens.path_gradients(view, x, y, components=True, progress=False)
+    assert res.counts.tolist() == P.path_counts([2, 1, 3]) == [1, 6, 11, 6]
+    B = by_length(view, single_paths(view, x, lambda z: F.cross_entropy(z, y)))
+    for k in range(4):
+        assert rel(res.components[k], B[k]) < 1e-12, f"length {k}"
+    truth = stream_grad(model, "cells.0", lambda m: F.cross_entropy(m(x), y))
+    assert rel(res.components.sum(0), truth) < 1e-12 and res.residual < 1e-12
+    np.testing.assert_allclose(res.per_path, res.total / np.array([1, 6, 11, 6]))
+
+
+def test_cnn_parameter_split_equals_brute_force(cnn):
+    """P[i][k]: block i's branch-parameter gradient carried by paths through one of its
+    branches and k - 1 later ones = the brute-force sum over those paths (taking the shortcut
+    before block i: the blocks before it do not change that gradient); sum_k = autograd."""
+    model, view = cnn
+    x, y = images()
+    res = pathens.path_gradients(view, x, y, parameters=True, progress=False)
+    from pathens.measure.linearize import branch_parameters
+    for i, block in enumerate(view.blocks):
+        named = branch_parameters(block)
+        singles = single_paths(view, x, lambda z: F.cross_entropy(z, y), [p for _, p in named])
+        for j, (name, p) in enumerate(named):
+            want = torch.zeros((view.num_blocks + 1, *p.shape), dtype=p.dtype)
+            for r, _, grads in singles:
+                if (r[:i] == 0).all() and r[i] > 0 and grads[j] is not None:
+                    want[int((r[i:] > 0).sum())] += grads[j]
+            got = res.param_components[i][name]
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+            truth = torch.autograd.grad(F.cross_entropy(model(x), y), p, allow_unused=True)[0]
+            torch.testing.assert_close(got.sum(0), truth, rtol=1e-10, atol=1e-14)
+
+
+def test_cnn_sampled_protocol_scales_by_the_path_count(cnn):
+    """Veit's protocol on uniform paths of each length: per_path estimates the mean norm of the
+    N_k single-path gradients (brute force), total = N_k x per_path, within 5 standard errors;
+    length 0 (one path) exactly."""
+    model, view = cnn
+    x, y = images()
+    res = pathens.path_gradients(view, x, y, method="sampled", samples_per_length=150, seed=3,
+                                 progress=False)
+    singles = single_paths(view, x, lambda z: F.cross_entropy(z, y))
+    counts = np.array(P.path_counts(view.branch_counts), float)
+    assert res.counts.tolist() == counts.tolist()
+    for k in range(4):
+        norms = [float(g.norm()) for r, g, _ in singles if (r > 0).sum() == k]
+        assert len(norms) == counts[k]
+        assert abs(res.per_path[k] - np.mean(norms)) <= 5 * res.per_path_se[k] + 1e-12, k
+        assert res.total[k] == pytest.approx(counts[k] * res.per_path[k], rel=1e-12)
+    assert res.per_path_se[0] == 0
+
+
+def zeroed(model, modules):
+    """A deep copy of the model whose `modules` output zeros (forward hooks)."""
+    edited = copy.deepcopy(model)
+    for path in modules:
+        edited.get_submodule(path).register_forward_hook(
+            lambda m, a, out: (torch.zeros_like(out[0]), *out[1:]) if isinstance(out, tuple)
+            else torch.zeros_like(out))
+    return edited
+
+
+def test_cnn_deleting_a_branch_or_the_block_equals_the_edited_model(cnn):
+    model, view = cnn
+    x, y = images()
+    cases = [([(0, 1)], ["cells.0.convs.1"]), (["cells.0.conv0"], ["cells.0.convs.0"]),
+             ([(2, "conv2"), (2, 0)], ["cells.2.convs.2", "cells.2.convs.0"]),
+             ([2], ["cells.2.convs.0", "cells.2.convs.1", "cells.2.convs.2"]),
+             (["cells.1"], ["cells.1.convs.0"])]
+    with torch.no_grad():
+        for deleted, modules in cases:
+            want = zeroed(model, modules)(x)
+            assert not torch.allclose(want, model(x))
+            torch.testing.assert_close(view.run(x, deleted=deleted), want, rtol=0, atol=1e-13)
+            row = lesion.evaluate(view, (x, y), deleted=deleted)
+            assert row["loss"] == pytest.approx(float(F.cross_entropy(want, y)), rel=1e-12)
+    assert view.deletions([(2, 0), (2, 1), (2, 2)]) == (2,)  # every branch: the block
+    assert view.deletions([(1, 0), (0, "conv1"), 2]) == ((0, 1), 1, 2)  # (1, 0): block 1
+    row = lesion.evaluate(view, (x, y), deleted=["cells.0.conv1", 1])
+    assert row["deleted"] == [[0, 1], 1] and row["k"] == 2
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(deleted=[(0, 2)]), r"block 0 \(cells.0\) has 2 branches, numbered 0..1"),
+    (dict(deleted=[(0, "conv9")]), "has no branch named 'conv9' .*conv0, conv1"),
+    (dict(deleted=["cells.0.conv9"]), "no block or module is named 'cells.0.conv9'"),
+    (dict(path={0}), r"block 0 \(cells.0\) has 2 parallel branches; give the path as routes="),
+    (dict(routes=[3, 0, 0]), r"block 0 \(cells.0\) has routes 0..2"),
+    (dict(routes=[1, 0]), "routes must be 3 integers"),
+])
+def test_bad_branch_arguments_are_one_line(cnn, kwargs, match):
+    _, view = cnn
+    with pytest.raises(pathens.PathensError, match=match) as e:
+        view.run(images()[0], **kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_block_parts_refuse_a_mixed_or_single_branch_list():
+    with pytest.raises(pathens.WrapError, match="two or more pathens.Branch"):
+        pathens.BlockParts(branches=(pathens.Branch(F.relu),))
+    with pytest.raises(pathens.WrapError, match="no branch, scale or layers of its own"):
+        pathens.BlockParts(branch=F.relu, branches=(pathens.Branch(F.relu), pathens.Branch(F.relu)))
+    with pytest.raises(pathens.WrapError, match="needs a branch"):
+        pathens.BlockParts()
