@@ -353,3 +353,133 @@ def test_block_parts_refuse_a_mixed_or_single_branch_list():
         pathens.BlockParts(branch=F.relu, branches=(pathens.Branch(F.relu), pathens.Branch(F.relu)))
     with pytest.raises(pathens.WrapError, match="needs a branch"):
         pathens.BlockParts()
+
+
+# ---- Pythia / GPT-NeoX (parallel residual), Phi, Cohere --------------------------------------
+
+T = pytest.importorskip("transformers")
+VOCAB = 100
+DEC = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, vocab_size=VOCAB,
+           max_position_embeddings=24, initializer_range=0.2, pad_token_id=0, bos_token_id=1,
+           eos_token_id=2)
+
+
+def lm(cls, config_cls, layers=2, seed=0, **kw):
+    """A tiny float64 causal LM with random norm weights and biases (no norm is the plain
+    standardisation), in eval mode."""
+    torch.manual_seed(seed)
+    model = getattr(T, cls)(getattr(T, config_cls)(**DEC, num_hidden_layers=layers, **kw))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None:
+                m.weight.copy_(0.7 + 0.6 * torch.rand(m.weight.shape, generator=g))
+                if getattr(m, "bias", None) is not None:
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    return model.double().eval()
+
+
+def tokens(n=2, t=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (n, t), generator=g)
+
+
+def next_token(z, ids):
+    """The mean next-token loss of logits z (N, T, V): position t predicts token t + 1."""
+    return F.cross_entropy(z[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+
+
+@pytest.fixture(scope="module")
+def pythia(one_thread):
+    """GPT-NeoX with use_parallel_residual=True (Pythia's layout), 3 layers: 27 paths."""
+    model = lm("GPTNeoXForCausalLM", "GPTNeoXConfig", layers=3, use_parallel_residual=True)
+    return model, pathens.wrap(model)
+
+
+def test_pythia_wraps_as_one_block_of_two_branches_per_layer(pythia):
+    model, view = pythia
+    x = tokens()
+    assert view.num_blocks == 3 and view.branch_counts == (2, 2, 2)
+    assert [b.name for b in view.blocks] == [f"gpt_neox.layers.{i}" for i in range(3)]
+    assert all(b.branch_names == ["attn", "mlp"] for b in view.blocks)
+    with torch.no_grad():
+        torch.testing.assert_close(view(x), model(x).logits, rtol=1e-12, atol=1e-12)
+
+
+def test_pythia_exact_components_equal_brute_force_over_all_27_paths(pythia):
+    model, view = pythia
+    x = tokens()
+    res = pathens.path_gradients(view, x, x, components=True, progress=False)
+    assert res.counts.tolist() == P.path_counts((2, 2, 2)) == [1, 6, 12, 8]
+    singles = single_paths(view, x, lambda z: next_token(z, x))
+    assert len(singles) == 27
+    B = by_length(view, singles)
+    for k in range(4):
+        assert rel(res.components[k], B[k]) < 1e-10, f"length {k}"
+    truth = stream_grad(model, "gpt_neox.layers.0", lambda m: next_token(m(x).logits, x))
+    assert rel(res.components.sum(0), truth) < 1e-12 and res.residual < 1e-12
+    assert res.fraction()[2:].sum() > 1e-3  # long paths carry gradient: nothing trivial
+
+
+def test_pythia_parameter_split_sums_to_autograd(pythia):
+    """Each layer's parameters (both norms, attention, MLP): sum_k P[i][k] = the model's own
+    gradient of them."""
+    model, view = pythia
+    x = tokens()
+    res = pathens.path_gradients(view, x, x, parameters=True, progress=False)
+    layer = model.gpt_neox.layers[1]
+    truth = dict(zip([n for n, _ in layer.named_parameters()], torch.autograd.grad(
+        next_token(model(x).logits, x), list(layer.parameters()))))
+    got = res.param_components[1]
+    assert set(got) == set(truth)
+    for name, g in truth.items():
+        torch.testing.assert_close(got[name].sum(0), g, rtol=1e-9, atol=1e-13)
+    assert float(got["attention.dense.weight"][1].norm()) > 0  # paths of length 1 reach it
+
+
+def test_pythia_deletions_equal_the_hand_edited_model(pythia):
+    """One branch (attention or MLP of a layer) deleted = that sublayer's output zeroed by a
+    forward hook; the whole block = both zeroed."""
+    model, view = pythia
+    x = tokens()
+    cases = [(["gpt_neox.layers.1.attn"], ["gpt_neox.layers.1.attention"]),
+             ([(0, "mlp")], ["gpt_neox.layers.0.mlp"]),
+             ([(2, 0), 0], ["gpt_neox.layers.2.attention", "gpt_neox.layers.0.attention",
+                            "gpt_neox.layers.0.mlp"]),
+             (["gpt_neox.layers.1"], ["gpt_neox.layers.1.attention", "gpt_neox.layers.1.mlp"])]
+    with torch.no_grad():
+        intact = float(next_token(model(x).logits, x))
+        for deleted, modules in cases:
+            want = zeroed(model, modules)(x).logits
+            torch.testing.assert_close(view.run(x, deleted=deleted), want, rtol=1e-12,
+                                       atol=1e-12)
+            row = lesion.evaluate(view, (x, x), deleted=deleted)
+            assert row["loss"] == pytest.approx(float(next_token(want, x)), rel=1e-10)
+            assert abs(row["loss"] - intact) > 1e-6, deleted
+
+
+@pytest.mark.parametrize("cls,config,tol", [
+    ("PhiForCausalLM", "PhiConfig", 1e-12),
+    # Cohere's LayerNorm computes in float32 inside a float64 model: float32 rounding
+    ("CohereForCausalLM", "CohereConfig", 1e-5)])
+def test_shared_norm_families_wrap_and_sum_to_autograd(cls, config, tol):
+    """Phi and Cohere, x + attn(ln(x)) + mlp(ln(x)) with ONE norm: a block of two branches per
+    layer that reproduces the model, sums to its own gradient (the shared norm's parameters
+    too: both branches reach them) and deletes like the hand-edited model."""
+    kw = dict(logit_scale=0.5) if cls.startswith("Cohere") else {}
+    model = lm(cls, config, layers=2, seed=5, **kw)
+    view = pathens.wrap(model)
+    x = tokens(seed=1)
+    assert view.num_blocks == 2 and view.branch_counts == (2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(view(x), model(x).logits, rtol=1e-12, atol=1e-12)
+    res = pathens.path_gradients(view, x, x, components=True, parameters=True, progress=False)
+    truth = stream_grad(model, "model.layers.0", lambda m: next_token(m(x).logits, x))
+    assert rel(res.components.sum(0), truth) < tol
+    norm = model.model.layers[0].input_layernorm.weight
+    want = torch.autograd.grad(next_token(model(x).logits, x), norm)[0]
+    assert rel(res.param_components[0]["input_layernorm.weight"].sum(0), want) < tol
+    with torch.no_grad():
+        edited = zeroed(model, ["model.layers.1.mlp"])(x).logits
+        torch.testing.assert_close(view.run(x, deleted=["model.layers.1.mlp"]), edited,
+                                   rtol=1e-12, atol=1e-12)
