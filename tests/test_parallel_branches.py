@@ -483,3 +483,21 @@ def test_shared_norm_families_wrap_and_sum_to_autograd(cls, config, tol):
         edited = zeroed(model, ["model.layers.1.mlp"])(x).logits
         torch.testing.assert_close(view.run(x, deleted=["model.layers.1.mlp"]), edited,
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_pythia_effective_depth_and_figure_count_all_3_to_the_L_paths(pythia):
+    """The share of paths inside the effective-depth interval counts the 27 paths (not 2^3),
+    and the path-length figure draws their distribution, prod(1 + 2t) / 27."""
+    import matplotlib
+    matplotlib.use("Agg")
+    _, view = pythia
+    x = tokens()
+    res = pathens.path_gradients(view, x, x, progress=False)
+    assert res.config["branches"] == [2, 2, 2]
+    d = pathens.effective_depth(res)
+    lo, hi = d.interval
+    assert d.path_fraction == pytest.approx(sum([1, 6, 12, 8][lo:hi + 1]) / 27, rel=1e-15)
+    fig = pathens.plots.plot_path_length_distribution(view.branch_counts)
+    line = fig.axes[0].lines[0]
+    np.testing.assert_allclose(line.get_ydata(), np.array([1, 6, 12, 8]) / 27, rtol=1e-12)
+    assert "27 paths" in line.get_label()

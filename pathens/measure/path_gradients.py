@@ -74,7 +74,8 @@ class PathGradients(Result):
                   and up to 1e-4 where a ReLU input is near 0 and rounds to the other side in
                   another layout: use float64, model.double(), for identities to 1e-12), the
                   truncation error with tol > 0.
-    config:       the settings that produced this result.
+    config:       the settings that produced this result (with parallel branches, `branches`:
+                  view.branch_counts, what counts[k] counts).
     """
 
     method: str
@@ -172,6 +173,8 @@ def path_gradients(view, inputs, targets=None, *, method: str = "exact", loss=No
     config = dict(method=method, num_examples=data.num_examples, batch_size=batch_size,
                   dtype=str(view.param.dtype), device=str(view.param.device),
                   loss=f"mean {loss.name} over {loss.unit}", batchnorm="eval (running statistics)")
+    if any(b > 1 for b in view.branch_counts):  # parallel branches: what counts[k] counts
+        config["branches"] = list(view.branch_counts)
     start = time.perf_counter()
     with eval_mode(view.model):
         if not parameters and distributed.is_writer():  # said once per analysis

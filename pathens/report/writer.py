@@ -139,11 +139,12 @@ def _model_figures(out: Path, slug: str, a) -> dict:
         grads = {"exact: norm of the sum": a.exact}
         if a.sampled is not None:
             grads["sampled: sum of norms"] = a.sampled
-        overlays = {"Binomial(n, 1/2)": paths.binomial_distribution(n),
+        b = a.exact.config.get("branches", n)  # parallel branches: prod(b_i + 1) paths
+        overlays = {"Binomial(n, 1/2)" if b == n else "all paths": paths.binomial_distribution(b),
                     "BN variance model": paths.bn_variance_distribution(n),
                     "measured variance ratios": a.variance.distribution}
         fig, (l, r) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
-        plots.plot_path_length_distribution(n, ax=l, variance_ratios=a.variance.ratios,
+        plots.plot_path_length_distribution(b, ax=l, variance_ratios=a.variance.ratios,
                                             title="path lengths: all paths and the variance "
                                                   "models")
         plots.plot_total_gradient(grads, ax=r, overlays=overlays,
