@@ -347,7 +347,7 @@ def test_bad_branch_arguments_are_one_line(cnn, kwargs, match):
 
 
 def test_block_parts_refuse_a_mixed_or_single_branch_list():
-    with pytest.raises(pathens.WrapError, match="two or more pathens.Branch"):
+    with pytest.raises(pathens.WrapError, match="two or more pathens.Branch .*got 1: Branch$"):
         pathens.BlockParts(branches=(pathens.Branch(F.relu),))
     with pytest.raises(pathens.WrapError, match="no branch, scale or layers of its own"):
         pathens.BlockParts(branch=F.relu, branches=(pathens.Branch(F.relu), pathens.Branch(F.relu)))
@@ -501,3 +501,32 @@ def test_pythia_effective_depth_and_figure_count_all_3_to_the_L_paths(pythia):
     line = fig.axes[0].lines[0]
     np.testing.assert_allclose(line.get_ydata(), np.array([1, 6, 12, 8]) / 27, rtol=1e-12)
     assert "27 paths" in line.get_label()
+
+
+def test_the_proof_refuses_a_wrong_parallel_adapter():
+    """An adapter that leaves out one of three branches, or lists layers that do not compute a
+    branch, is refused naming the block and its branches."""
+    class LostBranch(Cell):
+        pass
+
+    class WrongLayers(Cell):
+        pass
+
+    pathens.register_block(LostBranch, lambda c: pathens.BlockParts(
+        post=F.relu, shortcut=c.shortcut, branches=tuple(
+            pathens.Branch(conv, scale=a, name=f"conv{j}")
+            for j, (a, conv) in enumerate(zip(c.alphas[:2], c.convs[:2])))))
+    pathens.register_block(WrongLayers, lambda c: pathens.BlockParts(
+        post=F.relu, shortcut=c.shortcut, branches=tuple(
+            pathens.Branch(conv, scale=a, layers=tuple(c.convs[0]), name=f"conv{j}")
+            for j, (a, conv) in enumerate(zip(c.alphas, c.convs)))))
+    for cls, match in [(LostBranch, r"block cells.2 \(LostBranch\) is not post\(shortcut\(x\) "
+                                    r"\+ sum of its 2 parallel branches \(conv0, conv1\)\)"),
+                       (WrongLayers, r"block cells.0 \(branch conv1\) \(WrongLayers\): the "
+                                     r"layers its adapter lists do not compute its branch")]:
+        model = cellnet()
+        for cell in (model.cells[0], model.cells[2]):  # the cells of 2 and 3 branches
+            cell.__class__ = cls
+        with pytest.raises(pathens.WrapError, match=match) as e:
+            pathens.wrap(model, example_input=images()[0])
+        assert "\n" not in str(e.value)

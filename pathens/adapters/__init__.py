@@ -122,8 +122,9 @@ class BlockParts:
             return
         branches = tuple(self.branches)
         if not all(isinstance(b, Branch) for b in branches) or len(branches) < 2:
+            got = ", ".join(type(b).__name__ for b in branches) or "nothing"
             raise WrapError(f"BlockParts.branches must be two or more pathens.Branch (one "
-                            f"branch: give branch=), got {self.branches!r}")
+                            f"branch: give branch=), got {len(branches)}: {got}")
         names = [b.name for b in branches if b.name]
         if len(set(names)) < len(names):
             raise WrapError(f"BlockParts.branches: the branch names {names} repeat a name")
