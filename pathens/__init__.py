@@ -22,7 +22,7 @@ from .version import __version__
 # public name -> the module that defines it
 _EXPORTS = {
     "BlockParts": "adapters", "ModelParts": "adapters", "register_block": "adapters",
-    "register_model": "adapters",
+    "register_model": "adapters", "Branch": "adapters",
     "load": "models.checkpoints", "load_state_dict": "models.checkpoints",
     "load_weights": "models.checkpoints", "save_checkpoint": "models.checkpoints",
     "BranchVariance": "measure.depth", "EffectiveDepth": "measure.depth",
@@ -59,7 +59,8 @@ __all__ = sorted(_EXPORTS) + list(_MODULES) + ["__version__"]
 
 if TYPE_CHECKING:  # what the lazy names are, for editors ("go to definition") and checkers
     from . import combinatorics as paths, distributed, report  # noqa: F401
-    from .adapters import BlockParts, ModelParts, register_block, register_model  # noqa: F401
+    from .adapters import (BlockParts, Branch, ModelParts, register_block,  # noqa: F401
+                           register_model)
     from .analysis import Analysis, analyze  # noqa: F401
     from .data import imagefolder, losses, text  # noqa: F401
     from .data.text import load_corpus  # noqa: F401

@@ -1,6 +1,7 @@
 """Hugging Face language-model families as residual networks (pathens/adapters/hf_decoder.py,
 hf_encoders.py): Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Gemma3, Phi-3, Granite, OLMo2,
-OPT (pre- and post-LN), GPT-NeoX (sequential), RoBERTa, DistilBERT and ViT, each a tiny
+OPT (pre- and post-LN), GPT-NeoX (sequential), RoBERTa, DistilBERT and ViT, and the parallel
+residual families Pythia (GPT-NeoX's default), Phi and Cohere, each a tiny
 random model built from transformers' own classes and configs (nothing downloaded; GQA where
 the family has it; sliding windows shorter than the inputs), float64.
 
@@ -129,7 +130,7 @@ def batch(name, n=2, t=12, seed=0):
     if name == "vit":
         return torch.randn(n, 3, 16, 16, generator=g, dtype=torch.float64), torch.tensor([2, 0])
     ids = torch.randint(3, VOCAB, (n, t), generator=g)  # no pad / bos / eos ids
-    return ids, (ids if name in DECODERS else torch.tensor([1, 2])[:n])
+    return ids, (ids if name not in ENCODERS else torch.tensor([1, 2])[:n])
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def model_loss(model, name, x, y):
     """The model's own mean loss in float64: shifted cross-entropy (position t predicts t+1)
     for a language model, cross-entropy of the labels for an encoder."""
     z = logits(model, x)
-    if name in DECODERS:
+    if name not in ENCODERS:
         return F.cross_entropy(z[:, :-1].reshape(-1, VOCAB), y[:, 1:].reshape(-1))
     return F.cross_entropy(z, y)
 
@@ -372,14 +373,32 @@ def one_line(excinfo):
     return "\n" not in str(excinfo.value)
 
 
-@pytest.mark.parametrize("cls,config", [
-    ("GPTNeoXForCausalLM", T.GPTNeoXConfig(**DEC)),              # Pythia: parallel by default
-    ("PhiForCausalLM", T.PhiConfig(**DEC))])
-def test_parallel_residual_is_refused_with_its_reason(cls, config):
-    model = getattr(T, cls)(config).eval()
-    with pytest.raises(pathens.WrapError, match=f"{cls}: .*in parallel.*parallel residual") as e:
-        pathens.wrap(model)
-    assert one_line(e) and "no residual blocks" not in str(e.value)
+# parallel residual, x + attn(ln1(x)) + mlp(ln2(x)): one block per layer with two branches
+# (tests/test_parallel_branches.py has their brute force, parameter split and deletions)
+PARALLEL = {
+    "pythia": ("Pythia / GPT-NeoX", _build("GPTNeoXForCausalLM", "GPTNeoXConfig", 20, **DEC)),
+    "phi": ("Phi", _build("PhiForCausalLM", "PhiConfig", 21, **DEC)),
+    "cohere": ("Cohere", _build("CohereForCausalLM", "CohereConfig", 22, **DEC, **GQA,
+                                logit_scale=0.5)),
+}
+FIRST.update(pythia="gpt_neox.layers.0")
+
+
+@pytest.mark.parametrize("name", list(PARALLEL))
+def test_parallel_residual_wraps_as_one_block_of_two_branches_per_layer(name):
+    """Pythia (GPT-NeoX's default use_parallel_residual=True), Phi and Cohere: `layers` blocks
+    of two parallel branches (attn, mlp) that reproduce the model and whose exact decomposition
+    sums to its own gradient (Cohere's LayerNorm computes in float32: to float32 rounding)."""
+    model = PARALLEL[name][1]()
+    view = pathens.wrap(model)
+    assert view.num_blocks == LAYERS and view.branch_counts == (2,) * LAYERS
+    assert all(b.branch_names == ["attn", "mlp"] for b in view.blocks)
+    x, y = batch(name)
+    with torch.no_grad():
+        torch.testing.assert_close(view(x), logits(model, x), rtol=1e-12, atol=1e-12)
+    res = pathens.path_gradients(view, x, y, components=True, progress=False)
+    err = rel(res.components.sum(0), model_stream_grad(model, name, x, y))
+    assert err < (1e-5 if name == "cohere" else 1e-10)
 
 
 def test_a_wrong_structural_match_is_refused():
@@ -428,24 +447,23 @@ def family_table() -> str:
     """README's table: one row per family, from wrapping a tiny model of each here (blocks per
     layer; how closely the exact decomposition sums to the model's own gradient, in float64)."""
     rows = ["| family | class | blocks per layer | status |", "| --- | --- | --- | --- |"]
-    for name, (family, build) in FAMILIES.items():
+    for name, (family, build) in {**FAMILIES, **PARALLEL}.items():
         model = build()
         view = pathens.wrap(model)
-        subs = ", ".join(view.blocks[i].sublayer for i in view.layers[0])
+        first = view.blocks[view.layers[0][0]]
+        if first.num_branches > 1:  # a parallel residual: one block, its branches
+            blocks = (f"1 with {first.num_branches} parallel branches "
+                      f"({', '.join(first.branch_names)})")
+        else:
+            subs = ", ".join(view.blocks[i].sublayer for i in view.layers[0])
+            blocks = f"{len(view.layers[0])} ({subs})"
         x, y = batch(name)
         res = pathens.path_gradients(view, x, y, progress=False)
         check = ("wraps; exact decomposition = the model's gradient to 1e-12"
                  if res.residual < 1e-12 else
                  "wraps; the same to float32 rounding (its norms compute in float32)"
                  if res.residual < 1e-5 else f"wraps; residual {res.residual:.0e}")
-        rows.append(f"| {family} | `{type(model).__name__}` | {len(view.layers[0])} ({subs}) "
-                    f"| {check} |")
-    for family, cls, config in [("Pythia / GPT-NeoX", "GPTNeoXForCausalLM", T.GPTNeoXConfig(**DEC)),
-                                ("Phi", "PhiForCausalLM", T.PhiConfig(**DEC))]:
-        with pytest.raises(pathens.WrapError, match="parallel residual"):
-            pathens.wrap(getattr(T, cls)(config).eval())
-        rows.append(f"| {family} | `{cls}` | 2 in parallel (attn, mlp) | refused: parallel "
-                    f"residual, not supported yet |")
+        rows.append(f"| {family} | `{type(model).__name__}` | {blocks} | {check} |")
     return "\n".join(rows) + "\n"
 
 

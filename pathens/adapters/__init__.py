@@ -15,6 +15,15 @@ Two kinds, both public:
               scale=None,                  # or a scalar tensor: SkipInit's alpha, ReZero, LayerScale
               layers=(block.conv1, block.bn1, F.relu, block.conv2, block.bn2))   # optional
 
+  A block whose branches read the same input and add to the stream in parallel (Pythia's
+  `x + attn(ln1(x)) + mlp(ln2(x))`, a multi-branch CNN cell) is ONE block with several
+  branches, `post(shortcut(x) + sum_j a_j branch_j(x))`; a path then takes one of them:
+
+          return pathens.BlockParts(branches=(
+              pathens.Branch(lambda x, ctx: block.attn(block.ln1(x), **ctx), name="attn",
+                             context=True),
+              pathens.Branch(lambda x: block.mlp(block.ln2(x)), name="mlp")))
+
 - A **model adapter** names a model's blocks and head (and, optionally, its stem) directly,
   for models torch.fx cannot trace (Hugging Face models, a GPT whose forward builds positions
   with torch.arange); without one, `wrap` traces the model with torch.fx and cuts the graph:
@@ -41,6 +50,20 @@ import torch
 from torch import nn
 
 Fn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One of a block's parallel branches (BlockParts.branches): `branch`, `scale`, `layers`,
+    `name` and `context` mean for it what BlockParts's fields of those names mean for a block's
+    single branch (the branch WITHOUT its scale; its listed layers; its name within the block,
+    e.g. "attn" or "mlp": the branch is called "<block name>.<name>"; whether it takes (x, ctx))."""
+
+    branch: Fn
+    scale: Union[torch.Tensor, float, None] = None
+    layers: Optional[tuple] = None
+    name: str = ""
+    context: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,9 +95,15 @@ class BlockParts:
     name:     the sublayer's name within its module when a module holds several blocks
               ("attn", "mlp"): the block is then called "<module name>.<name>".
     context:  True when branch takes (x, ctx).
+    branches: instead of branch, scale, layers and context: two or more `Branch`es that read
+              the same x and add to the stream in parallel, `post(shortcut(x) + sum_j a_j
+              branch_j(x))` (Pythia, Phi, multi-branch CNN cells). A path goes through the
+              shortcut or ONE of them, so the block has len(branches) + 1 routes. `branch` is
+              then filled in with their scaled sum (context: whether any takes a context),
+              which is what measurements that see a block as shortcut + one branch use.
     """
 
-    branch: Fn
+    branch: Optional[Fn] = None
     shortcut: Optional[Fn] = None
     post: Optional[Fn] = None
     scale: Union[torch.Tensor, float, None] = None
@@ -82,6 +111,44 @@ class BlockParts:
     layers: Optional[tuple] = None
     name: str = ""
     context: bool = False
+    branches: tuple = ()
+
+    def __post_init__(self):
+        from ..errors import WrapError
+        if not self.branches:
+            if self.branch is None:
+                raise WrapError("BlockParts needs a branch (or branches=(pathens.Branch(...), "
+                                "...) for parallel branches)")
+            return
+        branches = tuple(self.branches)
+        if not all(isinstance(b, Branch) for b in branches) or len(branches) < 2:
+            got = ", ".join(type(b).__name__ for b in branches) or "nothing"
+            raise WrapError(f"BlockParts.branches must be two or more pathens.Branch (one "
+                            f"branch: give branch=), got {len(branches)}: {got}")
+        names = [b.name for b in branches if b.name]
+        if len(set(names)) < len(names):
+            raise WrapError(f"BlockParts.branches: the branch names {names} repeat a name")
+        # `branch` may hold the sum made for the same branches (dataclasses.replace copies it)
+        if (self.branch is not None and getattr(self.branch, "summed", None) is None) or \
+                self.scale is not None or self.layers is not None or not self.residual:
+            raise WrapError("BlockParts with branches= takes no branch, scale or layers of its "
+                            "own (each Branch has them) and must be residual")
+        object.__setattr__(self, "branches", branches)
+        object.__setattr__(self, "branch", _summed(branches))
+        object.__setattr__(self, "context", any(b.context for b in branches))
+
+
+def _summed(branches: tuple) -> Fn:
+    """x (, ctx) -> sum_j scale_j * branch_j(x): a parallel block seen as one branch."""
+    def branch(x, ctx=None):
+        total = None
+        for b in branches:
+            r = b.branch(x, {} if ctx is None else ctx) if b.context else b.branch(x)
+            r = r if b.scale is None else b.scale * r
+            total = r if total is None else total + r
+        return total
+    branch.summed = branches
+    return branch
 
 
 @dataclass(frozen=True)

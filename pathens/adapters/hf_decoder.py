@@ -2,7 +2,8 @@
 
 Dozens of transformers families share one decoder-layer shape and differ only in names and
 details. The layer's attributes say which layout it has (`layout`), and each layout splits the
-layer into two residual blocks, attention then MLP, `x + branch(x)` (post-LN: `LN(x + branch(x))`):
+layer into two residual blocks, attention then MLP, `x + branch(x)` (post-LN: `LN(x + branch(x))`),
+except the parallel one (one block, two branches):
 
     pre-norm     (Llama, Mistral, Qwen2, Qwen3, Gemma, Phi-3, Granite, OLMo, SmolLM3,
                  StarCoder2, StableLM)
@@ -18,7 +19,11 @@ layer into two residual blocks, attention then MLP, `x + branch(x)` (post-LN: `L
     neox         (GPT-NeoX with use_parallel_residual=False): attention, mlp
     parallel     (Pythia / GPT-NeoX's default, Phi, Cohere, StableLM with
                  use_parallel_residual=True): x + attn(ln1(x)) + mlp(ln2(x)), both
-                 sublayers reading the same x: refused until the view has parallel branches
+                 sublayers reading the same x: ONE block with two parallel branches, "attn"
+                 and "mlp" (BlockParts.branches), so a path takes the shortcut, the attention
+                 or the MLP of each layer (3^layers paths). GPT-NeoX has a norm per branch
+                 (input_layernorm, post_attention_layernorm, both applied to x); Phi, Cohere
+                 and StableLM share one (input_layernorm), which then lies on both branches.
 
 The model adapter finds the layers (model.base_model[.decoder].layers), the head (final norm,
 OPT's project_out, lm_head, Gemma's logit soft-capping, Granite's logits_scaling) and a stem
@@ -33,7 +38,8 @@ Numerics: Hugging Face RMSNorms compute in float32 whatever the model's dtype (L
 x to float32, Gemma's computes the whole norm in float32), so in a float64 model these
 families reproduce themselves exactly (the view calls the same modules) but the exact
 decomposition sums to the model's own gradient only to float32 rounding (about 1e-7
-relative); LayerNorm families (OPT, GPT-NeoX) stay at 1e-12.
+relative); LayerNorm families (OPT, GPT-NeoX, Pythia, Phi) stay at 1e-12 (Cohere's own
+LayerNorm computes in float32 too).
 
 `register(model_class, layer_class)` applies the same structural adapter to another family.
 """
@@ -49,7 +55,7 @@ from torch import nn
 from ..errors import WrapError
 from ..data.inputs import call_model
 from .calls import Reached, block_call
-from . import BlockParts, ModelParts, register_block, register_model
+from . import BlockParts, Branch, ModelParts, register_block, register_model
 from .hf_common import token_probe
 
 # What a layer receives that the view must not pass on: the KV cache (each call would append
@@ -83,16 +89,6 @@ def layout(layer: nn.Module) -> Optional[str]:
     return None
 
 
-def parallel_message(layer: nn.Module, model: Optional[nn.Module] = None) -> str:
-    """Why a parallel-residual layer is refused, in one line."""
-    where = f"{type(model).__name__}: its {type(layer).__name__}" if model is not None else \
-        type(layer).__name__
-    flag = " (use_parallel_residual=True)" if getattr(layer, "use_parallel_residual", False) else ""
-    return (f"{where} adds attention and MLP in parallel to the stream{flag} (x + attn(ln(x)) + "
-            f"mlp(ln(x)), a parallel residual): pathens does not support parallel residual "
-            f"blocks yet")
-
-
 def layer_kwargs(ctx, layer: nn.Module) -> dict:
     """The keyword arguments the model passed `layer` (from LayerStem's per-layer context, or
     a context shared by all layers), less the KV cache."""
@@ -113,7 +109,8 @@ def _first(out):
 
 
 def decoder_layer(layer: nn.Module) -> list:
-    """The two residual blocks (attn, mlp) of a Hugging Face decoder layer, by its layout."""
+    """The two residual blocks (attn, mlp) of a Hugging Face decoder layer, by its layout (a
+    parallel layer: one block with the two as parallel branches)."""
     kind = layout(layer)
     if kind is None:
         raise WrapError(f"{type(layer).__name__} is not a Hugging Face decoder layer pathens "
@@ -121,14 +118,17 @@ def decoder_layer(layer: nn.Module) -> list:
                         f"post_attention_layernorm (or Gemma2's four norms, OLMo2's two "
                         f"post-norms, OPT's or GPT-NeoX's names); register an adapter for it "
                         f"with pathens.register_block")
-    if kind == "parallel":
-        raise WrapError(parallel_message(layer))
     scale = getattr(layer, "residual_multiplier", None)  # Granite: x + m * branch(x)
     scale = float(scale) if isinstance(scale, (int, float)) and scale != 1 else None
-    drop_a = next((getattr(layer, n) for n in ("resid_attn_dropout", "post_attention_dropout")
+    # dropout on each sublayer's output (Phi: one resid_dropout for both)
+    drop_a = next((getattr(layer, n) for n in ("resid_attn_dropout", "post_attention_dropout",
+                                               "resid_dropout")
                    if isinstance(getattr(layer, n, None), nn.Module)), None)
-    drop_m = next((getattr(layer, n) for n in ("resid_mlp_dropout", "post_mlp_dropout")
+    drop_m = next((getattr(layer, n) for n in ("resid_mlp_dropout", "post_mlp_dropout",
+                                               "resid_dropout")
                    if isinstance(getattr(layer, n, None), nn.Module)), None)
+    if kind == "parallel":
+        return [parallel_layer(layer, drop_a, drop_m)]
     post_a = post_m = None
     if kind == "opt":
         attn_mod, pre = layer.self_attn, layer.do_layer_norm_before
@@ -170,6 +170,27 @@ def decoder_layer(layer: nn.Module) -> list:
 
     return [BlockParts(name="attn", context=True, branch=attn, post=post_a, scale=scale),
             BlockParts(name="mlp", branch=mlp, post=post_m, scale=scale)]
+
+
+def parallel_layer(layer: nn.Module, drop_a=None, drop_m=None) -> BlockParts:
+    """A parallel-residual layer, x + attn(norm_a(x)) + mlp(norm_m(x)), as one block with two
+    branches reading the same x (N, T, d): GPT-NeoX's norm_a, norm_m = input_layernorm,
+    post_attention_layernorm (use_parallel_residual=True); Phi's, Cohere's and StableLM's one
+    input_layernorm for both."""
+    neox = _has(layer, "attention")
+    attn_mod = layer.attention if neox else layer.self_attn
+    norm_a = layer.input_layernorm
+    norm_m = layer.post_attention_layernorm if neox else layer.input_layernorm
+
+    def attn(x, ctx):
+        r = _first(attn_mod(norm_a(x), **layer_kwargs(ctx, layer)))
+        return r if drop_a is None else drop_a(r)
+
+    def mlp(x):
+        r = _first(layer.mlp(norm_m(x)))
+        return r if drop_m is None else drop_m(r)
+
+    return BlockParts(branches=(Branch(attn, name="attn", context=True), Branch(mlp, name="mlp")))
 
 
 # ---- the stem: what the model passes every layer ---------------------------------------------
@@ -250,8 +271,6 @@ def decoder_lm(model: nn.Module) -> ModelParts:
                         f"pathens knows (self_attn, mlp and the norms of Llama, Gemma2, OLMo2, OPT "
                         f"or GPT-NeoX){' consistent over the layers' if len(kinds) > 1 else ''}; "
                         f"register a block adapter for it")
-    if kinds == {"parallel"}:
-        raise WrapError(parallel_message(layers[0], model))
     norm = next((getattr(dec, n) for n in _NORMS if isinstance(getattr(dec, n, None), nn.Module)),
                 None)
     if norm is None and not (kinds == {"opt"} and not layers[0].do_layer_norm_before):
@@ -265,6 +284,7 @@ def decoder_lm(model: nn.Module) -> ModelParts:
     config = model.config
     cap = getattr(config, "final_logit_softcapping", None)
     scaling = getattr(config, "logits_scaling", None)  # Granite: logits / logits_scaling
+    logit_scale = getattr(model, "logit_scale", None)  # Cohere: logits * logit_scale
 
     def head(h):
         if norm is not None:
@@ -276,6 +296,8 @@ def decoder_lm(model: nn.Module) -> ModelParts:
             logits = torch.tanh(logits / cap) * cap
         if scaling and scaling != 1:
             logits = logits / scaling
+        if isinstance(logit_scale, (int, float)) and logit_scale != 1:
+            logits = logits * logit_scale
         return logits
 
     max_length = getattr(config, "max_position_embeddings", None)
@@ -312,6 +334,7 @@ FAMILIES = (
     ("opt", "OPTForCausalLM", "OPTDecoderLayer"),
     ("gpt_neox", "GPTNeoXForCausalLM", "GPTNeoXLayer"),
     ("phi", "PhiForCausalLM", "PhiDecoderLayer"),
+    ("cohere", "CohereForCausalLM", "CohereDecoderLayer"),
 )
 missing: dict = {}  # class name -> why this transformers lacks it
 

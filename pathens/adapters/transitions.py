@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 
 from torch import nn
 
-from . import BlockParts, find_adapter, split_block
+from . import BlockParts, Branch, find_adapter, split_block
 from ..errors import WrapError
 from .layers import Chain
 
@@ -39,17 +39,26 @@ def fold(transition: Callable, parts: BlockParts) -> BlockParts:
     branch(transition(x)) and the listed layers, if any, (transition, *layers). A plain layer
     (residual=False) gets the transition in its branch only."""
     t = transition
-    if parts.context:
-        def branch(x, ctx):
-            return parts.branch(t(x), ctx)
-    else:
-        def branch(x):
-            return parts.branch(t(x))
     shortcut = parts.shortcut
     if parts.residual:
         shortcut = Chain([t] if parts.shortcut is None else [t, parts.shortcut])
-    layers = None if parts.layers is None else (t, *parts.layers)
-    return replace(parts, branch=branch, shortcut=shortcut, layers=layers)
+    if parts.branches:  # parallel branches: each reads transition(x)
+        return replace(parts, branch=None, shortcut=shortcut,
+                       branches=tuple(fold_branch(t, b) for b in parts.branches))
+    folded = fold_branch(t, parts)
+    return replace(parts, branch=folded.branch, shortcut=shortcut, layers=folded.layers)
+
+
+def fold_branch(t: Callable, b):
+    """A Branch (or a BlockParts's own branch) read from t(x): branch o t, layers (t, ...)."""
+    if b.context:
+        def branch(x, ctx):
+            return b.branch(t(x), ctx)
+    else:
+        def branch(x):
+            return b.branch(t(x))
+    return Branch(branch, b.scale, None if b.layers is None else (t, *b.layers), b.name,
+                  b.context)
 
 
 def check(transitions, count: int, cls: str) -> dict:

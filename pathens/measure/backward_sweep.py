@@ -7,6 +7,10 @@ blocks from last to first, each block i given as its linearization at its forwar
 exact_sweep:   a stack of cotangents G[k], k = branches passed so far. At block i
                G[k] <- S^T P^T G[k] + R^T P^T G[k-1]. At the first block's input G[k] is the
                sum of the gradients of all C(n, k) paths of length k, and sum_k G[k] = g_0.
+               A block with parallel branches (z = S(x) + sum_j a_j R_j(x)) passes a path
+               through one of them: G[k] <- S^T P^T G[k] + sum_j R_j^T P^T G[k-1] (a_j inside
+               R_j), and G[k] sums the path_counts(b)[k] paths of length k
+               (coefficients of prod_i (1 + b_i t)).
 sampled_sweep: one cotangent per sampled path, sent through the branch of the blocks in the
                path and the shortcut of the others (Veit et al.'s protocol, many paths at once).
 """
@@ -45,6 +49,14 @@ def exact_sweep(lins: list, g: torch.Tensor, *, tol: float = 0.0, with_params: b
             if gk is None:
                 continue
             u = lin.post_t(gk, inplace=True)  # gk is ours: nothing else holds the stack
+            if getattr(lin, "num_branches", 1) > 1:
+                dx, dp = _parallel_t(lin, u, with_params)  # before u may be added into
+                new[k] = add(new[k], lin.shortcut_t(u))
+                if with_params:
+                    param_parts[i][k + 1] = dp
+                new[k + 1] = add(new[k + 1], dx)
+                stack[k] = None
+                continue
             new[k] = add(new[k], lin.shortcut_t(u))
             if with_params:
                 dx, dp = lin.branch_t(u, with_params=True)
@@ -60,6 +72,24 @@ def exact_sweep(lins: list, g: torch.Tensor, *, tol: float = 0.0, with_params: b
         if on_block is not None:
             on_block()
     return stack + [None] * (n + 1 - len(stack)), param_parts
+
+
+def _parallel_t(lin, u: torch.Tensor, with_params: bool):
+    """(sum_j R_j^T u, per-parameter sum_j of branch j's parameter gradients or None) for a
+    block with parallel branches: every path of one more length goes through exactly one of
+    them. The sum is a tensor of its own (never u itself), so adding into it cannot alias u."""
+    dx = dp = None
+    for j in range(lin.num_branches):
+        if with_params:
+            dxj, dpj = lin.branch_t(u, j, with_params=True)
+            dp = dpj if dp is None else [a + c for a, c in zip(dp, dpj)]
+        else:
+            dxj = lin.branch_t(u, j)
+        if dx is None:  # R_0^T u is fresh, unless branch 0 is the identity (then u itself)
+            dx = dxj.clone() if dxj is u else dxj
+        else:
+            dx.add_(dxj)
+    return dx, dp
 
 
 def norm(t: torch.Tensor) -> torch.Tensor:
@@ -108,13 +138,15 @@ def sampled_sweep(lins: list, g: torch.Tensor, masks: np.ndarray) -> list:
     """The single-path gradients at the first block's input of the paths in `masks`.
 
     lins: the blocks' linearizations (released as used, as in exact_sweep).
-    masks: bool (m, n), row j a path (True: through block i's branch, False: its shortcut).
+    masks: bool (m, n), row j a path (True: through block i's branch, False: its shortcut);
+    or int routes (m, n) for blocks with parallel branches (0: the shortcut, r: branch r,
+    1-based, as pathens.paths gives them).
     Returns a list of m tensors shaped like the first block's input.
     """
     cot = [g] * len(masks)
     for i in reversed(range(len(lins))):
         lin, lins[i] = lins[i], None
-        cot = [lin.branch_t(lin.post_t(c)) if masks[j, i] else lin.shortcut_t(lin.post_t(c))
-               for j, c in enumerate(cot)]
+        cot = [lin.branch_t(lin.post_t(c), int(masks[j, i]) - 1) if masks[j, i]
+               else lin.shortcut_t(lin.post_t(c)) for j, c in enumerate(cot)]
         del lin
     return cot

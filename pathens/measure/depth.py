@@ -115,14 +115,16 @@ def shortest_interval(weights, level: float = 0.9) -> tuple[int, int, float]:
 
 
 def from_distribution(weights, *, level: float = 0.9, source: str = "gradients",
-                      details: Optional[dict] = None) -> EffectiveDepth:
-    """Effective depth of a distribution of weights over path lengths 0..n."""
+                      details: Optional[dict] = None, branches=None) -> EffectiveDepth:
+    """Effective depth of a distribution of weights over path lengths 0..n. branches: the
+    view's per-block branch counts where blocks have parallel branches (the share of paths
+    inside the interval then counts prod(b_i + 1) paths)."""
     w = np.asarray(weights, float)
     lo, hi, mass = shortest_interval(w, level)
     p = w / w.sum()
     n = len(p) - 1
-    counts = paths.path_counts(n)
-    inside = sum(counts[lo:hi + 1]) / 2 ** n  # exact integers, then one division
+    counts = paths.path_counts(n if branches is None else branches)
+    inside = sum(counts[lo:hi + 1]) / sum(counts)  # exact integers, then one division
     mean = float((np.arange(n + 1) * p).sum())
     return EffectiveDepth(source, n, mean, mean, int(np.argmax(p)), (lo, hi), level, mass,
                           float(inside), p, details or {})
@@ -165,7 +167,8 @@ def effective_depth(result, *, level: float = 0.9, quantity: str = "magnitude",
         details = dict(method=result.method, quantity=quantity)
         if zero:
             details["zero_gradient"] = zero
-        return from_distribution(w, level=level, source="gradients", details=details)
+        return from_distribution(w, level=level, source="gradients", details=details,
+                                 branches=result.config.get("branches"))
     if isinstance(result, BranchVariance):
         return from_distribution(result.distribution, level=level, source="variance",
                                  details=dict(ratios=result.ratios.tolist()))

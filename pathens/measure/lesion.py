@@ -49,7 +49,8 @@ class LesionResult(Result):
         kind           "intact", "delete" or "reorder"
         k, trial       blocks (or layers, unit="layer") deleted, or swaps made, and the trial
                        number for that k
-        deleted        indices of the blocks whose branch was removed
+        deleted        indices of the blocks whose branch was removed ([block, branch] for
+                       one of a block's parallel branches, evaluate(deleted=...) only)
         order          the block order (a permutation) for reorderings, else None
         downsampling   whether a deleted block is a downsampling block
         tau            Kendall tau of `order` against the original order (reorder only)
@@ -146,9 +147,11 @@ class LesionResult(Result):
 def evaluate(view, data, *, deleted: Sequence = (), order: Optional[Sequence[int]] = None,
              loss=None, batch_size: Optional[int] = 256, progress: bool = False) -> dict:
     """Error and loss of the view on `data` with the branches of `deleted` removed (indices,
-    block names, or module names for all the blocks of a module) and/or the blocks run in
-    `order`. Returns one row (see LesionResult): error, error_lo, error_hi, loss, errors, n,
-    nonfinite, ...
+    block names, or module names for all the blocks of a module; one of a block's parallel
+    branches by its name, "gpt_neox.layers.3.attn", or a (block, branch) pair, as
+    ResidualView.run takes them) and/or the blocks run in `order`. Returns one row (see
+    LesionResult): error, error_lo, error_hi, loss, errors, n, nonfinite, ... (`deleted` lists
+    a branch deleted alone as [block, branch index]).
 
     data: an (inputs, targets) pair (cut into batches of batch_size) or a DataLoader (or any
     re-iterable) of (inputs, targets) batches; moved to the model's device and dtype.
@@ -158,7 +161,7 @@ def evaluate(view, data, *, deleted: Sequence = (), order: Optional[Sequence[int
     """
     view = wrap(view)
     data = Data(view, data, batch_size, loss)  # checks data first: the commonest mistake
-    deleted = tuple(sorted(set(view.indices(deleted, "deleted"))))
+    deleted = view.deletions(deleted, "deleted")  # block indices, (block, branch) pairs
     order = None if order is None else tuple(view.check_order(order))
     kind = "reorder" if order is not None and list(order) != sorted(order) else (
         "delete" if deleted else "intact")

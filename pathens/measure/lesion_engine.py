@@ -58,7 +58,8 @@ class Condition:
     kind: str                         # "intact", "delete" or "reorder"
     k: int                            # blocks deleted, or swaps made
     trial: int
-    deleted: tuple = ()
+    deleted: tuple = ()               # block indices, and (block, branch) pairs for one of a
+    #                                   block's parallel branches (ResidualView.deletions)
     order: Optional[tuple] = None     # None: the original order
     tau: float = math.nan             # Kendall tau of order against the original
 
@@ -66,8 +67,13 @@ class Condition:
         """The first position at which this condition differs from the intact network."""
         order = self.order or tuple(range(n))
         moved = [p for p in range(n) if order[p] != p]
-        where = [order.index(i) for i in self.deleted]
+        where = [order.index(i) for i in blocks_of(self.deleted)]
         return min(moved + where, default=n)
+
+
+def blocks_of(deleted) -> set:
+    """The blocks a condition's deletions touch (a (block, branch) pair: its block)."""
+    return {d[0] if isinstance(d, (tuple, list)) else d for d in deleted}
 
 
 # ---- evaluation ----------------------------------------------------------------------------
@@ -108,7 +114,8 @@ def make_row(index: int, c: Condition, stats, seed, downsampling: bool) -> dict:
     ok = nonfinite == 0
     counted = ok and math.isfinite(errors)  # a custom loss gives no error count
     lo, hi = wilson(int(errors), int(n)) if counted else (math.nan, math.nan)
-    return dict(condition=index, kind=c.kind, k=c.k, trial=c.trial, deleted=list(c.deleted),
+    return dict(condition=index, kind=c.kind, k=c.k, trial=c.trial,
+                deleted=[list(d) if isinstance(d, tuple) else d for d in c.deleted],
                 order=None if c.order is None else list(c.order), downsampling=downsampling,
                 tau=c.tau, error=errors / n if counted else math.nan, error_lo=lo, error_hi=hi,
                 loss=loss_sum / n if ok else math.nan,
@@ -185,7 +192,7 @@ def run_conditions(view, data: Data, conds: list, *, config: dict, seed, out=Non
                 stats = distributed.all_sum(evaluate_group(net, data, cs, cache=cache, bar=bar))
                 if stats.size and stats[0, 2] == 0:
                     raise PathensError("data is empty: it yielded no examples")
-                new = [make_row(i, c, s, seed, bool(down & set(c.deleted)))
+                new = [make_row(i, c, s, seed, bool(down & blocks_of(c.deleted)))
                        for i, c, s in zip(group, cs, stats)]
                 if store is not None:
                     store.append(new)

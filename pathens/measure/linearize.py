@@ -7,7 +7,8 @@ with P the Jacobian of post at z, S of the shortcut and R of the scaled branch a
 `linearize(block, x)` runs the block forward once and returns the three transposed products
 with the block's output (carrying autograd's graph when grad is enabled, so that one forward
 serves both the sweep and the autograd gradient it is checked against), in one of two forms
-that give the same numbers:
+that give the same numbers. A block with parallel branches, z = shortcut(x) + sum_j a_j
+branch_j(x), has one R_j per branch: branch_t(u, j) = R_j^T u (`num_branches` of them):
 - Folded: when the adapter lists the branch's layers and every part is made of convolutions
   (grouped too), eval-mode BatchNorm, ReLU and average pooling (pathens's CIFAR ResNets,
   torchvision's, timm's and Hugging Face's ResNets and ResNeXts), each product is a few
@@ -51,11 +52,11 @@ def autograd_reason(block) -> Optional[str]:
         return "its branch takes a context"
     if not parts.residual:
         return "a plain layer"
-    if parts.layers is None:
+    if any(b.layers is None for b in block.branches):
         return "its adapter lists no layers"
     if parts.post is not None and not is_relu(parts.post):
         return f"{getattr(parts.post, '__name__', type(parts.post).__name__)} after the sum"
-    why = chain_reason(parts.layers)
+    why = next((w for b in block.branches if (w := chain_reason(b.layers)) is not None), None)
     if why is not None:
         return f"{why} in the branch"
     why = None if parts.shortcut is None else chain_reason((parts.shortcut,))
@@ -73,7 +74,8 @@ def autograd_blocks(view) -> dict[int, str]:
     Blocks whose adapter lists none (transformer sublayers) are left out: autograd is their
     only form, nothing to note. Decided in the model's current mode (analyses run in eval)."""
     return {b.index: why for b in view.blocks
-            if b.parts.layers is not None and (why := autograd_reason(b)) is not None}
+            if all(br.layers is not None for br in b.branches)
+            and (why := autograd_reason(b)) is not None}
 
 
 def autograd_note(view) -> Optional[str]:
@@ -101,11 +103,13 @@ def note_autograd_blocks(view, *, stacklevel: int = 1) -> Optional[str]:
 
 
 class Folded:
-    """Closed-form VJPs: post_t(g) = P^T g; shortcut_t(u) = S^T u; branch_t(u) = R^T u."""
+    """Closed-form VJPs: post_t(g) = P^T g; shortcut_t(u) = S^T u; branch_t(u, j) = R_j^T u."""
 
     def __init__(self, post_mask, shortcut_ops, branch_ops):
         self.post_mask = post_mask  # None for an identity post
-        self.shortcut_ops, self.branch_ops = shortcut_ops, branch_ops
+        self.shortcut_ops = shortcut_ops
+        self.branch_ops = branch_ops  # one list of ops per branch
+        self.num_branches = len(branch_ops)
 
     @classmethod
     def build(cls, block, x: torch.Tensor) -> Optional[tuple]:
@@ -113,14 +117,16 @@ class Folded:
         if autograd_reason(block) is not None:
             return None
         parts = block.parts
-        branch = transpose_chain(parts.layers, x, parts.scale)
+        branches = [transpose_chain(b.layers, x, b.scale) for b in block.branches]
         shortcut = transpose_chain(() if parts.shortcut is None else (parts.shortcut,), x)
-        if branch is None or shortcut is None:
+        if any(b is None for b in branches) or shortcut is None:
             return None
-        z = shortcut[0] + branch[0]
+        z = shortcut[0] + branches[0][0]
+        for b in branches[1:]:  # parallel branches, added in order as Block does
+            z = z + b[0]
         out = z if parts.post is None else parts.post(z)
         mask = None if parts.post is None else relu_mask(out)
-        return cls(mask, shortcut[1], branch[1]), out
+        return cls(mask, shortcut[1], [b[1] for b in branches]), out
 
     def post_t(self, g: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """P^T g; inplace=True may overwrite g (the caller owns it)."""
@@ -131,8 +137,9 @@ class Folded:
     def shortcut_t(self, u: torch.Tensor) -> torch.Tensor:
         return apply(self.shortcut_ops, u)
 
-    def branch_t(self, u: torch.Tensor) -> torch.Tensor:
-        return apply(self.branch_ops, u)
+    def branch_t(self, u: torch.Tensor, j: int = 0) -> torch.Tensor:
+        """R_j^T u (j: which parallel branch; 0 for a one-branch block)."""
+        return apply(self.branch_ops[j], u)
 
 
 class Autograd:
@@ -141,17 +148,26 @@ class Autograd:
 
     def __init__(self, block, x: torch.Tensor, params: Sequence[torch.Tensor] = (), ctx=None):
         self.block, self.x, self.params, self.ctx = block, x.detach(), list(params), ctx
+        self.num_branches = block.num_branches
         self.graph = None
 
     def _build(self):
-        # (x, s, r, z, out): out = post(z), z = s + r; s is None for the identity shortcut
+        # (x, s, r, z, out): out = post(z), z = s + sum_j r[j]; s is None for the identity
+        # shortcut; r a list of the (scaled) branch outputs, one per parallel branch
         b = self.block
         with torch.enable_grad():
             x = self.x.requires_grad_(True)
             # the shortcut module's own Jacobian, even where it returned the probe unchanged
             s = b.shortcut(x) if b.parts.shortcut is not None else None
-            r = b.branch(x, self.ctx)
-            z = ((x if s is None else s) + r).detach().requires_grad_(True)
+            if b.parts.branches:
+                r = [b.branch(x, self.ctx, j) for j in range(b.num_branches)]
+                z = x if s is None else s
+                for rj in r:
+                    z = z + rj
+            else:
+                r = [b.branch(x, self.ctx)]
+                z = (x if s is None else s) + r[0]
+            z = z.detach().requires_grad_(True)
             out = b.post(z) if b.parts.post is not None else None
         self.graph = (x, s, r, z, out)
         return self.graph
@@ -164,13 +180,14 @@ class Autograd:
         x, s, r, z, out = self.graph or self._build()
         return u if s is None else torch.autograd.grad(s, x, u, retain_graph=True)[0]
 
-    def branch_t(self, u: torch.Tensor, with_params: bool = False):
-        """R^T u, and with_params=True also the branch-parameter gradient (a list, zeros for
-        parameters the branch does not use)."""
+    def branch_t(self, u: torch.Tensor, j: int = 0, with_params: bool = False):
+        """R_j^T u (j: which parallel branch; 0 for a one-branch block), and with_params=True
+        also the branch-parameter gradient (a list, zeros for parameters branch j does not
+        use)."""
         x, s, r, z, out = self.graph or self._build()
         if not with_params:
-            return torch.autograd.grad(r, x, u, retain_graph=True)[0]
-        grads = torch.autograd.grad(r, [x] + self.params, u, retain_graph=True,
+            return torch.autograd.grad(r[j], x, u, retain_graph=True)[0]
+        grads = torch.autograd.grad(r[j], [x] + self.params, u, retain_graph=True,
                                     allow_unused=True)
         return grads[0], [torch.zeros_like(p) if g is None else g
                           for p, g in zip(self.params, grads[1:])]

@@ -16,6 +16,13 @@ method="sampled" (Veit et al. 2016): for each length k, `samples_per_length` pat
                  per_path[k] (Veit's "total gradient magnitude").
 Note total differs between methods by design: the exact method gives the norm of the sum of
 the paths' gradients, the sampled one the sum of their norms (which is never smaller).
+
+Blocks with parallel branches (Pythia, Phi: view.branch_counts b_i > 1): a path takes the
+shortcut or ONE branch of each block, and C(n, k) is everywhere replaced by the number of
+paths of length k, N_k = the coefficient of t^k in prod_i (1 + b_i t) (paths.path_counts).
+The sampled protocol draws each path of length k with probability 1 / N_k (k blocks, then a
+branch of each, uniformly when all b_i are equal; paths.sample_paths), so that
+N_k x (mean norm of one path's gradient) estimates the sum of their norms without bias.
 """
 from __future__ import annotations
 
@@ -46,7 +53,8 @@ class PathGradients(Result):
     """Gradient magnitude by path length (see the module docstring for each method).
 
     lengths:      path lengths k measured, e.g. 0..n.
-    counts:       C(n, k), the number of paths of each length (float, exact below 2^53).
+    counts:       C(n, k), the number of paths of each length (float, exact below 2^53); with
+                  parallel branches, the coefficients of prod_i (1 + b_i t).
     total:        gradient magnitude carried by all paths of length k.
     per_path:     gradient magnitude of one path of length k: sampled, the mean norm of one
                   path's gradient; exact, ||G_k|| / C(n, k), the norm of the *mean* path
@@ -68,7 +76,8 @@ class PathGradients(Result):
                   and up to 1e-4 where a ReLU input is near 0 and rounds to the other side in
                   another layout: use float64, model.double(), for identities to 1e-12), the
                   truncation error with tol > 0.
-    config:       the settings that produced this result.
+    config:       the settings that produced this result (with parallel branches, `branches`:
+                  view.branch_counts, what counts[k] counts).
     """
 
     method: str
@@ -168,6 +177,8 @@ def path_gradients(view, inputs, targets=None, *, method: str = "exact", loss=No
     config = dict(method=method, num_examples=data.num_examples, batch_size=batch_size,
                   dtype=str(view.param.dtype), device=str(view.param.device),
                   loss=f"mean {loss.name} over {loss.unit}", batchnorm="eval (running statistics)")
+    if any(b > 1 for b in view.branch_counts):  # parallel branches: what counts[k] counts
+        config["branches"] = list(view.branch_counts)
     start = time.perf_counter()
     with eval_mode(view.model):
         if not parameters and distributed.is_writer():  # said once per analysis
@@ -279,7 +290,7 @@ def _exact(view, data, tol, want_components, want_params, check, progress, confi
     if items == 0:
         raise PathensError("data is empty: it yielded no examples")
     totals = np.sqrt(sq) / items
-    counts = np.array([float(math.comb(n, k)) for k in range(n + 1)])
+    counts = np.array([float(c) for c in _paths.path_counts(view.branch_counts)])
     param_norms = param_components = None
     if want_params:
         param_components = [
@@ -332,7 +343,8 @@ def _sampled(view, data, samples_per_length, lengths, seed, batch_size, want_com
         # One round: a batch, then one path of each length through one shared sweep, on the
         # summed loss: the squared norms of disjoint rows add up over ranks, then / items.
         xb, yb = next(batches)
-        masks = np.stack([_paths.sample_paths(n, int(k), 1, seed=rng)[0] for k in lengths])
+        masks = np.stack([_paths.sample_paths(view.branch_counts, int(k), 1, seed=rng)[0]
+                          for k in lengths])
         sq, grads, hsq = np.zeros(len(lengths)), None, 0.0
         if yb is not None:
             lins, g = _forward(view, xb, yb, data.loss, 1.0)
@@ -350,7 +362,8 @@ def _sampled(view, data, samples_per_length, lengths, seed, batch_size, want_com
                 delta = v - mean
                 mean += delta / (r + 1)
                 m2 += delta * (v - mean)
-    counts = np.array([float(math.comb(n, int(k))) for k in lengths])
+    every = _paths.path_counts(view.branch_counts)  # N_k for k = 0..n
+    counts = np.array([float(every[int(k)]) for k in lengths])
     per_path = norms.mean(0)
     se = norms.std(0, ddof=1) / math.sqrt(samples_per_length)
     # A length with one path, measured on the same examples every time, is measured without

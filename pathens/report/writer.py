@@ -143,13 +143,14 @@ def _model_figures(out: Path, slug: str, a) -> dict:
         grads = {"exact: norm of the sum": a.exact}
         if a.sampled is not None:
             grads["sampled: sum of norms"] = a.sampled
+        b = a.exact.config.get("branches", n)  # parallel branches: prod(b_i + 1) paths
         alpha = _skipinit_alpha(a)  # SkipInit: its model, not the BatchNorm one
         model = {"BN variance model": paths.bn_variance_distribution(n)} if alpha is None else \
             {f"SkipInit model, alpha = {alpha:.3g}": paths.skipinit_distribution(n, alpha)}
-        overlays = {"Binomial(n, 1/2)": paths.binomial_distribution(n), **model,
-                    "measured variance ratios": a.variance.distribution}
+        overlays = {"Binomial(n, 1/2)" if b == n else "all paths": paths.binomial_distribution(b),
+                    **model, "measured variance ratios": a.variance.distribution}
         fig, (l, r) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
-        plots.plot_path_length_distribution(n, ax=l, variance_ratios=a.variance.ratios,
+        plots.plot_path_length_distribution(b, ax=l, variance_ratios=a.variance.ratios,
                                             alpha=alpha, bn=alpha is None,
                                             title="path lengths: all paths and the variance "
                                                   "models")

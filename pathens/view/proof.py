@@ -158,11 +158,14 @@ def build_blocks(model, modules: list, split: list, names: list, rec: Record, st
             ident, how = _identity(p, x)
             b = Block(len(blocks), f"{name}.{sub}" if sub else name, m, p, tuple(x.shape[1:]), (),
                       layer=li, identity_shortcut=ident, identity_by=how)
-            if p.layers is not None and not p.context and not close(chain(p.layers)(x), p.branch(x), rtol):
-                raise WrapError(
-                    f"block {b.name} ({type(m).__name__}): the layers its adapter lists do not "
-                    f"compute its branch; fix `layers` in the adapter registered for {owner(m)} "
-                    f"(or leave it None)")
+            for j, br in enumerate(b.branches):  # parallel branches: each its own layers
+                if br.layers is not None and not br.context and \
+                        not close(chain(br.layers)(x), br.branch(x), rtol):
+                    which = f" (branch {b.branch_names[j]})" if p.branches else ""
+                    raise WrapError(
+                        f"block {b.name}{which} ({type(m).__name__}): the layers its adapter "
+                        f"lists do not compute its branch; fix `layers` in the adapter "
+                        f"registered for {owner(m)} (or leave it None)")
             y = b(x, ctx)
             blocks.append(replace(b, out_shape=tuple(y.shape[1:])))
             x = y
@@ -202,8 +205,10 @@ def _mismatch(m, name: str, parts_list: list, x, rec: Record, ctx, rtol) -> str:
         if close(plain, rec.outputs[id(m)], rtol):
             hint = (" (it computes post(branch(x)) with no shortcut: a plain layer; return "
                     "BlockParts(..., residual=False) and wrap with allow_plain=True)")
-    return (f"block {name} ({type(m).__name__}) is not post(shortcut(x) + scale * branch(x)) as "
-            f"its adapter says{hint}; {fix}")
+    form = (f"post(shortcut(x) + sum of its {len(p.branches)} parallel branches "
+            f"({', '.join(b.name or str(j) for j, b in enumerate(p.branches))}))"
+            if p.branches else "post(shortcut(x) + scale * branch(x))")
+    return f"block {name} ({type(m).__name__}) is not {form} as its adapter says{hint}; {fix}"
 
 
 def check_head(view, rec: Record, probe, rtol) -> None:

@@ -114,40 +114,64 @@ class ResidualView(nn.Module):
     def forward(self, inputs) -> torch.Tensor:
         return self.run(inputs)
 
+    @property
+    def branch_counts(self) -> tuple:
+        """Per block, its number of parallel branches b_i (1 for a ResNet block or a transformer
+        sublayer, 2 for a Pythia / Phi layer): pathens.paths functions take this in place of n
+        (prod(b_i + 1) paths)."""
+        return tuple(b.num_branches for b in self.blocks)
+
     def run(self, inputs, deleted: Sequence = (), order: Optional[Sequence[int]] = None,
-            path=None) -> torch.Tensor:
+            path=None, routes=None) -> torch.Tensor:
         """Logits of the network with some branches deleted and/or the blocks reordered.
 
         deleted: blocks whose branch is removed (block i then computes post_i(shortcut_i(x)),
                  as in Veit et al.'s lesion study): indices, block names ("h.3.attn") or module
-                 names ("h.3": every block of that module).
+                 names ("h.3": every block of that module). One of a block's parallel branches:
+                 its name ("gpt_neox.layers.3.attn") or a pair (block index, branch index or
+                 name), e.g. (3, "attn") or (3, 0); the block then keeps its other branches.
         order:   a permutation of range(num_blocks): position p runs block order[p]; blocks may
                  only move to a position of the same input and output shape.
         path:    a bool mask over blocks (or a set of indices): the backward pass then follows
                  the branch of the blocks in the path and the shortcut of the others, so that
                  autograd returns that single path's gradient. Values are unchanged.
+        routes:  the same for views with parallel branches: (num_blocks,) ints, 0 = the
+                 shortcut, j = branch j (1-based) of that block, as pathens.paths gives them
+                 for view.branch_counts.
         """
         h, ctx = self.embed(inputs)
-        return self.run_from(h, 0, deleted=deleted, order=order, path=path, ctx=ctx)
+        return self.run_from(h, 0, deleted=deleted, order=order, path=path, ctx=ctx,
+                             routes=routes)
 
     def run_from(self, h: torch.Tensor, start: int = 0, deleted: Sequence = (),
-                 order: Optional[Sequence[int]] = None, path=None, ctx=None) -> torch.Tensor:
+                 order: Optional[Sequence[int]] = None, path=None, ctx=None,
+                 routes=None) -> torch.Tensor:
         """Logits from the activation `h` entering position `start` (0: the first block's
         input, i.e. the stem's output); ctx: what embed() returned with it; the other
         arguments are those of `run`."""
         order = self.check_order(order)
-        deleted = set(self.indices(deleted, "deleted"))
-        for i in deleted:
+        whole, some = set(), {}  # blocks deleted whole; {block: its deleted branches}
+        for d in self.deletions(deleted, "deleted"):
+            if isinstance(d, tuple):
+                some.setdefault(d[0], set()).add(d[1])
+            else:
+                whole.add(d)
+        for i in whole:
             if not self.blocks[i].deletable:
                 b = self.blocks[i]
                 raise PathensError(f"deleted: block {i} ({b.name}) is a plain layer that changes "
                                    f"the shape {b.in_shape} -> {b.out_shape}; it cannot be deleted")
-        route = self.path_mask(path)
+        if path is not None and routes is not None:
+            raise PathensError("give path= or routes=, not both")
+        route = self.path_mask(path) if routes is None else self.check_routes(routes)
         if route is not None and not self.residual:
             raise PathensError("path= needs a residual network: this view has plain layers")
         for i in order[start:]:
-            h = self.blocks[i](h, ctx, keep_branch=i not in deleted,
-                               route=None if route is None else bool(route[i]))
+            r = None if route is None else bool(route[i]) if route.dtype == bool else int(route[i])
+            if i in some:  # some of a parallel block's branches deleted
+                h = self.blocks[i](h, ctx, route=r, drop=some[i])
+            else:
+                h = self.blocks[i](h, ctx, keep_branch=i not in whole, route=r)
         return self.head(h)
 
     # ---- argument checks shared by every analysis ----------------------------------------
@@ -170,6 +194,70 @@ class ResidualView(nn.Module):
             else:
                 out.extend(self.check_indices([item], what))
         return out
+
+    def deletions(self, items: Sequence, what: str = "deleted") -> tuple:
+        """What `deleted` names, as a sorted tuple of block indices (the whole branch, or every
+        branch, of the block) and (block, branch) index pairs (one of a block's parallel
+        branches). items: indices, block or module names (as `indices`), branch names
+        ("<block name>.<branch name>") and (block, branch) pairs, the block an index or name,
+        the branch an index or name. A pair on a one-branch block, or pairs that name every
+        branch of a block, stand for the block: one-branch views give what `indices` gives."""
+        if isinstance(items, (str, int, np.integer)):
+            items = [items]
+        whole, some = set(), {}
+        for item in items:
+            if isinstance(item, tuple) and len(item) == 2 and not isinstance(item[0], bool):
+                i = self.indices([item[0]], what)
+                if len(i) != 1:
+                    raise PathensError(f"{what}: {item[0]!r} names a module of {len(i)} blocks; "
+                                       f"name one block in a (block, branch) pair")
+                some.setdefault(i[0], set()).add(self._branch_index(i[0], item[1], what))
+            elif isinstance(item, str) and not self._names_block(item):
+                found = [(b.index, j) for b in self.blocks if b.parts.branches
+                         for j, name in enumerate(b.branch_names) if f"{b.name}.{name}" == item]
+                if not found:
+                    self.indices([item], what)  # the one-line error for an unknown name
+                some.setdefault(found[0][0], set()).add(found[0][1])
+            else:
+                whole.update(self.indices([item], what))
+        for i, js in some.items():
+            if i not in whole and len(js) == self.blocks[i].num_branches:
+                whole.add(i)  # every branch: the block
+        pairs = [(i, j) for i, js in some.items() if i not in whole for j in js]
+        return tuple(sorted([*whole, *pairs], key=lambda d: d if isinstance(d, tuple) else (d, -1)))
+
+    def _names_block(self, name: str) -> bool:
+        return any(b.name == name or b.name.startswith(name + ".") for b in self.blocks)
+
+    def _branch_index(self, i: int, branch, what: str) -> int:
+        block = self.blocks[i]
+        names = block.branch_names
+        if isinstance(branch, str):
+            if branch not in names:
+                raise PathensError(f"{what}: block {i} ({block.name}) has no branch named "
+                                   f"{branch!r} (its branches: {', '.join(names)})")
+            return names.index(branch)
+        if isinstance(branch, bool) or not isinstance(branch, (int, np.integer)) or \
+                not 0 <= branch < len(names):
+            raise PathensError(f"{what}: block {i} ({block.name}) has {len(names)} branch"
+                               f"{'es' if len(names) > 1 else ''}, numbered 0..{len(names) - 1} "
+                               f"({', '.join(names)}); got {branch!r}")
+        return int(branch)
+
+    def check_routes(self, routes) -> np.ndarray:
+        """routes= as a (num_blocks,) int array, entry i in 0..b_i (block i's branch count)."""
+        r = np.asarray(routes)
+        if r.shape != (self.num_blocks,) or not (r.dtype == bool or r.dtype.kind in "iu"):
+            raise PathensError(f"routes must be {self.num_blocks} integers (0: the shortcut, j: "
+                               f"branch j of that block), got shape {r.shape}, {r.dtype}")
+        r = r.astype(np.int64)
+        top = np.array(self.branch_counts)
+        bad = np.flatnonzero((r < 0) | (r > top))
+        if bad.size:
+            i = int(bad[0])
+            raise PathensError(f"routes: block {i} ({self.blocks[i].name}) has routes 0..{top[i]} "
+                               f"(0: the shortcut), got {r[i]}")
+        return r
 
     def check_indices(self, indices: Sequence[int], what: str = "block") -> list[int]:
         out = []
@@ -209,6 +297,11 @@ class ResidualView(nn.Module):
         if mask.shape != (self.num_blocks,):
             raise PathensError(f"path must be a bool mask of length {self.num_blocks} "
                                f"or a set of block indices, got shape {mask.shape}")
+        many = [i for i in np.flatnonzero(mask) if self.blocks[i].num_branches > 1]
+        if many:  # which branch is ambiguous: say how to choose
+            raise PathensError(f"path: block {many[0]} ({self.blocks[many[0]].name}) has "
+                               f"{self.blocks[many[0]].num_branches} parallel branches; give the "
+                               f"path as routes= (0: the shortcut, j: branch j of each block)")
         return mask
 
     def __repr__(self) -> str:

@@ -72,12 +72,17 @@ def plot_path_length_distribution(n: int, *, ax=None, alpha=None,
     BatchNorm, e.g. SkipInit), then SkipInit, then measured (dashed), each over k = 0..n; each
     legend entry says what it is a share of (paths, or the output variance for the models) and
     gives the distribution's mean length.
+    n may also be the per-block branch counts (view.branch_counts) of a view with parallel
+    branches: the paths are then the prod(b_i + 1) that paths.path_counts counts.
     """
     binomial = _paths.binomial_distribution(n)  # checks n
+    everything = (f"the 2^{len(binomial) - 1} paths: Binomial(n, 1/2)"
+                  if isinstance(n, (int, np.integer)) else
+                  f"the {_paths.num_paths(n)} paths: prod(1 + b_i t)")  # parallel branches
     n = len(binomial) - 1
     fig, ax = _axes(ax)
     k = np.arange(n + 1)
-    curves = [(f"share of the 2^{n} paths: Binomial(n, 1/2)", binomial,
+    curves = [(f"share of {everything}", binomial,
                dict(marker="o", ms=3, ls="-", color="black"))]
     if bn:
         curves.append(("share of variance, BatchNorm model", _paths.bn_variance_distribution(n),
