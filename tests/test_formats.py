@@ -38,12 +38,7 @@ SETTINGS = dict(samples_per_length=2, trials=2, gradient_examples=8, progress=Fa
                 log=lambda line: None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def labelled(view, n=16):

@@ -26,12 +26,7 @@ SETTINGS = dict(samples_per_length=2, trials=2, gradient_examples=8, progress=Fa
                 log=lambda line: None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_block_names_are_shortened_to_layer_and_sublayer():
