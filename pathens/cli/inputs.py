@@ -17,10 +17,10 @@ import torch
 
 from ..models import checkpoints
 from .. import distributed
-from ..data.batches import check_batch
+from ..data.batches import Data, check_batch
 from ..data.datasets import load_dataset, load_npz
 from ..errors import PathensError
-from ..data.inputs import batch_len, take, to_model
+from ..data.inputs import batch_len, to_model
 from ..models.train import check_device
 from ..view.residual_view import wrap
 from ..zoo import ARCH_FLAGS  # the flags that shape an --arch resnetD
@@ -136,15 +136,6 @@ def _vocab(model):
         getattr(config, "vocab_size", None)
 
 
-def first_batch(data):
-    """The first examples of a pair or a loader (the probe wrap proves the view on)."""
-    if isinstance(data, tuple):
-        return data[0], data[1]
-    for batch in data:
-        return batch[0], batch[1]
-    raise PathensError("the data holds no examples")
-
-
 def wrap_on(model, data, *, residual: bool, what):
     """The view of model, probed with the first examples of the data (in the model's dtype and
     device), a failure on them said in terms of the command line. residual: the command
@@ -152,8 +143,8 @@ def wrap_on(model, data, *, residual: bool, what):
     param = next(model.parameters(), None)
     if param is None:
         raise PathensError(f"{what} has no parameters: nothing to analyse")
-    x, _ = first_batch(data)
-    probe = to_model(take(x, slice(0, 2)), param)
+    x = Data(None, data, None, labelled=False).first(2)  # as loaded: no view to check it yet
+    probe = to_model(x, param)
     try:
         with torch.no_grad():
             model(**probe) if isinstance(probe, dict) else model(probe)
@@ -216,22 +207,7 @@ def recalibration(args, view, meta):
     import argparse
     calib = argparse.Namespace(**{**vars(args), "split": "train", "limit": args.recalibrate})
     data, _ = load_data(calib, meta, view.model)
-    x = data[0] if isinstance(data, tuple) else _gather(data, args.recalibrate)[0]
-    return to_model(x, view.param)
-
-
-def _gather(loader, limit: int):
-    """The first `limit` examples of a loader, as one pair (a calibration set is small)."""
-    from ..data.inputs import concat
-    xs, ys, n = [], [], 0
-    for x, y in loader:
-        xs.append(x)
-        ys.append(y)
-        n += len(y)
-        if n >= limit:
-            break
-    x, y = concat(xs), torch.cat(ys)
-    return take(x, slice(0, limit)), y[:limit]
+    return Data(view, data, None, labelled=False).first(args.recalibrate, what="--recalibrate")
 
 
 def checkpoint_name(args, path) -> str:
