@@ -28,17 +28,16 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
 from .measure import lesion
-from .data.batches import Data, check_batch
+from .data.batches import Data
 from .measure.depth import BranchVariance, branch_variance, effective_depth
 from .errors import PathensError
 from .measure.path_gradients import PathGradients, path_gradients
 from .measure.importance import BlockInfluence
 from .measure.influence_cost import InfluenceVsDeletion
 from .measure.registry import MEASUREMENTS
-from .data.inputs import batch_len, concat, main_tensor, take
+from .data.inputs import batch_len
 from .measure.lesion import LesionResult
 from .view.residual_view import wrap
 
@@ -223,9 +222,9 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
     ks, swaps = lesion_counts(view, unit, ks, swaps)
     files = _lesion_files(lesion_dir)
     if d.pair is not None:
-        gx, gy = take(data[0], slice(0, gradient_examples)), data[1][:gradient_examples]
+        gx, gy = d.first(gradient_examples)
     else:  # a loader: its first examples, read now (a few batches), which also checks them
-        gx, gy, seen, ended = _first_examples(view, data, gradient_examples, d.loss)
+        (gx, gy), seen, ended = d.head(gradient_examples, 2, what="gradient_examples")
         examples = d.num_examples if d.num_examples is not None else seen if ended else None
         _enough(residual, seen if ended else 2)
     start = time.perf_counter()
@@ -292,37 +291,6 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
 def _count(examples, d: Data) -> str:
     what = f"{examples} examples" if examples is not None else "the loader's examples"
     return what + (" (every next token)" if d.loss.unit == "tokens" else "")
-
-
-def _first_examples(view, loader, want: int, loss) -> tuple:
-    """(inputs, targets, examples read, whether the loader ended): the loader's first batches
-    holding `want` examples, each checked and joined into one batch, cut to `want`; one batch
-    more is read (not kept) when they hold fewer than 2, to tell whether the loader has 2."""
-    xs, ys, seen, ended = [], [], 0, True
-    for b in loader:
-        if not isinstance(b, (tuple, list)) or len(b) < 2:
-            raise PathensError(f"each batch of data must be (inputs, targets), got "
-                               f"{type(b).__name__}")
-        x, y = check_batch(view, b[0], b[1], loss)
-        if seen < want:
-            xs.append(x)
-            ys.append(y)
-        seen += batch_len(x)
-        if seen >= max(want, 2):
-            ended = False
-            break
-    if not xs:
-        raise PathensError("data is empty: the loader yields no batches")
-    try:
-        x, y = (xs[0], ys[0]) if len(xs) == 1 else (concat(xs), torch.cat(ys))
-    except RuntimeError:
-        shapes = [tuple(main_tensor(x).shape) for x in xs]
-        other = next((s for s in shapes if s[1:] != shapes[0][1:]), shapes[-1])
-        raise PathensError(f"gradient_examples={want} spans the loader's first batches, whose "
-                           f"inputs differ in shape ({shapes[0]} and {other}): the path "
-                           f"gradients need one batch; give gradient_examples <= "
-                           f"{shapes[0][0]} or batches of one shape") from None
-    return take(x, slice(0, want)), y[:want], seen, ended
 
 
 def lesion_counts(view, unit: str = "block", ks=None, swaps=None) -> tuple[list, list]:

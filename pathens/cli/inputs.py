@@ -17,10 +17,10 @@ import torch
 
 from ..models import checkpoints
 from .. import distributed
-from ..data.batches import check_batch
+from ..data.batches import Data, check_batch
 from ..data.datasets import load_dataset, load_npz
 from ..errors import PathensError
-from ..data.inputs import batch_len, take, to_model
+from ..data.inputs import batch_len, to_model
 from ..data.rank_inputs import check_same_inputs
 from ..models.train import check_device
 from ..view.residual_view import wrap
@@ -160,15 +160,6 @@ def _vocab(model):
         getattr(config, "vocab_size", None)
 
 
-def first_batch(data):
-    """The first examples of a pair or a loader (the probe wrap proves the view on)."""
-    if isinstance(data, tuple):
-        return data[0], data[1]
-    for batch in data:
-        return batch[0], batch[1]
-    raise PathensError("the data holds no examples")
-
-
 def wrap_on(model, data, *, residual: bool, what):
     """The view of model, probed with the first examples of the data (in the model's dtype and
     device), a failure on them said in terms of the command line. residual: the command
@@ -176,8 +167,8 @@ def wrap_on(model, data, *, residual: bool, what):
     param = next(model.parameters(), None)
     if param is None:
         raise PathensError(f"{what} has no parameters: nothing to analyse")
-    x, _ = first_batch(data)
-    probe = to_model(take(x, slice(0, 2)), param)
+    x = Data(None, data, None, labelled=False).first(2)  # as loaded: no view to check it yet
+    probe = to_model(x, param)
     try:
         with torch.no_grad():
             model(**probe) if isinstance(probe, dict) else model(probe)
@@ -292,25 +283,11 @@ def recalibration(args, view, meta):
         raise PathensError(f"--calibration-data {source} is neither an image folder nor an "
                            f".npz file")
     data, _ = load_data(calib, meta, view.model)
-    x = data[0] if isinstance(data, tuple) else _gather(data, n)[0]
+    x = Data(view, data, None, labelled=False).first(n, what="--recalibrate")
     if batch_len(x) < n:
         raise PathensError(f"--recalibrate {n}: the calibration data ({where['source']}) hold "
                            f"only {batch_len(x)} examples: lower --recalibrate")
     return to_model(x, view.param), dict(where, examples=n)
-
-
-def _gather(loader, limit: int):
-    """The first `limit` examples of a loader, as one pair (a calibration set is small)."""
-    from ..data.inputs import concat
-    xs, ys, n = [], [], 0
-    for x, y in loader:
-        xs.append(x)
-        ys.append(y)
-        n += len(y)
-        if n >= limit:
-            break
-    x, y = concat(xs), torch.cat(ys)
-    return take(x, slice(0, limit)), y[:limit]
 
 
 # Weight files named for what they are, not which model: the folder names the model instead.

@@ -1,10 +1,13 @@
-"""Labelled data as a view sees it: a batch checked against the view and its loss, cut into
-chunks, and `Data`, an (inputs, targets) pair or a loader of batches iterated as checked
-batches (streamed: a loader's examples are never all in memory)."""
+"""Data as a view sees it: a batch checked against the view and its loss, cut into chunks, and
+`Data`, the one way every measurement and the command line walk data: labelled ((inputs,
+targets) pairs or loaders of them) or inputs only, iterated as checked batches (streamed: a
+loader's examples are never all in memory), its first n examples as one batch, or the
+sampled protocol's seeded random subsets."""
 from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from typing import Iterator, Optional
 
 import numpy as np
@@ -15,8 +18,9 @@ from torch.utils.data import DataLoader, Subset
 from .. import distributed
 from ..errors import PathensError
 from .fingerprint import fingerprint_tensors, hash_item
-from .inputs import batch_len, check_finite, is_tokens, main_tensor, take, tensors, to_model
-from .losses import get_loss
+from .inputs import (batch_len, check_finite, concat, is_tokens, main_tensor, take, tensors,
+                     to_model)
+from .losses import Loss, get_loss
 
 
 def check_batch(view, inputs, targets, loss=None) -> tuple:
@@ -83,10 +87,15 @@ def _check_tokens(view, ids: torch.Tensor) -> None:
                            f"context of {view.max_length}: cut them (e.g. --seq-len)")
 
 
-def chunks(n: int, size: Optional[int]) -> Iterator[slice]:
-    """Consecutive slices of range(n), each at most `size` long (None: one slice)."""
+def check_size(size: Optional[int]) -> None:
+    """A batch size: a positive integer, or None (one batch)."""
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise PathensError(f"batch_size must be a positive integer, got {size!r}")
+
+
+def chunks(n: int, size: Optional[int]) -> Iterator[slice]:
+    """Consecutive slices of range(n), each at most `size` long (None: one slice)."""
+    check_size(size)
     step = n if size is None else size
     for start in range(0, n, step):
         yield slice(start, min(start + step, n))
@@ -94,41 +103,102 @@ def chunks(n: int, size: Optional[int]) -> Iterator[slice]:
 
 # ---- datasets ----------------------------------------------------------------------------------
 
-class Data:
-    """An (inputs, targets) pair (cut into batches of batch_size) or a re-iterable loader of
-    (inputs, targets) batches, e.g. a DataLoader; every batch checked by check_batch against
-    the view and the loss (None: the view's own; it gives the metrics of every condition)."""
+EMPTY = "data is empty: it holds no examples; pass at least one"
 
-    def __init__(self, view, data, batch_size: Optional[int] = 256, loss=None):
-        self.view, self.batch_size, self._pending = view, batch_size, None
-        self.loss = get_loss(loss, view.loss)
-        if is_pair(data):
-            x = data[0] if torch.is_tensor(data[0]) or isinstance(data[0], dict) else \
-                torch.as_tensor(np.asarray(data[0]))
-            self.pair = check_batch(view, x, data[1], self.loss)
+
+class _InputsOnly(Loss):
+    """For check_batch on unlabelled data: the inputs are checked (shape, vocabulary, context,
+    finite values); there are no targets to check."""
+    name = "none"
+
+    def check(self, targets, inputs, num_outputs):
+        return targets
+
+
+class Data:
+    """Data as a measurement walks it, each batch checked by check_batch against the view.
+
+    labelled=True: an (inputs, targets) pair (cut into batches of batch_size) or a re-iterable
+    loader of (inputs, targets) batches, e.g. a DataLoader; the targets are checked against the
+    loss (None: the view's own; it gives the metrics of every condition).
+    labelled=False: inputs only: a tensor, a dict of tensors (e.g. input_ids and
+    attention_mask), an (inputs, targets) pair whose targets are ignored, or a re-iterable
+    loader of either; there is no loss. view=None (unlabelled only): the inputs as they come,
+    neither checked nor moved (what a view is built from).
+
+    Iterating gives this process's (inputs, targets) batches (targets None when unlabelled; a
+    pair's examples sharded under torch.distributed, a loader's batches dealt by
+    local_batches), inputs() their inputs alone, random_batches() the sampled protocol's
+    seeded random subsets, first(n) the first n examples of the whole data as one batch (the
+    same on every rank). Empty data is refused with one message (EMPTY) whatever its kind: a
+    pair or a sized loader at once, any other loader when a pass finds no batch.
+    """
+
+    def __init__(self, view, data, batch_size: Optional[int] = 256, loss=None, *,
+                 labelled: bool = True):
+        check_size(batch_size)
+        self.view, self.batch_size, self.labelled, self._pending = view, batch_size, labelled, None
+        if labelled:
+            if view is None:
+                raise ValueError("labelled data is checked against a view: pass one")
+            self.loss = get_loss(loss, view.loss)
+        else:
+            if loss is not None:
+                raise ValueError("unlabelled data has no loss: pass loss=None")
+            self.loss = _InputsOnly()
+        if is_pair(data) or (not labelled and (torch.is_tensor(data) or
+                                               isinstance(data, (dict, np.ndarray)))):
+            x, y = (data[0], data[1]) if is_pair(data) else (data, None)
+            if not (torch.is_tensor(x) or isinstance(x, dict)):
+                x = torch.as_tensor(np.asarray(x))
+            if _no_examples(x):
+                raise PathensError(EMPTY)
+            self.pair = self._check(x, y)
             self.loader, self.num_examples = None, batch_len(self.pair[0])
             self.num_batches = len(list(chunks(self.num_examples, batch_size)))
             return
-        if data is None or isinstance(data, torch.Tensor) or not hasattr(data, "__iter__"):
-            raise PathensError(f"data must be an (inputs, targets) pair or a DataLoader of "
-                               f"(inputs, targets) batches, got {type(data).__name__}")
+        kinds = ("an (inputs, targets) pair or a DataLoader of (inputs, targets) batches"
+                 if labelled else
+                 "inputs, an (inputs, targets) pair or a re-iterable loader of batches")
+        if data is None or torch.is_tensor(data) or not hasattr(data, "__iter__") or \
+                isinstance(data, (str, bytes)):
+            raise PathensError(f"data must be {kinds}, got {type(data).__name__}")
         if iter(data) is data:
-            raise PathensError("data is a one-shot iterator (e.g. a generator); pass a DataLoader, "
-                               "a list of (inputs, targets) batches or an (inputs, targets) pair")
-        if isinstance(data, (list, tuple)) and not all(is_pair(b) for b in data):
-            raise PathensError("data must be an (inputs, targets) pair or a list of (inputs, "
-                               "targets) batches; this list holds something else")
+            raise PathensError("data is a one-shot iterator (e.g. a generator); pass a "
+                               "re-iterable loader (a DataLoader, a list of batches) or an "
+                               "(inputs, targets) pair")
+        if isinstance(data, (list, tuple)):
+            for b in data:
+                if labelled and not is_pair(b):
+                    raise PathensError("data must be an (inputs, targets) pair or a list of "
+                                       "(inputs, targets) batches; this list holds something "
+                                       "else")
+                if not labelled:
+                    _unlabelled_batch(b)
         self.pair, self.loader = None, data
         self.num_batches = _length(data)
         if self.num_batches == 0:
-            raise PathensError("data is empty: the loader yields no batches")
+            raise PathensError(EMPTY)
         dataset = getattr(data, "dataset", None)
         if dataset is not None:
             self.num_examples = _length(dataset)
         elif isinstance(data, (list, tuple)):
-            self.num_examples = sum(batch_len(b[0]) for b in data)
+            self.num_examples = sum(batch_len(b[0] if labelled else _unlabelled_batch(b))
+                                    for b in data)
         else:
             self.num_examples = None
+
+    def _check(self, x, y) -> tuple:
+        """(inputs, targets) checked against the view (moved to its device), targets None
+        when unlabelled; unlabelled with no view: (x, None) as they are."""
+        if self.labelled:
+            return check_batch(self.view, x, y, self.loss)
+        if self.view is None:
+            if not _is_inputs(x):
+                raise PathensError(f"inputs must be a tensor (or a dict of tensors), got "
+                                   f"{type(x).__name__}")
+            return x, None
+        return check_batch(self.view, x, None, self.loss)[0], None
 
     def __iter__(self):
         if self._pending is not None:  # the pass fingerprint() started: its first batch, then on
@@ -141,6 +211,12 @@ class Data:
         """One pass in batches of `size` examples (a pair; a loader's are its own)."""
         return self._batches(size)
 
+    def inputs(self, size: Optional[int] = 0):
+        """One pass over this process's batches, their inputs alone (size as batches(); 0:
+        batch_size)."""
+        for x, _ in (iter(self) if size == 0 else self._batches(size)):
+            yield x
+
     def _batches(self, size: Optional[int] = 0):
         """This process's batches: all of them, or under torch.distributed its shard; a pair
         cut into batches of `size` (0: batch_size; a loader's batches are its own)."""
@@ -149,16 +225,106 @@ class Data:
             part = distributed.shard(self.num_examples)
             for sl in chunks(part.stop - part.start, self.batch_size if size == 0 else size):
                 sl = slice(part.start + sl.start, part.start + sl.stop)
-                yield take(x, sl), y[sl]
+                yield take(x, sl), None if y is None else y[sl]
             return
-        yield from self._checked(local_batches(self.loader))
+        yield from self._checked(local_batches(self.loader), every_rank=False)
 
-    def _checked(self, batches):
+    def _checked(self, batches, every_rank: bool):
+        """The batches checked; EMPTY when there are none (the whole data's batches: on every
+        rank; a rank's share may be empty under torch.distributed)."""
+        empty = True
         for b in batches:
+            empty = False
+            if not self.labelled:
+                yield self._check(_unlabelled_batch(b), None)
+                continue
             if not isinstance(b, (tuple, list)) or len(b) < 2:
                 raise PathensError(f"each batch of data must be (inputs, targets), got "
                                    f"{type(b).__name__}")
-            yield check_batch(self.view, b[0], b[1], self.loss)
+            yield self._check(b[0], b[1])
+        if empty and (every_rank or not distributed.active()):
+            raise PathensError(EMPTY)
+
+    def first(self, n: Optional[int], *, what: str = "n"):
+        """The first n examples of the whole data (None: all of them; fewer if it holds fewer),
+        joined into one batch: (inputs, targets), or the inputs alone when unlabelled. The same
+        on every rank (no shard). A loader is read only as far as its first n examples; its
+        batches must then share their shape beyond the first dimension (else a PathensError
+        naming `what`, the argument that asked for n)."""
+        return self.head(n, what=what)[0]
+
+    def head(self, n: Optional[int], least: int = 0, *, what: str = "n") -> tuple:
+        """(first(n), seen, ended): also tells how far the data goes. A loader's batches are
+        read, beyond the first n examples without being kept, until max(n, least) examples
+        are seen; seen: the examples read (a pair: min(its size, max(n, least))); ended: the
+        data ended before max(n, least) examples, so that seen is its size."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or
+                              n < 1):
+            raise PathensError(f"{what} must be a positive integer or None (all), got {n!r}")
+        cap = math.inf if n is None else int(n)
+        want = max(cap, least)
+        if self.pair is not None:
+            x, y = self.pair
+            seen = min(self.num_examples, want)
+            return self._cut(x, y, n), seen, seen < want
+        xs, ys, seen, ended = [], [], 0, True
+        for x, y in self._checked(self.loader, every_rank=True):  # all of it, on every rank
+            if seen < cap:
+                xs.append(x)
+                ys.append(y)
+            seen += batch_len(x)
+            if seen >= want:
+                ended = False
+                break
+        try:
+            x = xs[0] if len(xs) == 1 else concat(xs)
+            y = ys[0] if len(ys) == 1 or not self.labelled else torch.cat(ys)
+        except RuntimeError:
+            shapes = [tuple(main_tensor(x).shape) for x in xs]
+            other = next((s for s in shapes if s[1:] != shapes[0][1:]), shapes[-1])
+            raise PathensError(f"{what}={n} spans the first batches of the data, whose inputs "
+                               f"differ in shape ({shapes[0]} and {other}): they cannot be "
+                               f"joined into one batch; give {what} <= {shapes[0][0]} or "
+                               f"batches of one shape") from None
+        return self._cut(x, y, n), seen, ended
+
+    def _cut(self, x, y, n: Optional[int]):
+        sl = slice(0, n)
+        if not self.labelled:
+            return take(x, sl)
+        return take(x, sl), y[sl]
+
+    def random_batches(self, batch_size: Optional[int], rng: np.random.Generator):
+        """Endless batches for the sampled protocol, this rank's part of each: a pair, all
+        examples or a random subset of batch_size each time (rng.choice without replacement,
+        sorted; drawn alike on every rank, each taking the examples of its shard; (None, None)
+        where it holds none); a loader, its batches in turn (again from the start when it
+        ends). Targets None when unlabelled. Checks batch_size at the first batch."""
+        if self.pair is not None:
+            x, y = self.pair
+            N = self.num_examples
+            if batch_size is not None and (isinstance(batch_size, bool) or
+                                           not isinstance(batch_size, (int, np.integer)) or
+                                           not 1 <= batch_size <= N):
+                raise PathensError(f"batch_size must be an integer in 1..{N} (the number of "
+                                   f"examples), got {batch_size!r}")
+            part = distributed.shard(N)
+            while True:
+                idx = np.arange(N) if batch_size in (None, N) else \
+                    np.sort(rng.choice(N, batch_size, replace=False))
+                idx = idx[(idx >= part.start) & (idx < part.stop)]
+                if len(idx) == 0:
+                    yield None, None
+                elif len(idx) == N:
+                    yield x, y
+                else:
+                    idx = torch.as_tensor(idx, device=main_tensor(x).device)
+                    yield take(x, idx), None if y is None else y[idx]
+        if batch_size is not None:
+            raise PathensError("batch_size applies to tensor inputs; a loader's measurements use "
+                               "its own batches (set the DataLoader's batch_size)")
+        while True:
+            yield from self
 
     def fingerprint(self) -> str:
         """A short sha256 of the data's contents, so that a resumed sweep never mixes datasets of
@@ -176,7 +342,7 @@ class Data:
         shuffled plain iterables) is taken for different data.
         """
         if self.pair is not None:
-            return fingerprint_tensors(self.pair)
+            return fingerprint_tensors([t for t in self.pair if t is not None])
         h = hashlib.sha256()
         dataset = getattr(self.loader, "dataset", None)
         size = _length(dataset) if dataset is not None else None
@@ -191,10 +357,9 @@ class Data:
                 return h.hexdigest()[:16]
             except (NotImplementedError, TypeError, KeyError, IndexError):
                 h = hashlib.sha256()  # not indexable by position: fall back to the first batch
-        rest = self._batches() if not distributed.active() else self._checked(self.loader)
-        first = next(rest, None)
-        if first is None:
-            raise PathensError("data is empty: the loader yields no batches")
+        rest = self._batches() if not distributed.active() else \
+            self._checked(self.loader, every_rank=True)
+        first = next(rest)  # EMPTY when there is none
         if not distributed.active():  # a rank's own first batch is not the loader's first
             self._pending = (first, rest)
         h.update(f"batches:{self.num_batches}:{self.num_examples};".encode())
@@ -225,6 +390,28 @@ def is_pair(data) -> bool:
     return (isinstance(data, (tuple, list)) and len(data) == 2 and
             not isinstance(data[0], (tuple, list)) and
             (torch.is_tensor(data[0]) or isinstance(data[0], (dict, np.ndarray))))
+
+
+def _is_inputs(x) -> bool:
+    """A batch of inputs: a tensor or a non-empty dict of tensors."""
+    return torch.is_tensor(x) or (isinstance(x, dict) and bool(x) and
+                                  all(torch.is_tensor(v) for v in x.values()))
+
+
+def _unlabelled_batch(b):
+    """The inputs of one batch of unlabelled data: the batch itself, or the first entry of an
+    (inputs, targets) (or [inputs]) batch."""
+    x = b[0] if isinstance(b, (tuple, list)) and b and _is_inputs(b[0]) else b
+    if not _is_inputs(x):
+        raise PathensError(f"each batch must be inputs or (inputs, targets), got "
+                           f"{type(x).__name__}")
+    return x
+
+
+def _no_examples(x) -> bool:
+    """Inputs with a batch dimension of length 0."""
+    t = main_tensor(x) if _is_inputs(x) else None
+    return t is not None and t.ndim > 0 and len(t) == 0
 
 
 def _length(obj) -> Optional[int]:

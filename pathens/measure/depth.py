@@ -24,8 +24,7 @@ import torch
 
 from .. import distributed, combinatorics as paths
 from ..errors import PathensError
-from ..data.batches import chunks, is_pair, local_batches
-from ..data.inputs import batch_len, take, to_model
+from ..data.batches import Data
 from ..models.modes import eval_mode
 from ..results import Result
 from ..view.residual_view import wrap
@@ -314,13 +313,12 @@ def branch_variance(view, data, *, batch_size: int = 256) -> BranchVariance:
     view = wrap(view)
     if not view.residual:
         raise PathensError("branch_variance needs a residual network: this view has plain layers")
-    p = view.param
     n = view.num_blocks
     sums = [[0.0, 0.0, 0.0, 0.0] for _ in range(n)]  # per block: S(r), S(r^2), S(s), S(s^2) per feature
     count = 0
     with eval_mode(view.model):
-        for x in _input_batches(data, batch_size):
-            h, ctx = view.embed(to_model(x, p))
+        for x in Data(view, data, batch_size, labelled=False).inputs():
+            h, ctx = view.embed(x)
             count += len(h)
             for i, b in enumerate(view.blocks):
                 s, r = b.shortcut(h), b.branch(h, ctx)
@@ -350,23 +348,3 @@ def branch_variance(view, data, *, batch_size: int = 256) -> BranchVariance:
     return BranchVariance(tuple(b.name for b in view.blocks), ratios, bv, sv,
                           paths.variance_ratio_distribution(ratios), count,
                           dict(batchnorm="eval (running statistics)", num_examples=count))
-
-
-def _input_batches(data, batch_size: int):
-    """The inputs of data (a tensor, dict of tensors, (inputs, targets) pair or a loader of
-    batches), batch by batch as it streams; under torch.distributed, this rank's share."""
-    if torch.is_tensor(data) or isinstance(data, dict):
-        x = data
-    elif is_pair(data):
-        x = data[0]
-    elif hasattr(data, "__iter__") and not isinstance(data, (str, bytes)):
-        yield from (b[0] if isinstance(b, (tuple, list)) else b for b in local_batches(data))
-        return
-    else:
-        raise PathensError(f"data must be inputs, an (inputs, targets) pair or a DataLoader, "
-                           f"got {type(data).__name__}")
-    if batch_len(x) == 0:
-        raise PathensError("data is empty: pass at least two examples")
-    part = distributed.shard(batch_len(x))
-    for sl in chunks(part.stop - part.start, batch_size):
-        yield take(x, slice(part.start + sl.start, part.start + sl.stop))

@@ -64,7 +64,7 @@ from scipy.linalg import eigh_tridiagonal
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..data.batches import Data
+from ..data.batches import EMPTY, Data
 from ..errors import PathensError
 from ..data.inputs import batch_len, call_model, logits_of
 from .linearize import branch_parameters
@@ -696,7 +696,7 @@ def _used_by_branch(view, block, data) -> set:
         break
     used = distributed.broadcast(used)
     if used is None:
-        raise PathensError("the data hold no examples: the Hessian needs at least one")
+        raise PathensError(EMPTY)
     return {id(candidates[i]) for i in used}
 
 

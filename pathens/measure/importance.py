@@ -42,10 +42,9 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..data.batches import check_batch, local_batches
+from ..data.batches import Data
 from ..errors import PathensError
-from ..data.inputs import batch_len, take
-from ..data.losses import Loss
+from ..data.inputs import batch_len
 from ..models.modes import eval_mode
 from ..results import Result
 from ..view.residual_view import wrap
@@ -233,8 +232,10 @@ def _accumulate(view, data, spans, pairs, positions, feature_dim, batch_size, *,
     at = {k: [j for j, (a, b) in enumerate(pairs) if b == k] for k in range(len(bounds))}
     window = max(b - a for a, b in pairs) + 1
     acc = _Sums(pairs, angular)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise PathensError(f"batch_size must be a positive integer, got {batch_size!r}")
     with eval_mode(view.model):
-        for x in _input_batches(view, data, batch_size):
+        for x in Data(view, data, batch_size, labelled=False).inputs():
             h, ctx = view.embed(x)
             fd = _feature_dim(h, feature_dim)
             keep = _Positions(h, x, fd, positions)
@@ -311,52 +312,6 @@ class _Positions:
                                f"{tuple(self.keep.shape)} to {tuple(shape)}: the attention "
                                f"mask no longer applies")
         return torch.ones(tuple(shape), dtype=torch.bool, device=self.device)
-
-
-class _Unlabelled(Loss):
-    """For check_batch: the inputs are checked (shape, vocabulary, context, finite), no
-    targets are needed."""
-    name = "none"
-
-    def check(self, targets, inputs, num_outputs):
-        return targets
-
-
-def _input_batches(view, data, batch_size: int):
-    """Batches of inputs checked against the view and on its device, from inputs (a tensor or
-    dict), an (inputs, targets) pair, or a re-iterable loader of either."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise PathensError(f"batch_size must be a positive integer, got {batch_size!r}")
-    batch = lambda b: b[0] if isinstance(b, (tuple, list)) and b and _is_inputs(b[0]) else b
-    if _is_inputs(data) or (isinstance(data, (tuple, list)) and len(data) == 2 and
-                            _is_inputs(data[0])):
-        x = batch(data)
-        n = batch_len(x)
-        if n == 0:
-            raise PathensError("data is empty: pass at least one example")
-        part = distributed.shard(n)  # under torch.distributed this rank's share, else all
-        for start in range(part.start, part.stop, batch_size):
-            yield check_batch(view, take(x, slice(start, min(start + batch_size, part.stop))),
-                              None, _Unlabelled())[0]
-        return
-    if data is None or not hasattr(data, "__iter__") or iter(data) is data:
-        raise PathensError(f"data must be inputs, an (inputs, targets) pair or a re-iterable "
-                           f"loader of batches, got {type(data).__name__}")
-    empty = True
-    for b in local_batches(data):
-        x = batch(b)
-        if not _is_inputs(x):
-            raise PathensError(f"each batch must be inputs or (inputs, targets), got "
-                               f"{type(x).__name__}")
-        empty = False
-        yield check_batch(view, x, None, _Unlabelled())[0]
-    if empty:
-        raise PathensError("data is empty: the loader yields no batches")
-
-
-def _is_inputs(x) -> bool:
-    return torch.is_tensor(x) or (isinstance(x, dict) and bool(x) and
-                                  all(torch.is_tensor(v) for v in x.values()))
 
 
 def _config(acc: _Sums, unit: str, positions: str, feature_dim, **extra) -> dict:

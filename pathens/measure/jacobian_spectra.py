@@ -43,10 +43,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..data.batches import check_batch, is_pair
+from ..data.batches import Data
 from ..errors import PathensError
 from ..data.inputs import batch_len
-from ..data.losses import Loss
 from ..models.modes import eval_mode
 from ..results import Result
 from ..view.residual_view import wrap
@@ -129,22 +128,15 @@ def _nan_reduce(fn, a: np.ndarray) -> np.ndarray:
     return out
 
 
-class _Inputs(Loss):
-    """For check_batch: the inputs are checked (shape, vocabulary, finite); no targets."""
-    name = "none"
-
-    def check(self, targets, inputs, num_outputs):
-        return targets
-
-
 def block_jacobian_spectra(view, x, *, k: int = 5, blocks=None, iters: int = 100,
                            tol: float = 1e-6, seed: int = 0) -> JacobianSpectra:
     """The k largest and k smallest singular values of every block's (and every branch's)
     per-example input-output Jacobian, at each example of `x` (module docstring).
 
     view:   a ResidualView or a model (wrapped).
-    x:      the model's inputs (a tensor or a dict of tensors) or an (inputs, targets) pair:
-            a few examples (each is measured apart; the cost grows with their number).
+    x:      the model's inputs (a tensor or a dict of tensors), an (inputs, targets) pair or
+            a loader of either (joined into one batch): a few examples (each is measured
+            apart; the cost grows with their number).
     k:      how many singular values at each end.
     blocks: indices or names of the blocks to measure (None: all).
     iters:  at most this many products with J (and as many with J^T) per map and example,
@@ -161,9 +153,7 @@ def block_jacobian_spectra(view, x, *, k: int = 5, blocks=None, iters: int = 100
     seed = _integer(seed, "seed", 0)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
         raise PathensError(f"tol must be a number in (0, 1), e.g. 1e-6, got {tol!r}")
-    if is_pair(x):
-        x = x[0]
-    x = check_batch(view, x, None, _Inputs())[0]
+    x = Data(view, x, None, labelled=False).first(None)
     chosen = sorted(set(view.indices(range(view.num_blocks) if blocks is None else blocks,
                                      "blocks")))
     if not chosen:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from .. import distributed, combinatorics as _paths
 from ..data.batches import Data
 from ..errors import PathensError
-from ..data.inputs import batch_len, call_model, logits_of, take
+from ..data.inputs import batch_len, call_model, logits_of
 from . import zero_gradient
 from .linearize import branch_parameters, linearize, note_autograd_blocks
 from ..models.modes import eval_mode
@@ -328,7 +328,7 @@ def _sampled(view, data, samples_per_length, lengths, seed, batch_size, want_com
     lengths = np.arange(n + 1) if lengths is None else np.asarray(sorted(set(lengths)))
     if lengths.size == 0 or lengths.min() < 0 or lengths.max() > n:
         raise PathensError(f"lengths must lie in 0..{n} (the view has {n} blocks)")
-    batches = _measurement_batches(data, batch_size, np.random.default_rng([seed, 1]))
+    batches = data.random_batches(batch_size, np.random.default_rng([seed, 1]))
     fixed = data.pair is not None and batch_size in (None, data.num_examples)
     if want_components and not fixed:
         raise PathensError("components=True needs every measurement on the same examples: "
@@ -377,38 +377,6 @@ def _sampled(view, data, samples_per_length, lengths, seed, batch_size, want_com
         components=mean if want_components else None,
         components_se=(m2 / (samples_per_length - 1)).sqrt() / math.sqrt(samples_per_length)
         if want_components else None), head_sq, stacklevel=4)
-
-
-def _measurement_batches(data, batch_size, rng):
-    """Endless batches for the sampled protocol, this rank's part of each: tensors, all
-    examples or a random subset of batch_size each time (drawn alike on every rank, each taking
-    the examples of its shard; (None, None) where it holds none); a loader, its batches in turn
-    (again from the start when it ends)."""
-    if data.pair is not None:
-        x, y = data.pair
-        N = data.num_examples
-        if batch_size is not None and (isinstance(batch_size, bool) or
-                                       not isinstance(batch_size, (int, np.integer)) or
-                                       not 1 <= batch_size <= N):
-            raise PathensError(f"batch_size must be an integer in 1..{N} (the number of "
-                               f"examples), got {batch_size!r}")
-        part = distributed.shard(N)
-        while True:
-            idx = np.arange(N) if batch_size in (None, N) else \
-                np.sort(rng.choice(N, batch_size, replace=False))
-            idx = idx[(idx >= part.start) & (idx < part.stop)]
-            if len(idx) == 0:
-                yield None, None
-            elif len(idx) == N:
-                yield x, y
-            else:
-                idx = torch.as_tensor(idx, device=y.device)
-                yield take(x, idx), y[idx]
-    if batch_size is not None:
-        raise PathensError("batch_size applies to tensor inputs; a loader's measurements use "
-                           "its own batches (set the DataLoader's batch_size)")
-    while True:
-        yield from data
 
 
 def _gradient_norm(view, data) -> float:

@@ -63,7 +63,7 @@ from torch.overrides import TorchFunctionMode
 
 from .. import distributed
 from ..errors import PathensError
-from .importance import _input_batches
+from ..data.batches import Data
 from ..data.inputs import batch_len, take
 from ..models.modes import eval_mode
 from ..results import Result
@@ -475,7 +475,9 @@ class _Reader:
     """The inputs of the data, batch by batch, cut at max_examples; the same for each pass."""
 
     def __init__(self, view, data, batch_size, max_examples):
-        self.view, self.data, self.batch_size, self.max = view, data, batch_size, max_examples
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise PathensError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.data, self.max = Data(view, data, batch_size, labelled=False), max_examples
         self.examples, self.capped = 0, False
 
     def batches(self, progress: bool, desc: str):
@@ -484,7 +486,7 @@ class _Reader:
         bar = tqdm(desc=desc, unit="example", leave=False, disable=not progress,
                    total=self.max)
         try:
-            for x in _input_batches(self.view, self.data, self.batch_size):
+            for x in self.data.inputs():
                 if self.max is not None and self.examples >= self.max:
                     self.capped = True
                     return
