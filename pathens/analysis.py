@@ -129,20 +129,19 @@ class Analysis:
     # Notebooks (Jupyter calls these): formats are the report layer's, imported only when
     # asked, so that an analysis needs neither the report nor matplotlib until then.
     def _repr_html_(self) -> str:
-        from .report import html
-        return html.analysis_html(self)
+        from .report.notebook import analysis_html
+        return analysis_html(self)
 
     def _repr_markdown_(self) -> str:
-        from .report import html
-        return html.analysis_markdown(self)
+        from .report.notebook import analysis_markdown
+        return analysis_markdown(self)
 
     def _tables(self) -> dict:
         """key -> (rows, the config behind them)."""
         results = dict(gradients_exact=self.exact, gradients_sampled=self.sampled,
                        delete_each=self.delete_each, delete_random=self.delete_random,
-                       reorder=self.reorder, branch_variance=self.variance,
-                       block_influence=self.influence_vs_deletion)
-        out = {f"{key}_{suffix}" if suffix else key: (rows, res.config)
+                       reorder=self.reorder, branch_variance=self.variance, **self.results)
+        out = {suffix or key: (rows, res.config)
                for key, res in results.items() if res is not None
                for suffix, rows in res.tables().items()}
         if self.depth:

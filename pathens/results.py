@@ -37,12 +37,14 @@ class Result:
 
     Subclasses define `table()` -> list of row dicts, and may list in `_heavy` the fields (e.g.
     gradient tensors) left out of JSON. Everything else has a default built on them:
-    tables()        file-name suffix -> rows: the CSV files of the result ("" : table() alone)
+    tables()        file key -> rows: the tables a report writes as `<model>_<key>.csv` ("": the
+                    result's own name in Analysis.results; e.g. delete_random,
+                    delete_random_summary)
     to_dict/to_json every field but the heavy ones, as JSON-ready values
     to_csv          table() as CSV text
     frames/to_frame the tables as pandas DataFrames, the same cells as the CSV, the result's
                     `config` in DataFrame.attrs (pandas is optional: pathens[pandas])
-    _repr_html_, _repr_markdown_: how Jupyter shows it (report/html.py): its key numbers and
+    _repr_html_, _repr_markdown_: how Jupyter shows it (display.py): its key numbers and
                     the first rows of its table
     notes, summary_lines, markdown: the result's text in a report (none by default): notes
                     explain the quantity once per report, summary_lines are key numbers in the
@@ -83,18 +85,19 @@ class Result:
                 for suffix, rows in self.tables().items()}
 
     def to_frame(self):
-        """table() as a pandas DataFrame (frames()[""] for results with several tables)."""
-        return next(iter(self.frames().values()))
+        """table() as a pandas DataFrame, the result's config in attrs."""
+        return data_frame(self.table(), result=type(self).__name__, table="",
+                          config=plain(getattr(self, "config", {}) or {}))
 
-    # Notebooks (Jupyter calls these). Formats are the report layer's (report/html.py),
-    # imported only when asked: a result does not depend on the report, nor on matplotlib.
+    # Notebooks (Jupyter calls these): display.py builds the HTML and Markdown,
+    # imported only when asked.
     def _repr_html_(self) -> str:
-        from .report import html
-        return html.result_html(self)
+        from .display import result_html
+        return result_html(self)
 
     def _repr_markdown_(self) -> str:
-        from .report import html
-        return html.result_markdown(self)
+        from .display import result_markdown
+        return result_markdown(self)
 
     def notes(self) -> list[str]:
         return []

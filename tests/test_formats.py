@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import pathens  # noqa: E402
 from pathens import analysis, report  # noqa: E402
 from pathens.errors import PathensError  # noqa: E402
-from pathens.report import html as html_mod  # noqa: E402
+from pathens import display  # noqa: E402
 from pathens.results import Result, csv_text, plain  # noqa: E402
 from nets import batch, small_resnet  # noqa: E402
 
@@ -146,7 +146,7 @@ def test_numeric_columns_are_numbers_with_the_results_values(cnn, gpt, pd):
     assert f["downsampling"].dtype == bool
     assert f["error"].tolist() == [r["error"] for r in a.delete_random.rows]
     assert f["deleted"].tolist() == [list(r["deleted"]) for r in a.delete_random.rows]
-    s = a.delete_random.frames()["summary"]
+    s = a.delete_random.frames()["delete_random_summary"]
     assert s["k"].tolist() == [r["k"] for r in a.delete_random.summary()]
     g = a.exact.to_frame()
     np.testing.assert_array_equal(g["total"].to_numpy(), a.exact.total)
@@ -279,13 +279,13 @@ def test_a_result_shows_the_first_rows_of_its_tables(cnn):
     text = big._repr_html_()
     tables = Tables(text).tables
     assert len(tables) == 2  # the rows and the summary per k
-    assert len(tables[0][1]) == min(len(big.rows), html_mod.MAX_ROWS)
+    assert len(tables[0][1]) == min(len(big.rows), display.MAX_ROWS)
     md = big._repr_markdown_()
-    assert md.startswith(f"**{big!r}**") and "*summary*" in md
+    assert md.startswith(f"**{big!r}**") and "*delete_random_summary*" in md
     many = analysis.LesionResult(**{**big.__dict__, "rows": big.rows * 10})
-    assert f"{len(many.rows) - html_mod.MAX_ROWS} more rows of {len(many.rows)}" in \
+    assert f"{len(many.rows) - display.MAX_ROWS} more rows of {len(many.rows)}" in \
         many._repr_html_()
-    assert len(Tables(many._repr_html_()).tables[0][1]) == html_mod.MAX_ROWS
+    assert len(Tables(many._repr_html_()).tables[0][1]) == display.MAX_ROWS
 
 
 def test_an_analysis_shows_its_depth_table_and_figures_inline(cnn):
@@ -456,4 +456,4 @@ def test_report_html_holds_the_markdown(cnn, tmp_path):
     assert [base64.b64decode(src.split(",", 1)[1]) for src in dom.images] == \
         [(out / name).read_bytes() for name in figures]
     for heading in re.findall(r"^#+ (.+)$", md, re.M):
-        assert html_mod.html.escape(heading) in page
+        assert display.html.escape(heading) in page

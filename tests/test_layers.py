@@ -18,7 +18,7 @@ ROOT = Path(pathens.__file__).parent
 
 # lowest first; a module may import its own layer and those before it
 LAYERS = [
-    {"version", "errors", "checks", "io", "results", "distributed", "combinatorics"},
+    {"version", "errors", "checks", "io", "results", "display", "distributed", "combinatorics"},
     {"data"}, {"models"}, {"adapters"}, {"zoo"}, {"view"}, {"measure"}, {"report"},
     {"analysis", "demo"}, {"cli", "__main__"},
 ]

@@ -145,7 +145,7 @@ def legend_texts(ax) -> list:
 def test_a_skipinit_network_gets_the_skipinit_model_not_the_batchnorm_one(pair, drawn,
                                                                           tmp_path):
     a = pair["skipinit"]
-    writer._model_figures(tmp_path, "s", a)
+    writer.model_figures(tmp_path, "s", a)
     left, right = drawn["s_paths.png"].axes
     alpha = float(np.sqrt(np.mean(a.variance.ratios)))
     n = a.exact.num_blocks
@@ -157,7 +157,7 @@ def test_a_skipinit_network_gets_the_skipinit_model_not_the_batchnorm_one(pair, 
     assert any(t.startswith(f"share of variance, SkipInit model, alpha={alpha:.3g}")
                for t in legend_texts(left))
     drawn.clear()
-    writer._model_figures(tmp_path, "b", pair["bn"])  # BatchNorm: as before
+    writer.model_figures(tmp_path, "b", pair["bn"])  # BatchNorm: as before
     left, right = drawn["b_paths.png"].axes
     assert "BN variance model" in legend_texts(right)
     assert any("BatchNorm model" in t for t in legend_texts(left))
@@ -167,7 +167,7 @@ def test_a_skipinit_network_gets_the_skipinit_model_not_the_batchnorm_one(pair, 
 def test_magnitude_and_energy_shares_are_labelled_everywhere(pair, drawn, tmp_path):
     analyses = [pair["bn"], pair["skipinit"]]
     for a in analyses:
-        writer._model_figures(tmp_path, a.name, a)
+        writer.model_figures(tmp_path, a.name, a)
     writer._comparison_figures(tmp_path, analyses)
     per_model = [drawn[f"{a.name}_paths.png"].axes[1] for a in analyses]
     for ax in per_model:

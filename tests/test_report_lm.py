@@ -192,7 +192,7 @@ def no_work(monkeypatch):
     (dict(batch_size=0), "batch_size must be a positive integer"),
     (dict(influence="yes"), "influence must be True or False"),
     (dict(loss="perplexity"), "unknown loss 'perplexity'"),
-    (dict(loss="classification"), "are next-token targets, but the loss is .classification."),
+    (dict(loss="classification"), "are next-token targets, but the loss is 'classification'"),
     (dict(unit="layer", ks=[3]), "ks: 3 is more than the 2 layers"),
 ])
 def test_bad_settings_are_refused_before_any_work(no_work, view, ids, kwargs, match):

@@ -78,6 +78,11 @@ class BlockInfluence(Result):
     undefined: np.ndarray
     config: dict = field(default_factory=dict)
 
+    def tables(self) -> dict[str, list[dict]]:
+        """None of its own in a report: its numbers are in InfluenceVsDeletion's table
+        (block_influence.csv), beside each unit's deletion cost."""
+        return {}
+
     def table(self) -> list[dict]:
         return [dict(index=i, name=n, blocks=" ".join(map(str, b)), influence=bi, cosine=c,
                      count=int(k), undefined=int(u))

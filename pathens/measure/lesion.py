@@ -133,7 +133,7 @@ class LesionResult(Result):
     def tables(self) -> dict[str, list[dict]]:
         """The rows, and for random deletions and reorderings the summary per k."""
         if self.sweep in ("delete_random", "reorder"):
-            return {"": self.table(), "summary": self.summary()}
+            return {"": self.table(), f"{self.sweep}_summary": self.summary()}
         return {"": self.table()}
 
     def __repr__(self) -> str:

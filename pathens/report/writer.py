@@ -75,8 +75,8 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
     sections, results = [], {}
     for a in analyses:
         slug = file_slug(a.name)
-        figs = _model_figures(out, slug, a)
-        extras = {key: _figure_of(out, slug, a, key) for key in a.results}
+        figs = model_figures(out, slug, a)
+        extras = {key: result_figure(out, slug, a, key) for key in a.results}
         _tables(out, slug, a)
         results[a.name] = _result_dict(a)
         sections.append(section(a, slug, figs, extras))
@@ -135,7 +135,7 @@ def _save(fig, out: Path, name: str) -> str:
     return name
 
 
-def _model_figures(out: Path, slug: str, a) -> dict:
+def model_figures(out: Path, slug: str, a) -> dict:
     figs = {}
     if a.residual:
         n = a.exact.num_blocks
@@ -187,7 +187,7 @@ def _model_figures(out: Path, slug: str, a) -> dict:
     return figs
 
 
-def _figure_of(out: Path, slug: str, a, key: str):
+def result_figure(out: Path, slug: str, a, key: str):
     """The file of result `key`'s figure, drawn by the function plots registers for it (None
     when it draws none)."""
     if key not in plots.FIGURES:
@@ -234,25 +234,10 @@ def _comparison_figures(out: Path, analyses) -> dict:
 # ---- files -----------------------------------------------------------------------------------
 
 def _tables(out: Path, slug: str, a) -> None:
-    if a.exact is not None:
-        write_text(out / f"{slug}_gradients_exact.csv", a.exact.to_csv())
-    if a.sampled is not None:
-        write_text(out / f"{slug}_gradients_sampled.csv", a.sampled.to_csv())
-    for key in ("delete_each", "delete_random", "reorder"):
-        res = getattr(a, key)
-        if res is None:
-            continue
-        write_text(out / f"{slug}_{key}.csv", res.to_csv())
-        if key != "delete_each":
-            write_text(out / f"{slug}_{key}_summary.csv", res.summary_csv())
-    if a.variance is not None:
-        write_text(out / f"{slug}_branch_variance.csv", a.variance.to_csv())
-    for key, res in a.results.items():
-        for suffix, rows in res.tables().items():
-            write_text(out / f"{slug}_{suffix or key}.csv", csv_text(rows))
-    rows = [dict(measure=k, **d.table()[0]) for k, d in a.depth.items()]
-    if rows:  # csv_text: the cells of Analysis.frames()["effective_depth"]
-        write_text(out / f"{slug}_effective_depth.csv", csv_text(rows))
+    """Every table of the analysis (Analysis.tables(): the cells of its DataFrames) as
+    `<slug>_<key>.csv`."""
+    for key, rows in a.tables().items():
+        write_text(out / f"{slug}_{key}.csv", csv_text(rows))
 
 
 def _result_dict(a) -> dict:

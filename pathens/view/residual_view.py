@@ -315,10 +315,9 @@ class ResidualView(nn.Module):
                 f"{self.num_outputs} outputs, loss {self.loss})")
 
     def _repr_html_(self) -> str:
-        """The blocks as a table in Jupyter (formats are the report layer's: imported here,
-        only when asked)."""
-        from ..report import html
-        return html.view_html(self)
+        """The blocks as a table in Jupyter (display.py)."""
+        from ..display import view_html
+        return view_html(self)
 
 
 # ---- wrap ---------------------------------------------------------------------------------
