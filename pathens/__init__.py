@@ -43,6 +43,7 @@ _EXPORTS = {
     "block_jacobian_spectra": "measure.jacobian_spectra",
     "JacobianSpectra": "measure.jacobian_spectra",
     "singularities": "measure.singularities", "Singularities": "measure.singularities",
+    "diagnose": "diagnosis", "Diagnosis": "diagnosis",
 }
 # public module -> where it lives: `pathens.lesion`, `import pathens.lesion` and
 # `from pathens.lesion import delete_each` all give pathens.measure.lesion
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # what the lazy names are, for editors ("go to definition") a
     from . import combinatorics as paths, distributed, report  # noqa: F401
     from .adapters import BlockParts, ModelParts, register_block, register_model  # noqa: F401
     from .analysis import Analysis, analyze  # noqa: F401
+    from .diagnosis import Diagnosis, diagnose  # noqa: F401
     from .data import imagefolder, losses, text  # noqa: F401
     from .data.text import load_corpus  # noqa: F401
     from .errors import CheckpointError, PathensError, WrapError  # noqa: F401
