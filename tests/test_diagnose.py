@@ -62,7 +62,9 @@ def test_pathens_diagnose_report_holds_the_api_numbers(capsys, ckpts, tmp_path):
     assert code == 0, err
     report = (out / "report.md").read_text()
     results = json.loads((out / "results.json").read_text())["models"]
-    assert json.loads((out / "config.json").read_text())["command"] == "diagnose"
+    config = json.loads((out / "config.json").read_text())
+    assert config["command"] == "diagnose" and config["diagnostics"]["jacobians"]["k"] == 2
+    assert config["models"]["bn"]["dataset"] == "digits"
     x, y = digits()
     for name, path in ckpts.items():
         model, _ = pathens.load(path)

@@ -210,6 +210,8 @@ def diagnose(args) -> int:
         path = report.write_diagnoses(out, found, title="pathens diagnostics",
                                       command=_command_line(args),
                                       extra=dict(recalibrate=args.recalibrate))
+        _write_config(args, out, diagnostics=chosen, models={d.name: d.model for d in found},
+                      data={d.name: d.data for d in found})
     log(f"wrote {path} (and results.json, CSVs, figures in {out}/)")
     return 0
 

@@ -8,7 +8,13 @@ in `Analysis.results` under the names in `yields`; `pathens.report.write` writes
 tables, JSON, text (the Result protocol, results.py) and figure (registered under the same name
 in pathens.report.plots), never naming a measurement. Adding one: a module in measure/ that
 ends with its `register(...)`, its import in measure/__init__.py, and, if it draws, a function
-in report/plots/ decorated with `@figure_of(name, file_suffix)`.
+in report/plots/ decorated with `@figure_of(name, file_suffix)` (and one decorated with
+`@comparison_of(name, file, caption)` to compare the networks of a report).
+
+Diagnostics (`diagnostic=True`: signal propagation, block Jacobian spectra, singularities) run
+only when asked: `analyze(diagnose=...)`, `pathens.diagnose` and `pathens diagnose` choose them
+with `diagnostics(chosen)` below, each with its own options (`Measurement.options`), which run()
+finds in settings["diagnose"][name].
 """
 from __future__ import annotations
 

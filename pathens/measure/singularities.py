@@ -633,6 +633,9 @@ OPTIONS = dict(eps=1e-3, share=1.0, delta=0.01, variance=0.99, positions="mean",
 
 
 def _options(given: dict) -> dict:
+    if distributed.active():  # before an analysis's other work, not after it
+        raise PathensError("the diagnostic 'singularities' runs in one process: leave it out "
+                           "under torchrun (e.g. --diagnose signal jacobians)")
     o = check_options(given, OPTIONS, "the diagnostic 'singularities'")
     o["eps"], o["share"], o["delta"], o["variance"] = _check_thresholds(
         o["eps"], o["share"], o["delta"], o["variance"])
