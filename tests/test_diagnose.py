@@ -20,6 +20,7 @@ from pathens.cli.arguments import DIAGNOSTICS
 from pathens.data.datasets import load_dataset
 from pathens.errors import PathensError
 from pathens.measure.registry import MEASUREMENTS, diagnostics
+from pathens.models.modes import recalibrate_batchnorm
 
 matplotlib.use("Agg")
 
@@ -104,6 +105,28 @@ def test_pathens_diagnose_report_holds_the_api_numbers(capsys, ckpts, tmp_path):
     for note in ("**Signal propagation and norm preservation.**", "**Block Jacobian spectra.**",
                  "**Singularities.**"):
         assert report.count(note) == 1
+
+
+def test_recalibrated_batchnorm_is_measured_as_the_api_gives_it(capsys, ckpts, tmp_path):
+    """--recalibrate N: the BatchNorm statistics re-estimated on the first N training examples
+    (pathens.modes.recalibrate_batchnorm), then measured; recorded with the model."""
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "diagnose", ckpts["bn"], "--only", "signal", "--recalibrate", 24,
+                       "--limit", 16, "--out", out, "--quiet")
+    assert code == 0, err
+    stored = json.loads((out / "results.json").read_text())["models"]["bn"]
+    assert "recalibrated on 24 training examples" in stored["model"]["batchnorm"]
+    assert list(stored["config"]["diagnose"]) == ["signal"] and "jacobian_spectra" not in stored
+    model, _ = pathens.load(ckpts["bn"])
+    before = pathens.signal_propagation(pathens.wrap(model), load_dataset(
+        "digits", split="test", limit=16), progress=False)
+    with torch.no_grad():
+        recalibrate_batchnorm(model, load_dataset("digits", split="train", limit=24)[0])
+    sp = pathens.signal_propagation(pathens.wrap(model), load_dataset("digits", split="test",
+                                                                      limit=16), progress=False)
+    close(stored["signal_propagation"]["channel_variance"], sp.channel_variance)
+    close(stored["signal_propagation"]["grad_norm"], sp.grad_norm)
+    assert not np.allclose(before.channel_variance, sp.channel_variance)  # it did change
 
 
 def labelled(view, n=12):

@@ -154,8 +154,13 @@ class JacobianSpectra(Result):
         smax, smax_t = self.medians(self.sigma_max)
         smin, smin_t = self.medians(self.sigma_min)
         gap, gap_t = self.medians(self.isometry_gap)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = self.top_residual[:, :, 0] / self.top[:, :, 0]
+        rel = float(np.max(rel[np.isfinite(rel)])) if np.isfinite(rel).any() else math.nan
         text = (f"- Block Jacobian spectra ({self._settings()}; {int(np.sum(self.converged))} of "
-                f"{B} {u}s converged): median sigma_max {fmt(smax)}, sigma_min {fmt(smin)}, "
+                f"{B} {u}s converged to the tolerance; sigma_max within {fmt(rel)} of a true "
+                f"singular value, relatively): median sigma_max {fmt(smax)}, sigma_min "
+                f"{fmt(smin)}, "
                 f"isometry gap {fmt(gap)} over the {B - down} {u}s that keep the shape")
         if down:
             text += (f"; at the {down} transitions sigma_max {fmt(smax_t)}, sigma_min "
