@@ -44,6 +44,7 @@ _EXPORTS = {
     "JacobianSpectra": "measure.jacobian_spectra",
     "singularities": "measure.singularities", "Singularities": "measure.singularities",
     "hessian": "measure.hessian", "Hessian": "measure.hessian",
+    "diagnose": "diagnosis", "Diagnosis": "diagnosis",
 }
 # public module -> where it lives: `pathens.lesion`, `import pathens.lesion` and
 # `from pathens.lesion import delete_each` all give pathens.measure.lesion
@@ -62,6 +63,7 @@ if TYPE_CHECKING:  # what the lazy names are, for editors ("go to definition") a
     from .adapters import (BlockParts, Branch, ModelParts, register_block,  # noqa: F401
                            register_model)
     from .analysis import Analysis, analyze  # noqa: F401
+    from .diagnosis import Diagnosis, diagnose  # noqa: F401
     from .data import imagefolder, losses, text  # noqa: F401
     from .data.text import load_corpus  # noqa: F401
     from .errors import CheckpointError, PathensError, WrapError  # noqa: F401

@@ -36,7 +36,7 @@ from .errors import PathensError
 from .measure.path_gradients import PathGradients, path_gradients
 from .measure.importance import BlockInfluence
 from .measure.influence_cost import InfluenceVsDeletion
-from .measure.registry import MEASUREMENTS
+from .measure.registry import MEASUREMENTS, diagnostics
 from .data.inputs import batch_len
 from .measure.lesion import LesionResult
 from .view.residual_view import wrap
@@ -66,7 +66,9 @@ class Analysis:
     results:       the registered measurements' results (pathens/measure/registry.py), by the
                    names they yield, in registration order: "influence" (ShortGPT's Block
                    Influence per unit, BlockInfluence) and "influence_vs_deletion" (beside each
-                   unit's single-deletion cost, with their Spearman correlation), when run.
+                   unit's single-deletion cost, with their Spearman correlation), when run;
+                   with diagnose=, the diagnostics' ("signal_propagation", "jacobian_spectra",
+                   "singularities").
     """
 
     name: str
@@ -155,7 +157,7 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
             batch_size: int = 256, gradient_examples: int = 128, samples_per_length: int = 20,
             ks=None, trials: int = 5, swaps=None, seed: int = 0, level: float = 0.9,
             margin: float = 0.02, influence: bool = True, lesion_dir: Optional[Path] = None,
-            progress: bool = True, log=print) -> Analysis:
+            diagnose=False, progress: bool = True, log=print) -> Analysis:
     """Run every analysis of pathens that applies to `view`, on the labelled examples `data`.
 
     view:               a ResidualView, or a model `pathens.wrap` accepts as it is (wrap a
@@ -202,6 +204,10 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
     lesion_dir:         a folder for the sweeps' rows (delete_each.csv, delete_random.csv,
                         reorder.csv), appended as each condition finishes; re-running with the
                         same settings resumes. None: in memory only.
+    diagnose:           the diagnostics too (pathens.diagnosis: signal propagation, block
+                        Jacobian spectra, singularities), into `results`: True for all, a name
+                        or a list of names ("signal", "jacobians", "singularities"), or a dict
+                        name -> options (e.g. {"singularities": {"eps": 1e-2}}); False: none.
     progress, log:      tqdm bars; a function called with one line per step (print;
                         `lambda line: None` for silence).
 
@@ -212,12 +218,13 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
     _check(name, gradient_examples, samples_per_length, trials, seed, level, margin,
            batch_size, influence)
     lesion.units(view, unit)  # checks unit
+    diagnose = diagnostics(diagnose)  # {name: options}, checked
     d = Data(view, data, batch_size, loss)  # checks a pair whole, a loader's kind and length
     residual = view.residual
     if d.pair is not None:
         data = d.pair  # checked, on the view's device
         examples = d.num_examples
-        _enough(residual, examples)
+        _enough(residual or bool(diagnose), examples)
     ks, swaps = lesion_counts(view, unit, ks, swaps)
     files = _lesion_files(lesion_dir)
     if d.pair is not None:
@@ -225,7 +232,7 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
     else:  # a loader: its first examples, read now (a few batches), which also checks them
         (gx, gy), seen, ended = d.head(gradient_examples, 2, what="gradient_examples")
         examples = d.num_examples if d.num_examples is not None else seen if ended else None
-        _enough(residual, seen if ended else 2)
+        _enough(residual or bool(diagnose), seen if ended else 2)
     start = time.perf_counter()
     # Order: what can still refuse the input first (branch variance: a constant shortcut; each
     # sweep: a lesion_dir file from other settings), and the sweeps, which keep their rows on
@@ -248,9 +255,9 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
                               out=files.get("reorder"), **common)
     results = dict(delete_each=each)  # what the registered measurements may build on
     settings = dict(name=name, loss=loss, unit=unit, batch_size=batch_size, seed=seed,
-                    progress=progress, log=log, influence=influence)
+                    progress=progress, log=log, influence=influence, diagnose=diagnose)
     for m in MEASUREMENTS.values():
-        if not m.diagnostic and (residual or not m.residual):
+        if (not m.diagnostic or m.name in diagnose) and (residual or not m.residual):
             results.update(m.run(view, data, settings, results))
     del results["delete_each"]
     if residual:
@@ -276,7 +283,8 @@ def analyze(view, data, *, name: str = "model", model_info: Optional[dict] = Non
     config = dict(residual=residual, examples=examples, ks=list(ks), trials=trials,
                   swaps=list(swaps), seed=seed, level=level, margin=margin,
                   dtype=str(view.param.dtype), device=str(view.param.device),
-                  loss=d.loss.name, unit=unit, batch_size=batch_size)
+                  loss=d.loss.name, unit=unit, batch_size=batch_size,
+                  diagnose=diagnose or False)
     if each.tokens:
         config["tokens"] = each.num_examples
     if residual:
@@ -342,8 +350,8 @@ def _check(name, gradient_examples, samples_per_length, trials, seed, level, mar
 
 def _enough(residual: bool, examples: int) -> None:
     if residual and examples < 2:
-        raise PathensError(f"analyze needs at least 2 examples for a residual network (branch "
-                           f"variance is a variance over examples), got {examples}")
+        raise PathensError(f"analyze needs at least 2 examples for a residual network or the "
+                           f"diagnostics (variances over examples), got {examples}")
 
 
 def _lesion_files(lesion_dir) -> dict:

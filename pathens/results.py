@@ -50,6 +50,8 @@ class Result:
                     explain the quantity once per report, summary_lines are key numbers in the
                     network's section, markdown(...) its own subsection. Its figure is drawn by
                     the function pathens.report.plots registers under the measurement's name.
+    headline        {column: text}: its key numbers in a table of several networks side by side
+                    (the diagnostics report's first table); none by default.
     """
 
     _heavy: tuple = ()
@@ -107,6 +109,9 @@ class Result:
 
     def markdown(self, *, name: str, slug: str, figure: Optional[str]) -> list[str]:
         return []
+
+    def headline(self) -> dict:
+        return {}
 
 
 def csv_text(rows: list[dict]) -> str:

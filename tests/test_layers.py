@@ -20,7 +20,7 @@ ROOT = Path(pathens.__file__).parent
 LAYERS = [
     {"version", "errors", "checks", "io", "results", "display", "distributed", "combinatorics"},
     {"data"}, {"models"}, {"adapters"}, {"zoo"}, {"view"}, {"measure"}, {"report"},
-    {"analysis", "demo"}, {"cli", "__main__"},
+    {"analysis", "diagnosis", "demo"}, {"cli", "__main__"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -60,6 +60,33 @@ _VALUES = {
     "context": (lambda v: v >= 2, "an integer >= 2 (tokens)"),
     "mlp_ratio": (lambda v: v >= 1, "a positive integer"),
     "dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "jacobian_examples": (lambda v: v >= 1, "a positive integer (examples)"),
+    "jacobian_k": (lambda v: v >= 1, "a positive integer (singular values at each end)"),
+    "jacobian_iters": (lambda v: v >= 1, "a positive integer (products per map)"),
+    "eps": (lambda v: _finite(v) and v >= 0,
+            "a non-negative number (relative to the layer's mean |A|), e.g. 1e-3"),
+    "share": (lambda v: 0 < v <= 1, "a fraction in (0, 1] of the samples, e.g. 1"),
+    "delta": (lambda v: 0 < v < 1, "a number in (0, 1): pairs with |corr| >= 1 - delta overlap"),
+    "variance": (lambda v: 0 < v <= 1, "a fraction in (0, 1] of the variance, e.g. 0.99"),
+    "max_examples": (lambda v: v >= 2, "an integer >= 2"),
+    "hessian_top_k": (lambda v: v >= 0, "an integer >= 0 (0: no eigenvalues)"),
+    "hessian_probes": (lambda v: v >= 0, "an integer >= 0 (0: no trace)"),
+    "hessian_slq_probes": (lambda v: v >= 0, "an integer >= 0 (0: no density)"),
+}
+
+# The diagnostics (pathens/measure/registry.py, diagnostic=True), for the help: the registry
+# checks the names a run asks for (tests/test_diagnose.py checks that these are its names).
+DIAGNOSTICS = ("signal", "jacobians", "singularities", "hessian")
+# flag (its argparse dest) -> (diagnostic, option): the diagnostics' own options on the command
+# line, each passed on only when given (the measurement's defaults otherwise).
+DIAGNOSTIC_FLAGS = {
+    "jacobian_examples": ("jacobians", "examples"), "jacobian_k": ("jacobians", "k"),
+    "jacobian_iters": ("jacobians", "iters"),
+    "eps": ("singularities", "eps"), "share": ("singularities", "share"),
+    "delta": ("singularities", "delta"), "variance": ("singularities", "variance"),
+    "positions": ("singularities", "positions"), "max_examples": ("singularities", "max_examples"),
+    "hessian_top_k": ("hessian", "top_k"), "hessian_probes": ("hessian", "trace_probes"),
+    "hessian_slq_probes": ("hessian", "density_probes"), "hessian_params": ("hessian", "params"),
 }
 # where a command's flag means something else
 _COMMAND_VALUES = {
@@ -144,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
     _model_args(s)
     _data_args(s)
     _analysis_args(s)
+    _diagnostic_args(s, flag=True)
     _common(s, "pathens-analysis", resume=True)
 
     s = command("compare", "several checkpoints side by side (e.g. BN vs SkipInit)",
@@ -153,7 +181,30 @@ def parser() -> argparse.ArgumentParser:
     _arch_args(s)
     _data_args(s)
     _analysis_args(s)
+    _diagnostic_args(s, flag=True)
     _common(s, "pathens-compare", resume=True)
+
+    s = command("diagnose", "signal propagation, block Jacobians, singularities of checkpoints",
+                "The diagnostics alone, on one or several networks side by side (e.g. "
+                "BatchNorm, SkipInit, Fixup and plain): signal propagation (Brock et al. 2021: "
+                "the stream's channel mean and variance per block, the gradient norm and "
+                "Zaeemzadeh et al.'s norm ratio), the extreme singular values of each block's "
+                "Jacobian and its branch's, and the singularities of every layer (Orhan & "
+                "Pitkow 2018: eliminated, overlapping and linearly dependent units). Plain "
+                "networks get each per layer. One report.md with a section per network and "
+                "figures comparing them.")
+    s.add_argument("checkpoints", nargs="*", help="checkpoint files (pathens or --arch; none "
+                                                  "with --model: the model its function builds)")
+    s.add_argument("--only", nargs="+", metavar="NAME",
+                   help=f"run only these diagnostics ({', '.join(DIAGNOSTICS)}; default: all)")
+    _arch_args(s)
+    _data_args(s)
+    _diagnostic_args(s)
+    s.add_argument("--recalibrate", type=int, default=0, metavar="N",
+                   help="re-estimate the BatchNorm statistics of the networks that have them on "
+                        "N training examples first (e.g. at initialisation, to see the batch "
+                        "statistics; 0: keep the stored statistics)")
+    _common(s, "pathens-diagnose")
 
     s = command("gradients", "gradient by path length of a checkpoint",
                 "Gradient of the mean cross-entropy at the first block's input, split by path "
@@ -359,6 +410,45 @@ def _analysis_args(s) -> None:
     s.add_argument("--margin", type=float, default=0.02,
                    help="lesion-based effective depth: allowed error increase")
     _unit_arg(s)
+
+
+def _diagnostic_args(s, flag: bool = False) -> None:
+    """The diagnostics' options; flag: the --diagnose switch of analyze and compare."""
+    g = s.add_argument_group("diagnostics", "Options of the diagnostics (each passed on only "
+                             "when given; --only / --diagnose choose which run).")
+    if flag:
+        g.add_argument("--diagnose", nargs="*", metavar="NAME",
+                       help=f"also run the diagnostics (all, or those named: "
+                            f"{', '.join(DIAGNOSTICS)}), as `pathens diagnose` does")
+    g.add_argument("--jacobian-examples", type=int, metavar="N",
+                   help="jacobians: measure at the first N examples (default 2)")
+    g.add_argument("--jacobian-k", type=int, metavar="K",
+                   help="jacobians: the K largest and K smallest singular values (default 3)")
+    g.add_argument("--jacobian-iters", type=int, metavar="N",
+                   help="jacobians: at most N products per map and example (default 60)")
+    g.add_argument("--eps", type=float, help="singularities: a unit is eliminated when |A_u| <= "
+                                             "eps x the layer's mean |A| (default 1e-3) ...")
+    g.add_argument("--share", type=float, help="singularities: ... on at least this share of "
+                                               "the samples (default 1)")
+    g.add_argument("--delta", type=float, help="singularities: units overlap when |corr| >= "
+                                               "1 - delta (default 0.01)")
+    g.add_argument("--variance", type=float,
+                   help="singularities: count the components holding this share of the "
+                        "variance (default 0.99)")
+    g.add_argument("--positions", choices=["mean", "all"],
+                   help="singularities: each unit averaged over an example's positions (mean, "
+                        "default) or every position a sample (all)")
+    g.add_argument("--max-examples", type=int, metavar="N",
+                   help="singularities: read at most the first N examples (default 10000)")
+    g.add_argument("--hessian-top-k", type=int, metavar="K",
+                   help="hessian: the K largest eigenvalues (default 3)")
+    g.add_argument("--hessian-probes", type=int, metavar="N",
+                   help="hessian: Rademacher probes of the trace (default 20)")
+    g.add_argument("--hessian-slq-probes", type=int, metavar="N",
+                   help="hessian: Lanczos probes of the spectral density (default 2)")
+    g.add_argument("--hessian-params", metavar="WHICH",
+                   help="hessian: over these parameters: 'branches', a block or module name, or "
+                        "a parameter name (default: all)")
 
 
 def _common(s, default_out: str, resume: bool = False) -> None:

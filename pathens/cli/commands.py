@@ -27,6 +27,7 @@ from ..report import plots  # noqa: E402
 from ..report.plots.lesion import modules, unit_of  # noqa: E402
 from ..analysis import analyze as run_analysis, doubling, lesion_counts  # noqa: E402
 from ..checks import MAX_CONDITIONS  # noqa: E402
+from .arguments import DIAGNOSTIC_FLAGS  # noqa: E402
 from .inputs import (build_cifar, checkpoint_name, model_title, recalibration,  # noqa: E402
                      setup)
 from ..data.datasets import load_dataset  # noqa: E402
@@ -100,11 +101,12 @@ def _conditions(count: int, what: str) -> None:
 def analyze(args) -> int:
     _check_out(args)
     torch.manual_seed(args.seed)
+    diagnose = _diagnostics(args, args.diagnose, "--diagnose")
     view, data, meta, data_info = setup(args, examples=2)
     _analysis_counts(args, view)
     name = checkpoint_name(args, args.checkpoint, meta)
     with _open_out(args) as out:
-        a = _analysis(args, view, data, name, meta, data_info, out)
+        a = _analysis(args, view, data, name, meta, data_info, out, diagnose)
         path = report.write(out, [a], title=f"pathens analysis of "
                                             f"{model_title(args, name, meta)}",
                             command=_command_line(args))
@@ -119,8 +121,9 @@ def _analysis_counts(args, view) -> None:
                 f"({len(ks)} k + {len(swaps)} swap counts)")
 
 
-def _analysis(args, view, data, name, meta, data_info, out):
+def _analysis(args, view, data, name, meta, data_info, out, diagnose=False):
     return run_analysis(view, data, name=name, model_info=meta, data_info=data_info,
+                        diagnose=diagnose,
                         gradient_examples=args.gradient_examples, samples_per_length=args.samples,
                         trials=args.trials, seed=args.seed, margin=args.margin,
                         lesion_dir=Path(out) / SWEEPS / slug(name), progress=_progress(args),
@@ -130,6 +133,7 @@ def _analysis(args, view, data, name, meta, data_info, out):
 
 def compare(args) -> int:
     _check_out(args)
+    diagnose = _diagnostics(args, args.diagnose, "--diagnose")
     runs, slugs = [], set()
     for path in args.checkpoints:  # every model and its data checked before --out
         view, data, meta, data_info = setup(args, examples=2, checkpoint=path)
@@ -142,10 +146,77 @@ def compare(args) -> int:
         slugs.add(slug(name))
         runs.append((view, data, name, meta, data_info))
     with _open_out(args) as out:
-        analyses = [_analysis(args, *r, out) for r in runs]
+        analyses = [_analysis(args, *r, out, diagnose) for r in runs]
         path = report.write(out, analyses, title="pathens comparison",
                             command=_command_line(args))
     _log(args)(f"wrote {path}")
+    return 0
+
+
+def _diagnostics(args, names, flag: str):
+    """{diagnostic: options} for analyze(diagnose=...) and diagnose(which=...), from the names
+    given with `flag` (None: none, for --diagnose; [] or None for --only: all) and the
+    diagnostics' option flags, checked by the registry (unknown names, bad values)."""
+    from ..measure.registry import diagnostics
+    wanted = None if names is None and flag == "--diagnose" else names or True
+    given = {name: {} for name in diagnostics(wanted)}
+    for dest, (name, option) in DIAGNOSTIC_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        option_flag = "--" + dest.replace("_", "-")
+        if name not in given:
+            why = f"add {flag}" if not given else f"add {name} to {flag}"
+            raise PathensError(f"{option_flag} is an option of the diagnostic {name!r}, which "
+                               f"this run leaves out: {why}, or drop {option_flag}")
+        given[name][option] = value
+    return diagnostics(given)
+
+
+def diagnose(args) -> int:
+    """The diagnostics alone, computed before --out is touched: any refusal (few examples, a
+    layer of one unit, a non-finite loss) leaves nothing written."""
+    from ..diagnosis import MIN_EXAMPLES, diagnose as run_diagnosis
+    from ..models.modes import recalibrate_batchnorm
+    _check_out(args)
+    torch.manual_seed(args.seed)
+    chosen = _diagnostics(args, args.only, "--only")
+    runs, slugs = [], set()
+    for path in args.checkpoints or [None]:  # every model and its data checked first
+        view, data, meta, data_info = setup(args, checkpoint=path)
+        if isinstance(data, tuple) and len(data[1]) < MIN_EXAMPLES:
+            raise PathensError(f"{len(data[1])} example: the diagnostics need at least "
+                               f"{MIN_EXAMPLES} (statistics over examples); raise --limit or use "
+                               f"a larger --data")
+        has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                     for m in view.model.modules())
+        recal = recalibration(args, view, meta) if args.recalibrate and has_bn else None
+        if recal is not None:
+            meta = dict(meta, batchnorm=f"running statistics recalibrated on {len(recal)} "
+                                        f"training examples")
+        name = stem = checkpoint_name(args, path)
+        copy = 1
+        while slug(name) in slugs:  # the slug names its files: keep them apart
+            copy += 1
+            name = f"{stem} ({copy})"
+        slugs.add(slug(name))
+        runs.append((view, data, name, meta, data_info, recal))
+    log, found = _log(args), []
+    for view, data, name, meta, data_info, recal in runs:
+        if recal is not None:
+            with torch.no_grad():
+                recalibrate_batchnorm(view.model, recal)
+        found.append(run_diagnosis(view, data, name=name, which=chosen, model_info=meta,
+                                   data_info=data_info, seed=args.seed, progress=_progress(args),
+                                   log=log, **({} if args.batch_size is None else
+                                               dict(batch_size=args.batch_size))))
+    with _open_out(args) as out:
+        path = report.write_diagnoses(out, found, title="pathens diagnostics",
+                                      command=_command_line(args),
+                                      extra=dict(recalibrate=args.recalibrate))
+        _write_config(args, out, diagnostics=chosen, models={d.name: d.model for d in found},
+                      data={d.name: d.data for d in found})
+    log(f"wrote {path} (and results.json, CSVs, figures in {out}/)")
     return 0
 
 

@@ -8,3 +8,9 @@ register themselves (registry.py) and the analysis and the report take them from
 imports below are their registrations, in report order.
 """
 from . import influence_cost  # noqa: F401  (registers "influence")
+# The diagnostics (Measurement.diagnostic: run when asked, analyze(diagnose=...) and
+# `pathens diagnose`), in report order:
+from . import signal_propagation  # noqa: F401,E402  (registers "signal")
+from . import jacobian_spectra  # noqa: F401,E402  (registers "jacobians")
+from . import singularities  # noqa: F401,E402  (registers "singularities")
+from . import hessian  # noqa: F401,E402  (registers "hessian")

@@ -69,7 +69,8 @@ from ..errors import PathensError
 from ..data.inputs import batch_len, call_model, logits_of
 from .linearize import branch_parameters
 from ..models.modes import eval_mode
-from ..results import Result
+from ..results import Result, fmt
+from .registry import Measurement, check_options, register
 from ..view.residual_view import wrap
 
 __all__ = ["MAX_PARAMS", "Hessian", "hessian", "lanczos", "select_parameters",
@@ -155,6 +156,51 @@ class Hessian(Result):
         """(grid, values) of the density broadened with another relative width (see
         spectral_density)."""
         return spectral_density(self.nodes, self.weights, sigma=sigma, points=points)
+
+    # ---- the report's text (the Result protocol) -------------------------------------------
+
+    FIGURE = "spectral density of the Hessian (stochastic Lanczos quadrature)"
+
+    def tables(self) -> dict[str, list[dict]]:
+        return {"": self.table(), "hessian_density": self.quadrature_table()}
+
+    def notes(self) -> list[str]:
+        return [NOTE]
+
+    def headline(self) -> dict:
+        top = fmt(float(self.eigenvalues[0])) if len(self.eigenvalues) else "n/a"
+        return {"Hessian: top eigenvalue / trace": f"{top} / {fmt(self.trace)}",
+                "Hessian: degenerate / negative mass":
+                    f"{fmt(self.degenerate_mass)} / {fmt(self.negative_mass)}"}
+
+    def _over(self) -> str:
+        c = self.config
+        return (f"{self.num_params:,} parameters ({c.get('params') or 'all'}), mean loss over "
+                f"{self.num_examples} examples")
+
+    def summary_lines(self) -> list[str]:
+        eig = ", ".join(f"{v:.4g}" for v in self.eigenvalues) or "not computed"
+        eps = self.config.get("eps")
+        return [f"- Hessian ({self._over()}): top eigenvalues {eig}; trace {fmt(self.trace)} "
+                f"+- {fmt(self.trace_se)} (Hutchinson, {len(self.trace_samples)} probes); of the "
+                f"spectral density ({len(self.nodes)} SLQ probes), {fmt(self.degenerate_mass)} "
+                f"degenerate (|lambda| < {eps:g} x lambda_max) and {fmt(self.negative_mass)} "
+                f"negative; {self.hvps} Hessian-vector products."]
+
+    def markdown(self, *, name: str, slug: str, figure=None) -> list[str]:
+        lines = ["", f"### {name}: the Hessian", "",
+                 f"Over {self._over()}; the quadrature nodes and weights in "
+                 f"`{slug}_hessian_density.csv`.", "",
+                 "| top eigenvalues | residual bounds | trace | trace SE | degenerate mass | "
+                 "negative mass | HVPs |", "|---|---|---|---|---|---|---|",
+                 "| " + " | ".join([", ".join(f"{v:.5g}" for v in self.eigenvalues) or "-",
+                                   ", ".join(f"{v:.2g}" for v in self.residuals) or "-",
+                                   fmt(self.trace), fmt(self.trace_se),
+                                   fmt(self.degenerate_mass), fmt(self.negative_mass),
+                                   str(self.hvps)]) + " |", ""]
+        if figure:
+            lines += [f"![{name}: {self.FIGURE}]({figure})", ""]
+        return lines
 
     def __repr__(self) -> str:
         parts = [f"P={self.num_params}"]
@@ -705,3 +751,42 @@ def _count(v, what: str, least: int) -> int:
         raise PathensError(f"{what} must be an integer >= {least}, got {v!r}")
     return int(v)
 
+
+# Said once in a report that holds a Hessian.
+NOTE = (
+    "**The Hessian.** H = d^2 L / d theta^2 of the mean loss over the data (eval mode), through "
+    "Hessian-vector products by double backward, as PyHessian (Yao et al. 2020) computes it: the "
+    "top eigenvalues by Lanczos with full reorthogonalisation (each with a bound on its error), "
+    "the trace by Hutchinson's estimator with Rademacher probes (with its standard error), and "
+    "the spectral density by stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao 2019). "
+    "The degenerate mass is the share of the spectrum within |lambda| < eps x lambda_max, the "
+    "negative mass the share below -eps x lambda_max (both from the quadrature weights). Orhan "
+    "& Pitkow's singularities are flat directions: a bulk of near-zero eigenvalues (Sagun et al. "
+    "2017); skip connections should shrink it.")
+
+# the diagnostic's options: lighter than hessian()'s defaults (a report, not a study)
+OPTIONS = dict(params=None, top_k=3, trace_probes=20, density_probes=2, lanczos_steps=40,
+               eps=1e-2, tol=1e-3)
+
+
+def _options(given: dict) -> dict:
+    o = check_options(given, OPTIONS, "the diagnostic 'hessian'")
+    for key in ("top_k", "trace_probes", "density_probes", "lanczos_steps"):
+        _count(o[key], key, 0 if key in ("top_k", "trace_probes", "density_probes") else 2)
+    return o
+
+
+def _run(view, data, settings: dict, results: dict) -> dict:
+    """The diagnostic "hessian": top eigenvalues, trace and spectral density."""
+    o = settings.get("diagnose", {}).get("hessian")
+    if o is None:
+        return {}
+    settings["log"](f"[{settings['name']}] Hessian ({o['top_k']} eigenvalues, "
+                    f"{o['trace_probes']} trace probes, {o['density_probes']} SLQ probes)")
+    return {"hessian": hessian(view, data, batch_size=settings["batch_size"],
+                               seed=settings["seed"], progress=settings["progress"],
+                               loss=settings["loss"], **o)}
+
+
+register(Measurement("hessian", run=_run, yields=("hessian",), residual=False,
+                     diagnostic=True, options=_options))

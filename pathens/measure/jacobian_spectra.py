@@ -47,8 +47,9 @@ from ..data.batches import Data
 from ..errors import PathensError
 from ..data.inputs import batch_len
 from ..models.modes import eval_mode
-from ..results import Result
+from ..results import Result, fmt
 from ..view.residual_view import wrap
+from .registry import Measurement, check_options, register
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,86 @@ class JacobianSpectra(Result):
                 for j, (b, nm, d, r, di, do) in enumerate(zip(
                     self.blocks, self.block_names, self.downsample, self.residual, self.in_dim,
                     self.out_dim))]
+
+    @property
+    def unit(self) -> str:
+        return "block" if any(self.residual) else "layer"
+
+    def medians(self, values) -> tuple:
+        """(median over the measured blocks that keep the shape, median over the transitions)
+        of per-block `values`, each over its finite entries (NaN where none)."""
+        v, down = np.asarray(values, float), np.asarray(self.downsample, bool)
+        out = []
+        for keep in (~down, down):
+            w = v[keep & np.isfinite(v)]
+            out.append(float(np.median(w)) if len(w) else math.nan)
+        return tuple(out)
+
+    # ---- the report's text (the Result protocol) -------------------------------------------
+
+    FIGURE = "largest and smallest singular values of each block's Jacobian and its branch's"
+
+    def notes(self) -> list[str]:
+        return [NOTE]
+
+    def headline(self) -> dict:
+        smax, _ = self.medians(self.sigma_max)
+        smin, _ = self.medians(self.sigma_min)
+        return {"block Jacobian: median sigma_max / sigma_min (blocks keeping the shape)":
+                f"{fmt(smax)} / {fmt(smin)}"}
+
+    def _settings(self) -> str:
+        c = self.config
+        return (f"at the first {c.get('examples')} example{'s' * (c.get('examples') != 1)}, "
+                f"top and bottom k = {c.get('k')} per example, at most {c.get('iters')} "
+                f"products per map, tolerance {c.get('tol')}")
+
+    def summary_lines(self) -> list[str]:
+        u, B = self.unit, len(self.blocks)
+        down = int(np.sum(self.downsample))
+        smax, smax_t = self.medians(self.sigma_max)
+        smin, smin_t = self.medians(self.sigma_min)
+        gap, gap_t = self.medians(self.isometry_gap)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = self.top_residual[:, :, 0] / self.top[:, :, 0]
+        rel = float(np.max(rel[np.isfinite(rel)])) if np.isfinite(rel).any() else math.nan
+        text = (f"- Block Jacobian spectra ({self._settings()}; {int(np.sum(self.converged))} of "
+                f"{B} {u}s converged to the tolerance; sigma_max within {fmt(rel)} of a true "
+                f"singular value, relatively): median sigma_max {fmt(smax)}, sigma_min "
+                f"{fmt(smin)}, "
+                f"isometry gap {fmt(gap)} over the {B - down} {u}s that keep the shape")
+        if down:
+            text += (f"; at the {down} transitions sigma_max {fmt(smax_t)}, sigma_min "
+                     f"{fmt(smin_t)}, gap {fmt(gap_t)}")
+        if any(self.residual):
+            bmax = _nan_reduce(np.nanmax, self.branch_top[:, :, 0])
+            b, _ = self.medians(bmax)
+            text += f"; the branch alone: median sigma_max {fmt(b)}"
+        return [text + "."]
+
+    def markdown(self, *, name: str, slug: str, figure=None) -> list[str]:
+        u = self.unit
+        plain = "" if u == "block" else " (plain network: each layer's Jacobian, no branch)"
+        lines = ["", f"### {name}: block Jacobian spectra{plain}", "",
+                 f"Singular values of d {u}(x) / d x per example, {self._settings()}; sigma_max "
+                 f"and sigma_min over those examples. Not converged: sigma_max is a lower "
+                 f"bound, sigma_min an upper bound. Every value in "
+                 f"`{slug}_jacobian_spectra.csv`.", "",
+                 f"| {u} | name | transition | d_in -> d_out | sigma_max | sigma_min | isometry "
+                 f"gap | branch sigma_max | branch sigma_min | converged |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in self.table():
+            conv = ("yes" if r["converged"] else "no") + (
+                "" if not r["residual"] else " / " + ("yes" if r["branch_converged"] else "no"))
+            lines.append("| " + " | ".join([
+                str(r["block"]), f"`{r['name']}`", "yes" if r["downsample"] else "",
+                f"{r['in_dim']} -> {r['out_dim']}", fmt(r["sigma_max"]), fmt(r["sigma_min"]),
+                fmt(r["isometry_gap"]), fmt(r["branch_sigma_max"]) if r["residual"] else "-",
+                fmt(r["branch_sigma_min"]) if r["residual"] else "-", conv]) + " |")
+        lines.append("")
+        if figure:
+            lines += [f"![{name}: {self.FIGURE}]({figure})", ""]
+        return lines
 
     def __repr__(self) -> str:
         j = int(np.nanargmax(self.isometry_gap))
@@ -431,3 +512,51 @@ def _ends(S: np.ndarray, res: np.ndarray, k: int) -> dict:
 
     return {"top": top, "bottom": bottom, "top_res": top_res, "bottom_res": bottom_res,
             "converged": converged}
+
+
+# Said once in a report that holds block Jacobian spectra.
+NOTE = (
+    "**Block Jacobian spectra.** The singular values of each block's input-output Jacobian "
+    "J_i = P_i (S_i + a_i R_i) at a few examples (each example's own map, d out / d x at its "
+    "input), the k largest and the k smallest, by Golub-Kahan-Lanczos bidiagonalisation on "
+    "Jacobian-vector products (the dense Jacobian only where it is small enough to be formed "
+    "exactly), and the same for the branch a_i R_i alone. Zaeemzadeh, Rahnavard & Shah (2020): "
+    "with an identity shortcut and a small branch the singular values are near 1 (the block "
+    "nearly preserves the norm of every direction, the more so as more blocks share the work), "
+    "the transitions (downsampling blocks) being the exception; the branch's values say how far "
+    "it moves the block from the identity. The isometry gap max(sigma_max - 1, 1 - sigma_min) is "
+    "0 for an isometry; a ReLU after the sum (the original ResNet) zeroes the rows of the "
+    "inactive outputs, so sigma_min = 0 and the gap is at least 1 there: read sigma_max and the "
+    "branch for those blocks. Values that did not converge within the iterations are bounds "
+    "(sigma_max from below, sigma_min from above). A plain network: each layer's own Jacobian.")
+
+# the diagnostic's options (analyze(diagnose={"jacobians": {...}}), `pathens diagnose`): a few
+# examples and few values, so that a report costs about as much as the other diagnostics
+OPTIONS = dict(examples=2, k=3, iters=60, tol=1e-6)
+
+
+def _options(given: dict) -> dict:
+    o = check_options(given, OPTIONS, "the diagnostic 'jacobians'")
+    for key in ("examples", "k", "iters"):
+        _integer(o[key], key, 1)
+    if isinstance(o["tol"], bool) or not isinstance(o["tol"], (int, float)) or \
+            not 0 < o["tol"] < 1:
+        raise PathensError(f"tol must be a number in (0, 1), e.g. 1e-6, got {o['tol']!r}")
+    return o
+
+
+def _run(view, data, settings: dict, results: dict) -> dict:
+    """The diagnostic "jacobians": block (and branch) Jacobian spectra at the data's first
+    `examples` examples."""
+    o = settings.get("diagnose", {}).get("jacobians")
+    if o is None:
+        return {}
+    x = Data(view, data, None, labelled=False).first(o["examples"], what="examples")
+    settings["log"](f"[{settings['name']}] block Jacobian spectra at {batch_len(x)} examples "
+                    f"(k = {o['k']})")
+    return {"jacobian_spectra": block_jacobian_spectra(view, x, k=o["k"], iters=o["iters"],
+                                                       tol=o["tol"], seed=settings["seed"])}
+
+
+register(Measurement("jacobians", run=_run, yields=("jacobian_spectra",), residual=False,
+                     diagnostic=True, options=_options))

@@ -66,8 +66,9 @@ from ..errors import PathensError
 from ..data.batches import Data
 from ..data.inputs import batch_len, take
 from ..models.modes import eval_mode
-from ..results import Result
+from ..results import Result, fmt
 from ..view.residual_view import wrap
+from .registry import Measurement, check_options, register
 
 POSITIONS = ("mean", "all")
 CONSTANT_RTOL = 1e-6  # a unit whose std is below this x typical |A| counts as constant
@@ -137,6 +138,103 @@ class Singularities(Result):
     def rows(self, kind: str | None = None) -> list[int]:
         """Indices of the layers of one kind ("stream", "hidden"; None: all)."""
         return [i for i, k in enumerate(self.kinds) if kind is None or k == kind]
+
+    # ---- the report's text (the Result protocol) -------------------------------------------
+
+    FIGURE = "eliminated and overlapping units, participation ratio and components per layer"
+
+    @property
+    def unit(self) -> str:
+        """"block", or "layer" for a plain network (as the view's blocks are called)."""
+        return "layer" if self.config.get("network") == "plain" else "block"
+
+    def counts(self, kind: str = "hidden") -> dict:
+        """Over the layers of one kind: units in all, eliminated, in an overlapping pair (both
+        counted from the fractions), the mean participation ratio and components (fractions
+        of the width, over the layers where they are defined) and the layer of the lowest
+        participation ratio (index or -1)."""
+        rows = self.rows(kind)
+        units = np.asarray(self.units, float)[rows]
+        pr = np.asarray(self.participation_ratio, float)[rows]
+        comp = np.asarray(self.components, float)[rows]
+        finite = np.isfinite(pr)
+        return {"layers": len(rows), "units": int(units.sum()),
+                "eliminated": int(round(float((self.eliminated[rows] * units).sum()))),
+                "overlapping": int(round(float((self.overlapping_units[rows] * units).sum()))),
+                "participation_ratio": float(pr[finite].mean()) if finite.any() else math.nan,
+                "components": float(np.nanmean(comp)) if np.isfinite(comp).any() else math.nan,
+                "lowest": rows[int(np.argmin(np.where(finite, pr, np.inf)))] if finite.any()
+                else -1}
+
+    def notes(self) -> list[str]:
+        return [NOTE]
+
+    def headline(self) -> dict:
+        c = self.counts("hidden")
+        return {"hidden units eliminated / overlapping":
+                f"{_share(c['eliminated'], c['units'])} / {_share(c['overlapping'], c['units'])}",
+                "hidden layers: mean participation ratio": fmt(c["participation_ratio"])}
+
+    def thresholds(self) -> str:
+        c = self.config
+        where = "each unit averaged over an example's positions" if c.get("positions") == \
+            "mean" else "every position a sample"
+        return (f"{c.get('num_examples')} examples{' (capped)' if c.get('capped') else ''}; "
+                f"eliminated: |A_u| <= {c.get('eps'):g} x the layer's mean |A| on at least "
+                f"{c.get('share'):.0%} of the samples; overlapping: |corr| >= "
+                f"{1 - c.get('delta'):g}; components for {c.get('variance'):.0%} of the "
+                f"variance; {where}")
+
+    def summary_lines(self) -> list[str]:
+        u = self.unit
+        h, st = self.counts("hidden"), self.counts("stream")
+        text = f"- Singularities ({self.thresholds()}): "
+        if h["layers"]:
+            max_corr = np.asarray(self.max_corr, float)[self.rows("hidden")]
+            top = fmt(float(np.nanmax(max_corr))) if np.isfinite(max_corr).any() else "n/a"
+            low = h["lowest"]
+            where = "of the blocks' branches" if u == "block" else "within the layers"
+            text += (f"in the {h['layers']} hidden layers {where}, "
+                     f"{_share(h['eliminated'], h['units'])} of {h['units']} units eliminated, "
+                     f"{_share(h['overlapping'], h['units'])} in an overlapping pair (largest "
+                     f"|corr| {top}); participation ratio {fmt(h['participation_ratio'])} of "
+                     f"the width on average" + (f" (lowest {fmt(self.participation_ratio[low])}"
+                                                f" at `{self.names[low]}`)" if low >= 0 else "")
+                     + f", components {fmt(h['components'])}; ")
+        else:
+            text += f"no hidden layer found in the {u}s (no activation in them); "
+        text += (f"the stream entering each {u}: participation ratio "
+                 f"{fmt(st['participation_ratio'])}, {_share(st['eliminated'], st['units'])} of "
+                 f"its units eliminated.")
+        return [text]
+
+    def markdown(self, *, name: str, slug: str, figure=None, most: int = 40) -> list[str]:
+        u = self.unit
+        plain = "" if u == "block" else " (plain network: per layer)"
+        rows = list(range(len(self.names)))
+        lines = ["", f"### {name}: singularities{plain}", "", f"Thresholds: {self.thresholds()}"
+                 f". Rows: the residual stream entering each {u} (`.input`) and each hidden "
+                 f"layer of its branch, after its activation.", ""]
+        if len(rows) > most:
+            rows = sorted(self.rows("hidden"), key=lambda i: (-self.eliminated[i],
+                                                                self.participation_ratio[i]))
+            rows = sorted(rows[:most // 2])
+            lines += [f"The {len(rows)} hidden layers with the most eliminated units (then the "
+                      f"lowest participation ratio); all {len(self.names)} layers in "
+                      f"`{slug}_singularities.csv`.", ""]
+        lines += ["| layer | kind | units | eliminated | overlapping units | overlapping pairs "
+                  "| largest abs(corr) | participation ratio | components |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for i in rows:
+            lines.append("| " + " | ".join([
+                f"`{self.names[i]}`", self.kinds[i], str(int(self.units[i])),
+                fmt(float(self.eliminated[i])), fmt(float(self.overlapping_units[i])),
+                fmt(float(self.overlapping[i])), fmt(float(self.max_corr[i])),
+                fmt(float(self.participation_ratio[i])), fmt(float(self.components[i]))]) + " |")
+        lines.append("")
+        if figure:
+            lines += [f"![{name}: {self.FIGURE}]({figure})", ""]
+        return lines
 
     def __repr__(self) -> str:
         hidden = self.rows("hidden")
@@ -216,7 +314,8 @@ def singularities(view, data, *, eps: float = 1e-3, share: float = 1.0, delta: f
               "units": "channels (dim 1) of (N, C, ...) activations, the last dim of (N, T, d) "
                        "and (N, d) ones",
               "covariance": "float64, ddof 1, two passes (moments, then elimination counts)",
-              "mode": "eval (running statistics, no dropout)"}
+              "mode": "eval (running statistics, no dropout)",
+              "network": "residual" if any(b.residual for b in view.blocks) else "plain"}
     return Singularities(
         names=tuple(lay.name for lay in lays), blocks=np.array([lay.block for lay in lays]),
         kinds=tuple(lay.kind for lay in lays), units=col("units"), samples=col("samples"),
@@ -225,6 +324,10 @@ def singularities(view, data, *, eps: float = 1e-3, share: float = 1.0, delta: f
         max_corr=col("max_corr"), participation_ratio=col("participation_ratio"),
         components=col("components"), eigenvalues=tuple(s["eigenvalues"] for s in stats),
         covariances=tuple(s["cov"] for s in stats) if covariances else None, config=config)
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part} ({part / whole:.1%})" if whole else "n/a"
 
 
 def _check_thresholds(eps, share, delta, variance) -> tuple:
@@ -506,3 +609,55 @@ class _Reader:
 
     def stats(self) -> dict:
         return {"examples": self.examples, "capped": self.capped}
+
+
+# Said once in a report that holds singularities.
+NOTE = (
+    "**Singularities.** Orhan & Pitkow (ICLR 2018): three degeneracies that make units of a "
+    "layer redundant, each a flat (degenerate) direction of the loss Hessian that slows "
+    "learning, towards which plain networks drift as they train and which skip connections "
+    "break. Per layer (the residual stream entering each block, and each hidden layer of its "
+    "branch after the activation), on the activations A (samples x units; a convolution's "
+    "channels, averaged over positions): *eliminated* units, (nearly) zero on (nearly) every "
+    "sample (|A_u| <= eps x the layer's mean |A| on at least a share q of the samples; dead "
+    "ReLUs: q = 1); *overlapping* units, pairs whose activations are copies or negated copies "
+    "(|corr| >= 1 - delta), as the fraction of units in such a pair; *linearly dependent* "
+    "units, from the eigenvalues s of the covariance of A: the participation ratio "
+    "(sum s)^2 / sum s^2 and the number of principal components holding 99% of the variance, "
+    "both as fractions of the width (1: the variance spread over every unit; 1/U: one "
+    "direction). Expect more eliminated and overlapping units and a lower participation ratio "
+    "in a plain network than in a residual one of the same depth. The thresholds are stated "
+    "with each network's numbers.")
+
+# the diagnostic's options: singularities()'s own defaults
+OPTIONS = dict(eps=1e-3, share=1.0, delta=0.01, variance=0.99, positions="mean",
+               max_examples=10_000)
+
+
+def _options(given: dict) -> dict:
+    if distributed.active():  # before an analysis's other work, not after it
+        raise PathensError("the diagnostic 'singularities' runs in one process: leave it out "
+                           "under torchrun (e.g. --diagnose signal jacobians)")
+    o = check_options(given, OPTIONS, "the diagnostic 'singularities'")
+    o["eps"], o["share"], o["delta"], o["variance"] = _check_thresholds(
+        o["eps"], o["share"], o["delta"], o["variance"])
+    if o["positions"] not in POSITIONS:
+        raise PathensError(f"positions must be 'mean' or 'all', got {o['positions']!r}")
+    m = o["max_examples"]
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 2):
+        raise PathensError(f"max_examples must be an integer >= 2 or None (all), got {m!r}")
+    return o
+
+
+def _run(view, data, settings: dict, results: dict) -> dict:
+    """The diagnostic "singularities": every layer of the view, two passes over the data."""
+    o = settings.get("diagnose", {}).get("singularities")
+    if o is None:
+        return {}
+    settings["log"](f"[{settings['name']}] singularities per layer")
+    return {"singularities": singularities(view, data, batch_size=settings["batch_size"],
+                                           progress=settings["progress"], **o)}
+
+
+register(Measurement("singularities", run=_run, yields=("singularities",), residual=False,
+                     diagnostic=True, options=_options))

@@ -228,6 +228,10 @@ def _comparison_figures(out: Path, analyses) -> dict:
                                    title=f"k random {block.replace('block', 'blocks')} deleted")
     fig.suptitle(f"lesions compared: {names}")
     figs["comparison of lesions"] = _save(fig, out, "comparison_lesions.png")
+    for key, (file, caption, draw) in plots.COMPARISONS.items():  # registered measurements'
+        found = {a.name: a.results[key] for a in analyses if key in a.results}
+        if len(found) > 1:
+            figs[caption] = _save(draw(found), out, file)
     return figs
 
 

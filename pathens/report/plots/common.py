@@ -215,3 +215,17 @@ def figure_of(name: str, suffix: str):
         FIGURES[name] = (suffix, draw)
         return draw
     return register
+
+
+# result name -> (file name, caption, draw({network name: result}) -> Figure): the figure that
+# compares one registered measurement's results across the networks of a report (two or more)
+COMPARISONS: dict = {}
+
+
+def comparison_of(name: str, file: str, caption: str):
+    """Register the decorated draw({model name: result}) -> Figure as the figure comparing
+    result `name` across the networks of a report, saved as `file`, under `caption`."""
+    def register(draw):
+        COMPARISONS[name] = (file, caption, draw)
+        return draw
+    return register

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ...errors import PathensError
-from .common import axes, legend
+from .common import axes, comparison_of, figure_of, legend
 from .common import title as set_title
 
 __all__ = ["plot_hessian_density"]
@@ -60,4 +60,23 @@ def plot_hessian_density(result, ax=None, *, sigma: Optional[float] = None,
                 f"\u00b1 {result.trace_se:.2g}"
     set_title(ax, title)
     legend(ax)
+    return fig
+
+
+@figure_of("hessian", "hessian")
+def hessian_figure(h, name: str):
+    """The report's figure: the spectral density, the top eigenvalue marked."""
+    return plot_hessian_density(h, title=f"{name}: spectral density of the Hessian "
+                                         f"({h.num_params:,} parameters)")
+
+
+@comparison_of("hessian", "comparison_hessian.png",
+               "the Hessians' spectral densities compared")
+def hessian_comparison(results: dict):
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, len(results), figsize=(5 * len(results), 4.2),
+                            layout="constrained", squeeze=False)
+    for (name, h), ax in zip(results.items(), axs[0]):
+        plot_hessian_density(h, ax=ax, title=name)
+    fig.suptitle("spectral densities of the Hessian: " + " vs ".join(results))
     return fig

@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from ...errors import PathensError
-from .common import DOWNSAMPLING_COLOR
+from .common import DOWNSAMPLING_COLOR, comparison_of, figure_of
 from .common import title as set_title
 
 __all__ = ["PANELS", "plot_signal_propagation"]
@@ -134,3 +134,18 @@ def _scale(ax, v: np.ndarray) -> None:
         ax.set_yscale("log")
     else:
         ax.set_yscale("symlog", linthresh=float(mags.min()))
+
+
+@figure_of("signal_propagation", "signal")
+def signal_figure(sp, name: str):
+    """The report's figure: the four signal propagation panels of one network."""
+    unit = "block" if any(sp.residual) else "layer (plain network)"
+    return plot_signal_propagation({name: sp}, title=f"{name}: signal propagation per {unit} "
+                                                     f"({sp.num_examples} examples)")
+
+
+@comparison_of("signal_propagation", "comparison_signal.png",
+               "signal propagation compared: every network's curves on one figure")
+def signal_comparison(results: dict):
+    return plot_signal_propagation(results, title="signal propagation: " +
+                                   " vs ".join(results))

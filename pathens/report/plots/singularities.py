@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from .common import legend
+from .common import comparison_of, figure_of, legend
 from .common import title as set_title
 
 __all__ = ["plot_singularities"]
@@ -79,9 +80,31 @@ def plot_singularities(results, ax=None, *, metric=None, kind: str | None = "hid
         what = {"hidden": "hidden layer", "stream": "block input (residual stream)",
                 None: "layer"}[kind]
         a.set_xlabel(f"{what} index")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.set_ylabel(METRICS[m])
         if m != "max_corr":
             a.set_ylim(-0.03, 1.03)
         legend(a)
     set_title(axs[0], title)
     return fig
+
+
+@figure_of("singularities", "singularities")
+def singularities_figure(s, name: str):
+    """The report's figure: the hidden layers of the branches (top row) and the residual stream
+    entering each block (bottom row)."""
+    fig, axs = plt.subplots(2, len(DEFAULT), figsize=(4.2 * len(DEFAULT), 6.8),
+                            layout="constrained")
+    plot_singularities({name: s}, ax=list(axs[0]), kind="hidden",
+                       title="hidden layers of the branches")
+    plot_singularities({name: s}, ax=list(axs[1]), kind="stream",
+                       title="the stream entering each block")
+    fig.suptitle(f"{name}: singularities per layer ({s.config.get('num_examples')} examples)")
+    return fig
+
+
+@comparison_of("singularities", "comparison_singularities.png",
+               "singularities compared: each network's hidden layers, layer by layer")
+def singularities_comparison(results: dict):
+    return plot_singularities(results, kind="hidden",
+                              title="singularities of the hidden layers: " + " vs ".join(results))
