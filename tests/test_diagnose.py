@@ -48,7 +48,7 @@ def close(stored, value, rtol=1e-9):
 
 def test_the_diagnostics_are_registered_and_named_in_the_help():
     names = tuple(m.name for m in MEASUREMENTS.values() if m.diagnostic)
-    assert names[:3] == DIAGNOSTICS  # the Hessian's session adds its own after these
+    assert names == DIAGNOSTICS
     assert all(not MEASUREMENTS[n].residual for n in DIAGNOSTICS)  # plain networks: per layer
     assert list(diagnostics(True)) == list(names)
     assert list(diagnostics(("singularities", "signal"))) == ["signal", "singularities"]
@@ -115,7 +115,7 @@ def test_recalibrated_batchnorm_is_measured_as_the_api_gives_it(capsys, ckpts, t
                        "--limit", 16, "--out", out, "--quiet")
     assert code == 0, err
     stored = json.loads((out / "results.json").read_text())["models"]["bn"]
-    assert "recalibrated on 24 training examples" in stored["model"]["batchnorm"]
+    assert "recalibrated on 24 examples (the train split of digits)" in stored["model"]["batchnorm"]
     assert list(stored["config"]["diagnose"]) == ["signal"] and "jacobian_spectra" not in stored
     model, _ = pathens.load(ckpts["bn"])
     before = pathens.signal_propagation(pathens.wrap(model), load_dataset(
@@ -143,14 +143,23 @@ def test_analyze_diagnose_equals_the_direct_calls(tmp_path):
     settings = dict(samples_per_length=2, trials=2, gradient_examples=8, progress=False,
                     log=lambda line: None)
     chosen = {"signal": {}, "jacobians": {"examples": 3, "k": 2, "iters": 30},
-              "singularities": {"delta": 0.05}}
+              "singularities": {"delta": 0.05},
+              "hessian": {"top_k": 2, "trace_probes": 4, "density_probes": 1,
+                          "lanczos_steps": 8}}
     a = analysis.analyze(view, (x, y), name="ResNet-8", diagnose=chosen, batch_size=5,
                          **settings)
     sp = pathens.signal_propagation(view, (x, y), progress=False)
     js = pathens.block_jacobian_spectra(view, x[:3], k=2, iters=30, seed=0)
     si = pathens.singularities(view, (x, y), delta=0.05, progress=False)
+    he = pathens.hessian(view, (x, y), top_k=2, trace_probes=4, density_probes=1,
+                         lanczos_steps=8, eps=1e-2, tol=1e-3, batch_size=5, seed=0,
+                         progress=False)
     got = a.results
-    assert list(got)[-3:] == ["signal_propagation", "jacobian_spectra", "singularities"]
+    assert list(got)[-4:] == ["signal_propagation", "jacobian_spectra", "singularities",
+                              "hessian"]
+    np.testing.assert_allclose(got["hessian"].eigenvalues, he.eigenvalues, rtol=1e-9)
+    np.testing.assert_allclose(got["hessian"].trace_samples, he.trace_samples, rtol=1e-9)
+    assert got["hessian"].degenerate_mass == pytest.approx(he.degenerate_mass, abs=1e-9)
     for key in ("channel_mean_sq", "channel_variance", "branch_variance", "grad_norm"):
         np.testing.assert_allclose(getattr(got["signal_propagation"], key), getattr(sp, key),
                                    rtol=1e-12)  # batches of 5 against one of 12: rounding
@@ -173,6 +182,8 @@ def test_analyze_diagnose_equals_the_direct_calls(tmp_path):
     path = pathens.report.write(tmp_path, [a, plain])
     text = path.read_text()
     assert "### ResNet-8: singularities" in text and "(comparison_signal.png)" in text
+    assert "### ResNet-8: the Hessian" in text and (tmp_path / "resnet-8_hessian.png").is_file()
+    assert text.count("**The Hessian.**") == 1
     assert (tmp_path / "resnet-8_jacobians.png").is_file()
     assert "(comparison_jacobians.png)" not in text  # one network has them: nothing to compare
     stored = json.loads((tmp_path / "results.json").read_text())["models"]
@@ -264,7 +275,7 @@ def test_cli_refusals_write_nothing(capsys, ckpts, tmp_path):
         "import torch\n\ndef mlp():\n    return torch.nn.Sequential(torch.nn.Flatten(), "
         "torch.nn.Linear(64, 10))\n")
     refused(capsys, "diagnose", "--model", f"{tmp_path / 'mlp.py'}:mlp", "--data", "digits",
-            "--out", out, "--quiet", match="has no residual blocks")
+            "--out", out, "--quiet", match="has no residual additions at all")
     # a layer of one unit: no correlation, no overlap (found by the singularities' first pass)
     torch.manual_seed(0)
     thin = pathens.save_checkpoint(tmp_path / "thin.pt", pathens.cifar_resnet(

@@ -190,10 +190,11 @@ def diagnose(args) -> int:
                                f"a larger --data")
         has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                      for m in view.model.modules())
-        recal = recalibration(args, view, meta) if args.recalibrate and has_bn else None
+        recal, where = recalibration(args, view, meta) if args.recalibrate and has_bn else \
+            (None, None)
         if recal is not None:
             meta = dict(meta, batchnorm=f"running statistics recalibrated on {len(recal)} "
-                                        f"training examples")
+                                        f"examples ({where['source']})", calibration=where)
         name = stem = checkpoint_name(args, path)
         copy = 1
         while slug(name) in slugs:  # the slug names its files: keep them apart
