@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 
 import networkx as nx
 import numpy as np
 from scipy.stats import binom
 
-from pathens.errors import PathensError
+from . import checks
+from .errors import PathensError
 
 MAX_ENUMERATED_PATHS = 2**20  # above this, enumerating masks is too big: sample instead
 
@@ -31,15 +31,8 @@ MAX_ENUMERATED_PATHS = 2**20  # above this, enumerating masks is too big: sample
 # argument checks (each error is one line that says what to do)
 
 
-def _check_count(value, name: str) -> int:
-    """A non-negative Python int (numpy ints accepted, bools and floats refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise PathensError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
 def _check_length(n: int, k) -> int:
-    k = _check_count(k, "k")
+    k = checks.non_negative("k", k)
     if k > n:
         raise PathensError(f"path length k={k} is impossible with n={n} blocks: use 0 <= k <= n")
     return k
@@ -71,7 +64,7 @@ def path_counts(n: int) -> list[int]:
 
     Python ints, so exact for any n (C(500, 250) has 150 digits).
     """
-    n = _check_count(n, "n")
+    n = checks.non_negative("n", n)
     return [math.comb(n, k) for k in range(n + 1)]
 
 
@@ -91,7 +84,7 @@ def binomial_distribution(n: int) -> np.ndarray:
     This is also the path-length mix of an unnormalised He-init network, where every branch
     carries as much variance as its shortcut. Stable for large n (no 2^n is formed).
     """
-    n = _check_count(n, "n")
+    n = checks.non_negative("n", n)
     return binom.pmf(np.arange(n + 1), n, 0.5)
 
 
@@ -137,7 +130,7 @@ def bn_variance_distribution(n: int) -> np.ndarray:
     variance ratio 1/l: variance_ratio_distribution with r_l = 1/l (prod(1 + 1/l) = n+1).
     Mean path length H_{n+1} - 1 (harmonic number), about ln(n) - 0.42: shallow paths dominate.
     """
-    n = _check_count(n, "n")
+    n = checks.non_negative("n", n)
     return variance_ratio_distribution(1.0 / np.arange(1, n + 1))
 
 
@@ -146,9 +139,8 @@ def skipinit_distribution(n: int, alpha: float) -> np.ndarray:
 
     Every block has branch-to-skip variance ratio alpha^2; alpha = 1 gives binomial_distribution.
     """
-    n = _check_count(n, "n")
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
-        raise PathensError(f"alpha must be a finite real number (the SkipInit scale), got {alpha!r}")
+    n = checks.non_negative("n", n)
+    checks.alpha(alpha)
     q = (alpha / math.hypot(1.0, alpha)) ** 2  # = alpha^2 / (1 + alpha^2), no overflow for huge alpha
     return binom.pmf(np.arange(n + 1), n, q)
 
@@ -163,7 +155,7 @@ def enumerate_paths(n: int) -> np.ndarray:
 
     Allowed for n <= 20 (about a million paths).
     """
-    n = _check_count(n, "n")
+    n = checks.non_negative("n", n)
     if 2**n > MAX_ENUMERATED_PATHS:
         raise _too_many(2**n, f"a network of n={n} blocks")
     j = np.arange(2**n, dtype=np.int64)[:, None]  # (2^n, 1)
@@ -173,7 +165,7 @@ def enumerate_paths(n: int) -> np.ndarray:
 def paths_of_length(n: int, k: int) -> np.ndarray:
     """All C(n, k) paths of length exactly k, shape (C(n, k), n) bool, in lexicographic order of
     their block sets (itertools.combinations). Allowed while C(n, k) <= 2^20."""
-    n = _check_count(n, "n")
+    n = checks.non_negative("n", n)
     k = _check_length(n, k)
     count = math.comb(n, k)
     if count > MAX_ENUMERATED_PATHS:
@@ -192,9 +184,9 @@ def sample_paths(n: int, k: int, size: int, *, seed=None) -> np.ndarray:
     seed: None (fresh randomness), an int, or a np.random.Generator; the same int seed gives
     the same paths.
     """
-    n = _check_count(n, "n")
+    n = checks.non_negative("n", n)
     k = _check_length(n, k)
-    size = _check_count(size, "size")
+    size = checks.non_negative("size", size)
     rng = np.random.default_rng(seed)
     # a uniformly random permutation of the blocks per row (argsort of iid keys); its first k
     # entries are then a uniformly random k-subset
@@ -216,7 +208,7 @@ def unraveled_graph(n: int) -> nx.DiGraph:
     -> ("x", i+1). Edge attribute `length` is 1 on the edge into a branch node and 0 elsewhere,
     so the sum of `length` along a path is its length. Graph attributes: source, sink, n.
     """
-    n = _check_count(n, "n")
+    n = checks.non_negative("n", n)
     g = nx.DiGraph(source=("x", 0), sink=("x", n), n=n)
     g.add_nodes_from(("x", i) for i in range(n + 1))
     for i in range(n):
@@ -233,7 +225,7 @@ def path_length(graph_path) -> int:
 
 def path_mask(graph_path, n: int) -> np.ndarray:
     """The (n,) bool mask of a path of unraveled_graph(n) given as its node list."""
-    n = _check_count(n, "n")
+    n = checks.non_negative("n", n)
     mask = np.zeros(n, dtype=bool)
     for kind, i in graph_path:
         if kind == "branch":

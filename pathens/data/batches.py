@@ -12,7 +12,7 @@ import torch
 
 from torch.utils.data import DataLoader, Subset
 
-from .. import distributed
+from .. import checks, distributed
 from ..errors import PathensError
 from .fingerprint import fingerprint_tensors, hash_item
 from .inputs import batch_len, check_finite, is_tokens, main_tensor, take, tensors, to_model
@@ -63,8 +63,7 @@ def _check_tokens(view, ids: torch.Tensor) -> None:
 
 def chunks(n: int, size: Optional[int]) -> Iterator[slice]:
     """Consecutive slices of range(n), each at most `size` long (None: one slice)."""
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise PathensError(f"batch_size must be a positive integer, got {size!r}")
+    size = None if size is None else checks.positive("batch_size", size)
     step = n if size is None else size
     for start in range(0, n, step):
         yield slice(start, min(start + step, n))

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .. import distributed, combinatorics as paths
+from .. import checks, distributed, combinatorics as paths
 from ..errors import PathensError
 from ..data.batches import chunks, is_pair, local_batches
 from ..data.inputs import batch_len, take, to_model
@@ -100,8 +100,7 @@ def shortest_interval(weights, level: float = 0.9) -> tuple[int, int, float]:
     if w.ndim != 1 or w.size == 0 or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise PathensError("weights must be a non-empty vector of finite, non-negative numbers "
                            "with a positive sum")
-    if not 0 < level <= 1:
-        raise PathensError(f"level must lie in (0, 1], got {level}")
+    checks.level(level)
     p = w / w.sum()
     cum = np.concatenate([[0.0], np.cumsum(p)])
     best = None
@@ -197,10 +196,8 @@ def _from_lesion(result, margin: float, confidence: float = 0.95, single=None) -
     if result.sweep != "delete_random":
         raise PathensError(f"a lesion-based effective depth needs a delete_random result, got "
                            f"{result.sweep}")
-    if not margin >= 0:
-        raise PathensError(f"margin must be >= 0, got {margin}")
-    if not 0 < confidence < 1:
-        raise PathensError(f"confidence must lie in (0, 1), got {confidence}")
+    checks.margin(margin)
+    checks.number("confidence", confidence, low=0, high=1, open_low=True, open_high=True)
     rows = result.summary(level=confidence)
     threshold = result.intact_error + margin
     ks = [r["k"] for r in rows]

@@ -41,7 +41,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .. import distributed
+from .. import checks, distributed
 from ..data.batches import check_batch, local_batches
 from ..errors import PathensError
 from ..data.inputs import batch_len, take
@@ -161,9 +161,7 @@ def angular_distance(view, data, n: int = 1, *, unit: str = "layer", positions: 
     token: the paper's protocol for decoder language models; (N, T, d) streams only)."""
     view = wrap(view)
     spans, names = _units(view, unit)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= len(spans):
-        raise PathensError(f"n must be an integer in 1..{len(spans)} (the view's {unit}s), "
-                           f"got {n!r}")
+    n = checks.integer("n", n, least=1, most=len(spans), hint=f"the view's {unit}s")
     if positions not in ("all", "last"):
         raise PathensError(f"positions must be 'all' or 'last', got {positions!r}")
     n = int(n)
@@ -268,11 +266,10 @@ def _feature_dim(h: torch.Tensor, feature_dim: Optional[int]) -> int:
         raise PathensError(f"the residual stream has shape {tuple(h.shape)}: it needs a batch "
                            f"and a feature axis")
     fd = (1 if h.ndim == 4 else h.ndim - 1) if feature_dim is None else feature_dim
-    if isinstance(fd, bool) or not isinstance(fd, int) or not (-h.ndim < fd < h.ndim) or \
-            fd % h.ndim == 0:
+    if not checks.is_integer(fd) or not (-h.ndim < fd < h.ndim) or fd % h.ndim == 0:
         raise PathensError(f"feature_dim must name a non-batch axis of the residual stream "
                            f"{tuple(h.shape)}, got {feature_dim!r}")
-    return fd % h.ndim
+    return int(fd) % h.ndim
 
 
 class _Positions:

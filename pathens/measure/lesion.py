@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import stats
 
+from .. import checks
 from ..errors import PathensError
 from ..data.fingerprint import fingerprint_model, fingerprint_tensors
 from ..data.batches import Data, calibration_batches
@@ -268,8 +269,8 @@ def delete_random(view, data, *, ks: Optional[Sequence[int]] = None, trials: int
     view = wrap(view)
     pool = random_units(view, exclude_downsampling, unit)
     ks = list(range(1, len(pool) + 1)) if ks is None else check_counts(ks, "ks")
-    trials = check_positive(trials, "trials")
-    seed = check_seed(seed)
+    trials = checks.positive("trials", trials)
+    seed = checks.seed(seed)
     for k in ks:
         if k > len(pool):
             raise PathensError(
@@ -304,8 +305,8 @@ def reorder(view, data, *, swaps: Optional[Sequence[int]] = None, trials: int = 
         raise PathensError(f"no two {unit}s of this network have the same shapes: there is "
                            f"nothing to reorder")
     swaps = list(range(1, most + 1)) if swaps is None else check_counts(swaps, "swaps")
-    trials = check_positive(trials, "trials")
-    seed = check_seed(seed)
+    trials = checks.positive("trials", trials)
+    seed = checks.seed(seed)
     for k in swaps:
         if k > most:
             raise PathensError(f"{k} swaps are more than possible: the {unit}s of equal shape "
@@ -398,9 +399,7 @@ def check_counts(ks, what: str, top: int | None = None, of: str = "") -> list:
     if not ks:
         raise PathensError(f"{what} is empty: give at least one count")
     for k in ks:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise PathensError(f"{what} must be positive integers (at least 1; the intact network "
-                               f"is always row 0), got {k!r}")
+        checks.lesion_count(k, what)
         if top is not None and k > top:
             raise PathensError(f"{what}: {k} is more than the {top} {of}")
     twice = sorted({int(k) for k in ks if ks.count(k) > 1})
@@ -408,15 +407,3 @@ def check_counts(ks, what: str, top: int | None = None, of: str = "") -> list:
         raise PathensError(f"{what} lists {twice[0]} more than once: each count is drawn `trials` "
                            f"times already; list each once (more trials: raise trials)")
     return [int(k) for k in ks]
-
-
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 63:
-        raise PathensError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
-    return int(seed)
-
-
-def check_positive(v, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise PathensError(f"{what} must be a positive integer, got {v!r}")
-    return int(v)

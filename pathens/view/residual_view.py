@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .block import Block
+from .. import checks
 from ..adapters import ModelParts, find_adapter, find_model_adapter, split_block
 from ..errors import PathensError, WrapError
 from ..data.inputs import main_tensor
@@ -154,7 +155,7 @@ class ResidualView(nn.Module):
     def check_indices(self, indices: Sequence[int], what: str = "block") -> list[int]:
         out = []
         for i in indices:
-            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            if not checks.is_integer(i):
                 raise PathensError(f"{what}: block indices must be integers, got {i!r}")
             if not 0 <= i < self.num_blocks:
                 raise PathensError(f"{what}: block index {i} is out of range: the view has "
