@@ -228,19 +228,10 @@ def _from_lesion(result, margin: float, confidence: float = 0.95, single=None) -
     details["next_tested_k"] = later[0] if later else None
     unit = result.config.get("unit", "block")
     details["unit"] = unit
-    n = _count_units(result, unit)
+    n = len(result.units(unit))  # blocks, or layers
     return EffectiveDepth("lesion", n, float(depth), math.nan, math.nan,
                           (largest(tops), largest(bottoms)), confidence, math.nan, math.nan,
                           np.array([r["error_mean"] for r in rows]), details)
-
-
-def _count_units(result, unit: str) -> int:
-    """Blocks, or layers (modules: blocks named <module>.<sublayer> share one)."""
-    if unit != "layer":
-        return len(result.block_names)
-    subs = result.sublayers or ("",) * len(result.block_names)
-    return len({name.rsplit(".", 1)[0] if sub else name
-                for name, sub in zip(result.block_names, subs)})
 
 
 def _single_blocks(result, single, threshold: float, details: dict) -> float:

@@ -180,16 +180,9 @@ def angular_distance(view, data, n: int = 1, *, unit: str = "layer", positions: 
 # ---- the pass over the data ------------------------------------------------------------------
 
 def _units(view, unit: str) -> tuple:
-    """(spans, names): per unit the block indices it spans and its name."""
-    if unit not in UNITS:
-        raise PathensError(f"unit must be 'layer' or 'block', got {unit!r}")
-    if unit == "block":
-        return [[b.index] for b in view.blocks], tuple(b.name for b in view.blocks)
-    spans = view.layers
-    # a module holding several blocks names them "<module>.<sublayer>"
-    names = tuple(view.blocks[s[0]].name.rsplit(".", 1)[0] if len(s) > 1 else
-                  view.blocks[s[0]].name for s in spans)
-    return spans, names
+    """(spans, names): per unit (view.units) the block indices it spans and its name."""
+    units = view.units(checks.choice("unit", unit, UNITS))
+    return [list(u.blocks) for u in units], tuple(u.name for u in units)
 
 
 class _Sums:

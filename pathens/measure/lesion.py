@@ -36,7 +36,7 @@ from ..data.losses import perplexity
 from ..results import Result, csv_text
 from ..data.inputs import batch_len
 from ..io import write_text
-from ..view.residual_view import wrap
+from ..view.residual_view import UNITS, Unit, wrap
 
 __all__ = ["LesionResult", "evaluate", "delete_each", "delete_random", "reorder", "wilson"]
 
@@ -69,6 +69,9 @@ class LesionResult(Result):
     sublayers: per block, its sublayer's name within its module ("attn", "mlp": Block.sublayer),
         for views whose modules hold several blocks (transformers); () when every module holds
         one block (CNNs), and for results made before it was recorded.
+    layers: the view's layers, view.units("layer"): per module its name and the block indices
+        it holds (a CNN's: one per block); () for results made before they were recorded.
+        Left out of the JSON, where block_names and sublayers give them. units() reads them.
     """
 
     sweep: str
@@ -80,6 +83,27 @@ class LesionResult(Result):
     downsampling_blocks: tuple
     config: dict = field(default_factory=dict)
     sublayers: tuple = ()
+    layers: tuple = ()
+
+    _heavy = ("layers",)
+
+    def units(self, unit: Optional[str] = None) -> list[Unit]:
+        """The units of the swept view (unit=None: the sweep's own): each block, or each layer
+        as recorded in `layers`. A result made before layers were recorded has them rebuilt
+        from its block names and sublayers (a block named "<module>.<sublayer>" sits in
+        <module>)."""
+        unit = checks.choice("unit", self.config.get("unit", "block") if unit is None else unit,
+                             UNITS)
+        if unit == "block":
+            return [Unit(name, (i,)) for i, name in enumerate(self.block_names)]
+        if self.layers:
+            return list(self.layers)
+        subs = self.sublayers or ("",) * len(self.block_names)
+        groups: dict = {}
+        for i, (name, sub) in enumerate(zip(self.block_names, subs)):
+            module = name[:-len(sub) - 1] if sub and name.endswith("." + sub) else name
+            groups.setdefault(module, []).append(i)
+        return [Unit(module, tuple(blocks)) for module, blocks in groups.items()]
 
     @property
     def tokens(self) -> bool:
@@ -169,18 +193,11 @@ def evaluate(view, data, *, deleted: Sequence = (), order: Optional[Sequence[int
                           desc="evaluate")[0]
 
 
-UNITS = ("block", "layer")
-
-
 def units(view, unit: str = "block") -> list[tuple]:
     """What a lesion deletes or moves as one: each block ("block"; a transformer's attention
     and MLP sublayers apart), or each module with all the blocks it holds ("layer": a whole
-    transformer layer). A list of tuples of block indices."""
-    if unit not in UNITS:
-        raise PathensError(f"unit must be 'block' or 'layer', got {unit!r}")
-    view = wrap(view)
-    return [(b.index,) for b in view.blocks] if unit == "block" else \
-        [tuple(layer) for layer in view.layers]
+    transformer layer). A list of tuples of block indices (view.units(unit), names aside)."""
+    return [u.blocks for u in wrap(view).units(unit)]
 
 
 def _sweep(view, data, sweep: str, conds: list, config: dict, *, seed, out, progress,
@@ -207,7 +224,7 @@ def _sweep(view, data, sweep: str, conds: list, config: dict, *, seed, out, prog
     return LesionResult(sweep, rows, intact["error"], intact["loss"], intact["n"],
                         tuple(b.name for b in view.blocks),
                         tuple(b.index for b in view.blocks if b.downsample), config,
-                        sublayers=sublayers(view))
+                        sublayers=sublayers(view), layers=tuple(view.units("layer")))
 
 
 def sublayers(view) -> tuple:
