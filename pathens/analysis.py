@@ -29,6 +29,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import checks
 from .measure import lesion
 from .data.batches import Data
 from .measure.depth import BranchVariance, branch_variance, effective_depth
@@ -322,30 +323,18 @@ def doubling(top: int) -> list:
 
 # ---- checks, all before any work -------------------------------------------------------------
 
-def _integer(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def _check(name, gradient_examples, samples_per_length, trials, seed, level, margin,
            batch_size, influence) -> None:
     if not isinstance(name, str) or not name.strip():
         raise PathensError(f"name must be a non-empty string, got {name!r}")
-    lesion.check_positive(gradient_examples, "gradient_examples")
-    if not _integer(samples_per_length) or samples_per_length < 0:
-        raise PathensError(f"samples_per_length must be a non-negative integer (0 skips the "
-                           f"sampled protocol), got {samples_per_length!r}")
-    lesion.check_positive(trials, "trials")
-    lesion.check_seed(seed)
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level <= 1:
-        raise PathensError(f"level must be a number in (0, 1] (the interval's mass), got "
-                           f"{level!r}")
-    if (isinstance(margin, bool) or not isinstance(margin, (int, float))
-            or not 0 <= margin <= 1):
-        raise PathensError(f"margin must be an error increase in [0, 1] (0.02 = 2 points), got "
-                           f"{margin!r}")
-    lesion.check_positive(batch_size, "batch_size")
-    if not isinstance(influence, bool):
-        raise PathensError(f"influence must be True or False, got {influence!r}")
+    checks.positive("gradient_examples", gradient_examples)
+    checks.samples(samples_per_length)
+    checks.positive("trials", trials)
+    checks.seed(seed)
+    checks.level(level)
+    checks.margin(margin)
+    checks.positive("batch_size", batch_size)
+    checks.boolean("influence", influence)
 
 
 def _enough(residual: bool, examples: int) -> None:

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 
 import networkx as nx
 import numpy as np
 from scipy.stats import binom
 
-from pathens.errors import PathensError
+from . import checks
+from .errors import PathensError
 
 MAX_ENUMERATED_PATHS = 2**20  # above this, enumerating masks is too big: sample instead
 
@@ -40,15 +40,8 @@ MAX_ENUMERATED_PATHS = 2**20  # above this, enumerating masks is too big: sample
 # argument checks (each error is one line that says what to do)
 
 
-def _check_count(value, name: str) -> int:
-    """A non-negative Python int (numpy ints accepted, bools and floats refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise PathensError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
 def _check_length(n: int, k) -> int:
-    k = _check_count(k, "k")
+    k = checks.non_negative("k", k)
     if k > n:
         raise PathensError(f"path length k={k} is impossible with n={n} blocks: use 0 <= k <= n")
     return k
@@ -57,16 +50,15 @@ def _check_length(n: int, k) -> int:
 def _blocks(n, name: str = "n") -> tuple[int, "np.ndarray | None"]:
     """(number of blocks, per-block branch counts b (n,) int64, or None when every block has
     one branch). n: an int, or a 1-D sequence of branch counts b_i >= 1."""
-    if isinstance(n, numbers.Integral) or isinstance(n, bool):
-        return _check_count(n, name), None
+    if checks.is_integer(n) or isinstance(n, bool):
+        return checks.non_negative(name, n), None
     try:
         values = list(n)
     except TypeError:
         raise PathensError(f"{name} must be a number of blocks or a sequence of per-block branch "
                            f"counts, got {n!r}") from None
-    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in values):
-        bad = next(v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)
-                   or v < 1)
+    if any(not checks.is_integer(v) or v < 1 for v in values):
+        bad = next(v for v in values if not checks.is_integer(v) or v < 1)
         raise PathensError(f"per-block branch counts must be integers >= 1, got {bad!r}")
     b = np.asarray(values, dtype=np.int64).reshape(len(values))
     return len(b), (None if (b == 1).all() else b)
@@ -188,7 +180,7 @@ def bn_variance_distribution(n: int) -> np.ndarray:
     variance ratio 1/l: variance_ratio_distribution with r_l = 1/l (prod(1 + 1/l) = n+1).
     Mean path length H_{n+1} - 1 (harmonic number), about ln(n) - 0.42: shallow paths dominate.
     """
-    n = _check_count(n, "n")
+    n = checks.non_negative("n", n)
     return variance_ratio_distribution(1.0 / np.arange(1, n + 1))
 
 
@@ -197,9 +189,8 @@ def skipinit_distribution(n: int, alpha: float) -> np.ndarray:
 
     Every block has branch-to-skip variance ratio alpha^2; alpha = 1 gives binomial_distribution.
     """
-    n = _check_count(n, "n")
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
-        raise PathensError(f"alpha must be a finite real number (the SkipInit scale), got {alpha!r}")
+    n = checks.non_negative("n", n)
+    checks.alpha(alpha)
     q = (alpha / math.hypot(1.0, alpha)) ** 2  # = alpha^2 / (1 + alpha^2), no overflow for huge alpha
     return binom.pmf(np.arange(n + 1), n, q)
 
@@ -272,7 +263,7 @@ def sample_paths(n, k: int, size: int, *, seed=None) -> np.ndarray:
     """
     n, b = _blocks(n)
     k = _check_length(n, k)
-    size = _check_count(size, "size")
+    size = checks.non_negative("size", size)
     rng = np.random.default_rng(seed)
     if b is not None:
         return _sample_routes(b, k, size, rng)

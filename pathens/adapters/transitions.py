@@ -27,6 +27,7 @@ from typing import Callable, Optional, Sequence
 from torch import nn
 
 from . import BlockParts, Branch, find_adapter, split_block
+from .. import checks
 from ..errors import WrapError
 from .layers import Chain
 
@@ -71,14 +72,14 @@ def check(transitions, count: int, cls: str) -> dict:
                         f"{{block module index: layer}}, got {type(transitions).__name__}")
     out = {}
     for i, t in transitions.items():
-        if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i < count:
+        if not checks.is_integer(i) or not 1 <= i < count:
             raise WrapError(f"the model adapter for {cls} names a transition before block module "
                             f"{i!r}: it must be an index in 1..{count - 1} (what precedes the "
                             f"first block module is the stem's)")
         if not callable(t):
             raise WrapError(f"the model adapter for {cls}: transition {i} is not callable "
                             f"({type(t).__name__})")
-        out[i] = t
+        out[int(i)] = t
     return out
 
 

@@ -7,71 +7,69 @@ commands are named here and looked up in commands.py only to run one.
 from __future__ import annotations
 
 import argparse
-import math
 
+from .. import checks
 from ..errors import PathensError
-from ..checks import MAX_CONDITIONS, MAX_ENUMERATE_BLOCKS, MAX_PATHS_BLOCKS, MAX_SAMPLES, MAX_SEED
+from ..checks import MAX_CONDITIONS, MAX_ENUMERATE_BLOCKS, MAX_PATHS_BLOCKS, MAX_SAMPLES
 from ..version import __version__
 
 EPILOG = ("Exit codes: 0 success, 2 bad input (a one-line message), 1 internal error or a\n"
           "result file that could not be written (a full disk), 130 interrupted.")
 
 
-def _finite(v) -> bool:
-    return isinstance(v, int) or math.isfinite(v)
-
-
-# flag -> (test, what a value must be). Checked before any work, so that a bad value costs
+# flag -> its check (pathens.checks: the same checker, limit and words as the API argument
+# it becomes), called as check(flag, value). Checked before any work, so that a bad value costs
 # no training or sweep first; each command checks the flags it has.
 _VALUES = {
-    "margin": (lambda v: 0 <= v < 1, "an error increase in [0, 1), e.g. 0.02"),
-    "samples": (lambda v: v == 0 or v >= 2,
-                "0 (no sampled protocol) or at least 2 paths per length (a standard error "
-                "needs 2)"),
-    "trials": (lambda v: v >= 1, "a positive integer"),
-    "ks": (lambda v: v >= 1, "positive integers (numbers of blocks to delete; the intact "
-                             "network is always measured)"),
-    "swaps": (lambda v: v >= 1, "positive integers (numbers of swaps; the intact network is "
-                                "always measured)"),
-    "limit": (lambda v: v >= 1, "a positive integer (a number of examples)"),
-    "gradient_examples": (lambda v: v >= 1, "a positive integer"),
-    "recalibrate": (lambda v: v >= 0, "a non-negative integer (0: no recalibration)"),
-    "tol": (lambda v: 0 <= v < 1, "a tolerance in [0, 1), e.g. 1e-6"),
-    "seed": (lambda v: 0 <= v <= MAX_SEED, "an integer from 0 to 2^63 - 1"),
-    "n": (lambda v: v >= 0, "a non-negative integer (a number of blocks)"),
-    "alpha": (_finite, "a finite number"),
-    "epochs": (lambda v: v >= 1, "a positive integer"),
-    "batch_size": (lambda v: v >= 1, "a positive integer"),
-    "lr": (lambda v: _finite(v) and v >= 0, "a non-negative number"),
-    "weight_decay": (lambda v: _finite(v) and v >= 0, "a non-negative number"),
-    "warmup": (lambda v: _finite(v) and v >= 0, "a non-negative number of epochs"),
-    "clip": (lambda v: _finite(v) and v > 0, "a positive number (a gradient norm)"),
-    "width": (lambda v: v >= 1, "a positive integer"),
-    "num_classes": (lambda v: v >= 1, "a positive integer"),
-    "in_channels": (lambda v: v >= 1, "a positive integer"),
-    "image_size": (lambda v: v >= 1, "a positive integer (pixels)"),
-    "crop_pct": (lambda v: 0 < v <= 1, "a fraction in (0, 1], e.g. 0.875"),
-    "workers": (lambda v: v >= 0, "a non-negative integer (0: decode in this process)"),
-    "seq_len": (lambda v: v >= 2, "an integer >= 2 (a next token to predict)"),
-    "depth": (lambda v: v >= 1, "a positive integer"),
-    "steps": (lambda v: v >= 1, "a positive integer"),
-    "warmup_steps": (lambda v: v >= 0, "a non-negative integer"),
-    "heads": (lambda v: v >= 1, "a positive integer"),
-    "context": (lambda v: v >= 2, "an integer >= 2 (tokens)"),
-    "mlp_ratio": (lambda v: v >= 1, "a positive integer"),
-    "dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
-    "jacobian_examples": (lambda v: v >= 1, "a positive integer (examples)"),
-    "jacobian_k": (lambda v: v >= 1, "a positive integer (singular values at each end)"),
-    "jacobian_iters": (lambda v: v >= 1, "a positive integer (products per map)"),
-    "eps": (lambda v: _finite(v) and v >= 0,
-            "a non-negative number (relative to the layer's mean |A|), e.g. 1e-3"),
-    "share": (lambda v: 0 < v <= 1, "a fraction in (0, 1] of the samples, e.g. 1"),
-    "delta": (lambda v: 0 < v < 1, "a number in (0, 1): pairs with |corr| >= 1 - delta overlap"),
-    "variance": (lambda v: 0 < v <= 1, "a fraction in (0, 1] of the variance, e.g. 0.99"),
-    "max_examples": (lambda v: v >= 2, "an integer >= 2"),
-    "hessian_top_k": (lambda v: v >= 0, "an integer >= 0 (0: no eigenvalues)"),
-    "hessian_probes": (lambda v: v >= 0, "an integer >= 0 (0: no trace)"),
-    "hessian_slq_probes": (lambda v: v >= 0, "an integer >= 0 (0: no density)"),
+    "margin": lambda f, v: checks.margin(v, f),
+    "samples": lambda f, v: checks.samples(v, f),
+    "trials": checks.positive,
+    "ks": lambda f, v: checks.lesion_count(v, f),
+    "swaps": lambda f, v: checks.lesion_count(v, f),
+    "limit": lambda f, v: checks.limit(v, f),
+    "gradient_examples": checks.positive,
+    "recalibrate": lambda f, v: checks.non_negative(f, v, hint="0: no recalibration"),
+    "tol": lambda f, v: checks.tolerance(v, f, kind="a tolerance"),
+    "seed": lambda f, v: checks.seed(v, f, what="an integer from 0 to 2^63 - 1"),
+    "n": checks.non_negative,
+    "alpha": lambda f, v: checks.alpha(v, f),
+    "epochs": checks.positive,
+    "batch_size": checks.positive,
+    "lr": lambda f, v: checks.number(f, v, low=0, open_low=True),
+    "weight_decay": lambda f, v: checks.number(f, v, low=0),
+    "warmup": lambda f, v: checks.number(f, v, low=0, hint="epochs"),
+    "clip": lambda f, v: checks.number(f, v, low=0, open_low=True, hint="a gradient norm"),
+    "width": checks.positive,
+    "num_classes": checks.positive,
+    "in_channels": checks.positive,
+    "image_size": lambda f, v: checks.positive(f, v, hint="pixels"),
+    "crop_pct": lambda f, v: checks.number(f, v, low=0, high=1, open_low=True,
+                                           kind="a fraction", example="0.875"),
+    "workers": lambda f, v: checks.non_negative(f, v, hint="0: decode in this process"),
+    "seq_len": lambda f, v: checks.seq_len(v, f),
+    "depth": lambda f, v: checks.integer(f, v, least=1),
+    "steps": lambda f, v: checks.integer(f, v, least=1),
+    "warmup_steps": checks.non_negative,
+    "heads": checks.positive,
+    "context": lambda f, v: checks.integer(f, v, least=2, hint="tokens"),
+    "mlp_ratio": checks.positive,
+    "dropout": lambda f, v: checks.number(f, v, low=0, high=1, open_high=True),
+    "jacobian_examples": lambda f, v: checks.positive(f, v, hint="examples"),
+    "jacobian_k": lambda f, v: checks.positive(f, v, hint="singular values at each end"),
+    "jacobian_iters": lambda f, v: checks.positive(f, v, hint="products per map"),
+    "eps": lambda f, v: checks.number(f, v, low=0, hint="relative to the layer's mean |A|",
+                                      example="1e-3"),
+    "share": lambda f, v: checks.number(f, v, low=0, high=1, open_low=True, kind="a fraction",
+                                        hint="of the samples", example="1"),
+    "delta": lambda f, v: checks.number(f, v, low=0, high=1, open_low=True, open_high=True,
+                                        hint="pairs with |corr| >= 1 - delta overlap"),
+    "variance": lambda f, v: checks.number(f, v, low=0, high=1, open_low=True,
+                                           kind="a fraction", hint="of the variance",
+                                           example="0.99"),
+    "max_examples": lambda f, v: checks.integer(f, v, least=2),
+    "hessian_top_k": lambda f, v: checks.non_negative(f, v, hint="0: no eigenvalues"),
+    "hessian_probes": lambda f, v: checks.non_negative(f, v, hint="0: no trace"),
+    "hessian_slq_probes": lambda f, v: checks.non_negative(f, v, hint="0: no density"),
 }
 
 # The diagnostics (pathens/measure/registry.py, diagnostic=True), for the help: the registry
@@ -90,8 +88,8 @@ DIAGNOSTIC_FLAGS = {
 }
 # where a command's flag means something else
 _COMMAND_VALUES = {
-    "gradients": {"samples": (lambda v: v >= 2,
-                              "at least 2 paths per length (a standard error needs 2)")},
+    "gradients": {"samples": lambda f, v: checks.paths_per_length(
+        v, f, what="at least 2 paths per length")},
 }
 # flag -> (the most it may be, why): sizes whose work or output could not finish or fit
 _LIMITS = {
@@ -105,12 +103,11 @@ _POSITIONAL = ("n",)
 def check_values(args) -> None:
     """A one-line PathensError for the first flag value out of its range."""
     rules = {**_VALUES, **_COMMAND_VALUES.get(getattr(args, "command", None), {})}
-    for name, (ok, what) in rules.items():
+    for name, check in rules.items():
         value = getattr(args, name, None)
         flag = name if name in _POSITIONAL else "--" + name.replace("_", "-")
         for v in value if isinstance(value, list) else [] if value is None else [value]:
-            if not ok(v):  # NaN fails every test
-                raise PathensError(f"{flag} must be {what}, got {v}")
+            check(flag, v)
             if name in _LIMITS and v > _LIMITS[name][0]:
                 most, why = _LIMITS[name]
                 raise PathensError(f"{flag} {v} is more than the limit of {most:,} ({why})")

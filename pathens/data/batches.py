@@ -15,7 +15,7 @@ import torch
 
 from torch.utils.data import DataLoader, Subset
 
-from .. import distributed
+from .. import checks, distributed
 from ..errors import PathensError
 from .fingerprint import fingerprint_tensors, hash_item
 from .inputs import (batch_len, check_finite, concat, is_tokens, main_tensor, take, tensors,
@@ -89,8 +89,8 @@ def _check_tokens(view, ids: torch.Tensor) -> None:
 
 def check_size(size: Optional[int]) -> None:
     """A batch size: a positive integer, or None (one batch)."""
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise PathensError(f"batch_size must be a positive integer, got {size!r}")
+    if size is not None:
+        checks.positive("batch_size", size)
 
 
 def chunks(n: int, size: Optional[int]) -> Iterator[slice]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import checks
 from ..errors import PathensError
 
 # name -> (mean, std) per channel, applied after scaling images to [0, 1]. A 1-channel preset
@@ -99,8 +100,7 @@ def load_dataset(name: str, *, root=None, split: str = "test", normalize: str | 
         raise PathensError(f"unknown split {split!r}: choose 'train' or 'test'")
     normalize = info.normalize if normalize is None else normalize
     _check_preset(normalize)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise PathensError(f"limit must be a positive integer, got {limit!r}")
+    limit = None if limit is None else checks.limit(limit)
 
     if name == "digits":
         images, labels = _digits(split)  # float in [0, 1]

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import images
 from .datasets import NORMALIZATIONS
+from .. import checks
 from ..errors import PathensError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -43,8 +44,8 @@ def eval_transform(model=None, *, image_size: Optional[int] = None,
     cfg = _timm_config(model)
     size = image_size or (cfg["input_size"][-1] if cfg else 224)
     crop = crop_pct or (cfg.get("crop_pct") if cfg else None) or 0.875
-    if not 0 < crop <= 1:
-        raise PathensError(f"crop_pct must lie in (0, 1], got {crop}")
+    checks.number("crop_pct", crop, low=0, high=1, open_low=True, kind="a fraction",
+                  example="0.875")
     _check_size(size, crop)
     if normalize is not None:
         if normalize not in NORMALIZATIONS:
@@ -207,8 +208,7 @@ class ImageLoader:
 def stratified(samples: list, limit: int, seed: int) -> list:
     """`limit` samples spread over the classes as evenly as they allow, each class's own drawn
     with a generator seeded by (seed, class); in folder order."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise PathensError(f"limit must be a positive integer, got {limit!r}")
+    limit = checks.limit(limit)
     by_class: dict[int, list] = {}
     for s in samples:
         by_class.setdefault(s[1], []).append(s)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .. import checks
 from ..errors import PathensError
 from .remote_code import refuse_folder_code
 
@@ -247,11 +248,8 @@ class Corpus:
     def windows(self, split: str = "test", *, seq_len: int, limit: int | None = None) -> tuple:
         """(ids, ids): the split cut into consecutive, non-overlapping windows of seq_len
         tokens, (N, seq_len) int64; limit keeps that many, evenly spaced through the split."""
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
-            raise PathensError(f"seq_len must be an integer >= 2 (a next token to predict), got "
-                               f"{seq_len!r}")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise PathensError(f"limit must be a positive integer, got {limit!r}")
+        seq_len = checks.seq_len(seq_len)
+        limit = None if limit is None else checks.limit(limit)
         s = self.stream(split)
         n = len(s) // seq_len
         if n == 0:
@@ -283,9 +281,7 @@ def load_corpus(root=None, *, tokenizer="bytes", test_fraction: float = TEST_FRA
     """The corpus of `root` (None: the Python standard library's source; a UTF-8 file; or a
     folder of .txt files), tokenised with `tokenizer` ("bytes", "chars", "hf:FOLDER", or a
     Tokenizer), each file split test_fraction from its end for the test split."""
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
-            or not 0 < test_fraction < 1:
-        raise PathensError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    checks.number("test_fraction", test_fraction, low=0, high=1, open_low=True, open_high=True)
     sources, desc = stdlib_sources() if root is None else file_sources(root)
     text = "".join(t for _, t in sources)
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else tokenizer_from(tokenizer, text)

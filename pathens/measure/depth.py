@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .. import distributed, combinatorics as paths
+from .. import checks, distributed, combinatorics as paths
 from ..errors import PathensError
 from ..data.batches import Data
 from ..models.modes import eval_mode
@@ -99,8 +99,7 @@ def shortest_interval(weights, level: float = 0.9) -> tuple[int, int, float]:
     if w.ndim != 1 or w.size == 0 or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise PathensError("weights must be a non-empty vector of finite, non-negative numbers "
                            "with a positive sum")
-    if not 0 < level <= 1:
-        raise PathensError(f"level must lie in (0, 1], got {level}")
+    checks.level(level)
     p = w / w.sum()
     cum = np.concatenate([[0.0], np.cumsum(p)])
     best = None
@@ -199,10 +198,8 @@ def _from_lesion(result, margin: float, confidence: float = 0.95, single=None) -
     if result.sweep != "delete_random":
         raise PathensError(f"a lesion-based effective depth needs a delete_random result, got "
                            f"{result.sweep}")
-    if not margin >= 0:
-        raise PathensError(f"margin must be >= 0, got {margin}")
-    if not 0 < confidence < 1:
-        raise PathensError(f"confidence must lie in (0, 1), got {confidence}")
+    checks.margin(margin)
+    checks.number("confidence", confidence, low=0, high=1, open_low=True, open_high=True)
     rows = result.summary(level=confidence)
     threshold = result.intact_error + margin
     ks = [r["k"] for r in rows]
@@ -233,19 +230,10 @@ def _from_lesion(result, margin: float, confidence: float = 0.95, single=None) -
     details["next_tested_k"] = later[0] if later else None
     unit = result.config.get("unit", "block")
     details["unit"] = unit
-    n = _count_units(result, unit)
+    n = len(result.units(unit))  # blocks, or layers
     return EffectiveDepth("lesion", n, float(depth), math.nan, math.nan,
                           (largest(tops), largest(bottoms)), confidence, math.nan, math.nan,
                           np.array([r["error_mean"] for r in rows]), details)
-
-
-def _count_units(result, unit: str) -> int:
-    """Blocks, or layers (modules: blocks named <module>.<sublayer> share one)."""
-    if unit != "layer":
-        return len(result.block_names)
-    subs = result.sublayers or ("",) * len(result.block_names)
-    return len({name.rsplit(".", 1)[0] if sub else name
-                for name, sub in zip(result.block_names, subs)})
 
 
 def _single_blocks(result, single, threshold: float, details: dict) -> float:

@@ -63,7 +63,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from tqdm.auto import tqdm
 
-from .. import distributed
+from .. import checks, distributed
 from ..data.batches import EMPTY, Data
 from ..errors import PathensError
 from ..data.inputs import batch_len, call_model, logits_of
@@ -243,12 +243,12 @@ def hessian(view, data, *, params=None, top_k: int = 1, trace_probes: int = 100,
              view's own.
     """
     view = wrap(view)
-    top_k = _count(top_k, "top_k", 0)
-    trace_probes = _count(trace_probes, "trace_probes", 0)
-    density_probes = _count(density_probes, "density_probes", 0)
-    lanczos_steps = _count(lanczos_steps, "lanczos_steps", 2)
-    max_iter = _count(max_iter, "max_iter", 1)
-    seed = _count(seed, "seed", 0)
+    top_k = checks.non_negative("top_k", top_k)
+    trace_probes = checks.non_negative("trace_probes", trace_probes)
+    density_probes = checks.non_negative("density_probes", density_probes)
+    lanczos_steps = checks.integer("lanczos_steps", lanczos_steps, least=2)
+    max_iter = checks.integer("max_iter", max_iter, least=1)
+    seed = checks.seed(seed)
     if trace_probes == 1:
         raise PathensError("trace_probes must be 0 (no trace) or at least 2 (for a standard "
                            "error), got 1")
@@ -256,8 +256,7 @@ def hessian(view, data, *, params=None, top_k: int = 1, trace_probes: int = 100,
         raise PathensError("nothing to compute: top_k, trace_probes and density_probes are all "
                            "0")
     for value, what in ((tol, "tol"), (eps, "eps")):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-            raise PathensError(f"{what} must be a number in (0, 1), got {value!r}")
+        checks.number(what, value, low=0, high=1, open_low=True, open_high=True)
     if top_k > max_iter:
         raise PathensError(f"max_iter ({max_iter}) must be at least top_k ({top_k}): Lanczos "
                            f"needs a step per eigenvalue")
@@ -636,9 +635,8 @@ def spectral_density(nodes, weights, *, sigma: float = SIGMA, points: int = POIN
     too (to the grid's rounding), without renormalisation."""
     if not len(nodes) or len(nodes) != len(weights):
         raise PathensError("spectral_density needs the nodes and weights of at least one probe")
-    if not sigma > 0 or isinstance(points, bool) or not isinstance(points, int) or points < 2:
-        raise PathensError(f"sigma must be > 0 and points an integer >= 2, got {sigma!r}, "
-                           f"{points!r}")
+    checks.number("sigma", sigma, low=0, open_low=True)
+    points = checks.integer("points", points, least=2)
     s = _width(nodes, sigma)
     lo = min(float(t.min()) for t in nodes) - 5 * s
     hi = max(float(t.max()) for t in nodes) + 5 * s
@@ -747,9 +745,7 @@ def _used_by_branch(view, block, data) -> set:
 
 
 def _count(v, what: str, least: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
-        raise PathensError(f"{what} must be an integer >= {least}, got {v!r}")
-    return int(v)
+    return checks.integer(what, v, least=least)
 
 
 # Said once in a report that holds a Hessian.

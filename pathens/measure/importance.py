@@ -41,7 +41,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .. import distributed
+from .. import checks, distributed
 from ..data.batches import Data
 from ..errors import PathensError
 from ..data.inputs import batch_len
@@ -165,9 +165,7 @@ def angular_distance(view, data, n: int = 1, *, unit: str = "layer", positions: 
     token: the paper's protocol for decoder language models; (N, T, d) streams only)."""
     view = wrap(view)
     spans, names = _units(view, unit)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= len(spans):
-        raise PathensError(f"n must be an integer in 1..{len(spans)} (the view's {unit}s), "
-                           f"got {n!r}")
+    n = checks.integer("n", n, least=1, most=len(spans), hint=f"the view's {unit}s")
     if positions not in ("all", "last"):
         raise PathensError(f"positions must be 'all' or 'last', got {positions!r}")
     n = int(n)
@@ -186,16 +184,9 @@ def angular_distance(view, data, n: int = 1, *, unit: str = "layer", positions: 
 # ---- the pass over the data ------------------------------------------------------------------
 
 def _units(view, unit: str) -> tuple:
-    """(spans, names): per unit the block indices it spans and its name."""
-    if unit not in UNITS:
-        raise PathensError(f"unit must be 'layer' or 'block', got {unit!r}")
-    if unit == "block":
-        return [[b.index] for b in view.blocks], tuple(b.name for b in view.blocks)
-    spans = view.layers
-    # a module holding several blocks names them "<module>.<sublayer>"
-    names = tuple(view.blocks[s[0]].name.rsplit(".", 1)[0] if len(s) > 1 else
-                  view.blocks[s[0]].name for s in spans)
-    return spans, names
+    """(spans, names): per unit (view.units) the block indices it spans and its name."""
+    units = view.units(checks.choice("unit", unit, UNITS))
+    return [list(u.blocks) for u in units], tuple(u.name for u in units)
 
 
 class _Sums:
@@ -274,11 +265,10 @@ def _feature_dim(h: torch.Tensor, feature_dim: Optional[int]) -> int:
         raise PathensError(f"the residual stream has shape {tuple(h.shape)}: it needs a batch "
                            f"and a feature axis")
     fd = (1 if h.ndim == 4 else h.ndim - 1) if feature_dim is None else feature_dim
-    if isinstance(fd, bool) or not isinstance(fd, int) or not (-h.ndim < fd < h.ndim) or \
-            fd % h.ndim == 0:
+    if not checks.is_integer(fd) or not (-h.ndim < fd < h.ndim) or fd % h.ndim == 0:
         raise PathensError(f"feature_dim must name a non-batch axis of the residual stream "
                            f"{tuple(h.shape)}, got {feature_dim!r}")
-    return fd % h.ndim
+    return int(fd) % h.ndim
 
 
 class _Positions:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import checks
 from ..data.batches import Data
 from ..errors import PathensError
 from ..data.inputs import batch_len
@@ -229,11 +230,10 @@ def block_jacobian_spectra(view, x, *, k: int = 5, blocks=None, iters: int = 100
     seed:   of the random starting vectors.
     """
     view = wrap(view)
-    k = _integer(k, "k", 1)
-    iters = _integer(iters, "iters", 1)
-    seed = _integer(seed, "seed", 0)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
-        raise PathensError(f"tol must be a number in (0, 1), e.g. 1e-6, got {tol!r}")
+    k = checks.integer("k", k, least=1)
+    iters = checks.integer("iters", iters, least=1)
+    seed = checks.seed(seed)
+    checks.number("tol", tol, low=0, high=1, open_low=True, open_high=True, example="1e-6")
     x = Data(view, x, None, labelled=False).first(None)
     chosen = sorted(set(view.indices(range(view.num_blocks) if blocks is None else blocks,
                                      "blocks")))
@@ -297,12 +297,6 @@ def _result(view, chosen, found, E, k, config, seconds) -> JacobianSpectra:
         branch_top_residual=part["top_res"], branch_bottom_residual=part["bottom_res"],
         branch_iterations=b_its, branch_converged=b_conv,
         config=dict(config, seconds=round(seconds, 3)))
-
-
-def _integer(v, what: str, least: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
-        raise PathensError(f"{what} must be an integer >= {least}, got {v!r}")
-    return int(v)
 
 
 @contextlib.contextmanager
@@ -538,10 +532,8 @@ OPTIONS = dict(examples=2, k=3, iters=60, tol=1e-6)
 def _options(given: dict) -> dict:
     o = check_options(given, OPTIONS, "the diagnostic 'jacobians'")
     for key in ("examples", "k", "iters"):
-        _integer(o[key], key, 1)
-    if isinstance(o["tol"], bool) or not isinstance(o["tol"], (int, float)) or \
-            not 0 < o["tol"] < 1:
-        raise PathensError(f"tol must be a number in (0, 1), e.g. 1e-6, got {o['tol']!r}")
+        checks.integer(key, o[key], least=1)
+    checks.number("tol", o["tol"], low=0, high=1, open_low=True, open_high=True, example="1e-6")
     return o
 
 

@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import stats
 
+from .. import checks
 from ..errors import PathensError
 from ..data.fingerprint import fingerprint_model, fingerprint_tensors
 from ..data.batches import Data, calibration_batches
@@ -35,7 +36,7 @@ from ..data.losses import perplexity
 from ..results import Result, csv_text
 from ..data.inputs import batch_len
 from ..io import write_text
-from ..view.residual_view import wrap
+from ..view.residual_view import UNITS, Unit, wrap
 
 __all__ = ["LesionResult", "evaluate", "delete_each", "delete_random", "reorder", "wilson"]
 
@@ -69,6 +70,9 @@ class LesionResult(Result):
     sublayers: per block, its sublayer's name within its module ("attn", "mlp": Block.sublayer),
         for views whose modules hold several blocks (transformers); () when every module holds
         one block (CNNs), and for results made before it was recorded.
+    layers: the view's layers, view.units("layer"): per module its name and the block indices
+        it holds (a CNN's: one per block); () for results made before they were recorded.
+        Left out of the JSON, where block_names and sublayers give them. units() reads them.
     """
 
     sweep: str
@@ -80,6 +84,27 @@ class LesionResult(Result):
     downsampling_blocks: tuple
     config: dict = field(default_factory=dict)
     sublayers: tuple = ()
+    layers: tuple = ()
+
+    _heavy = ("layers",)
+
+    def units(self, unit: Optional[str] = None) -> list[Unit]:
+        """The units of the swept view (unit=None: the sweep's own): each block, or each layer
+        as recorded in `layers`. A result made before layers were recorded has them rebuilt
+        from its block names and sublayers (a block named "<module>.<sublayer>" sits in
+        <module>)."""
+        unit = checks.choice("unit", self.config.get("unit", "block") if unit is None else unit,
+                             UNITS)
+        if unit == "block":
+            return [Unit(name, (i,)) for i, name in enumerate(self.block_names)]
+        if self.layers:
+            return list(self.layers)
+        subs = self.sublayers or ("",) * len(self.block_names)
+        groups: dict = {}
+        for i, (name, sub) in enumerate(zip(self.block_names, subs)):
+            module = name[:-len(sub) - 1] if sub and name.endswith("." + sub) else name
+            groups.setdefault(module, []).append(i)
+        return [Unit(module, tuple(blocks)) for module, blocks in groups.items()]
 
     @property
     def tokens(self) -> bool:
@@ -171,18 +196,11 @@ def evaluate(view, data, *, deleted: Sequence = (), order: Optional[Sequence[int
                           desc="evaluate")[0]
 
 
-UNITS = ("block", "layer")
-
-
 def units(view, unit: str = "block") -> list[tuple]:
     """What a lesion deletes or moves as one: each block ("block"; a transformer's attention
     and MLP sublayers apart), or each module with all the blocks it holds ("layer": a whole
-    transformer layer). A list of tuples of block indices."""
-    if unit not in UNITS:
-        raise PathensError(f"unit must be 'block' or 'layer', got {unit!r}")
-    view = wrap(view)
-    return [(b.index,) for b in view.blocks] if unit == "block" else \
-        [tuple(layer) for layer in view.layers]
+    transformer layer). A list of tuples of block indices (view.units(unit), names aside)."""
+    return [u.blocks for u in wrap(view).units(unit)]
 
 
 def _sweep(view, data, sweep: str, conds: list, config: dict, *, seed, out, progress,
@@ -209,7 +227,7 @@ def _sweep(view, data, sweep: str, conds: list, config: dict, *, seed, out, prog
     return LesionResult(sweep, rows, intact["error"], intact["loss"], intact["n"],
                         tuple(b.name for b in view.blocks),
                         tuple(b.index for b in view.blocks if b.downsample), config,
-                        sublayers=sublayers(view))
+                        sublayers=sublayers(view), layers=tuple(view.units("layer")))
 
 
 def sublayers(view) -> tuple:
@@ -271,8 +289,8 @@ def delete_random(view, data, *, ks: Optional[Sequence[int]] = None, trials: int
     view = wrap(view)
     pool = random_units(view, exclude_downsampling, unit)
     ks = list(range(1, len(pool) + 1)) if ks is None else check_counts(ks, "ks")
-    trials = check_positive(trials, "trials")
-    seed = check_seed(seed)
+    trials = checks.positive("trials", trials)
+    seed = checks.seed(seed)
     for k in ks:
         if k > len(pool):
             raise PathensError(
@@ -307,8 +325,8 @@ def reorder(view, data, *, swaps: Optional[Sequence[int]] = None, trials: int = 
         raise PathensError(f"no two {unit}s of this network have the same shapes: there is "
                            f"nothing to reorder")
     swaps = list(range(1, most + 1)) if swaps is None else check_counts(swaps, "swaps")
-    trials = check_positive(trials, "trials")
-    seed = check_seed(seed)
+    trials = checks.positive("trials", trials)
+    seed = checks.seed(seed)
     for k in swaps:
         if k > most:
             raise PathensError(f"{k} swaps are more than possible: the {unit}s of equal shape "
@@ -401,9 +419,7 @@ def check_counts(ks, what: str, top: int | None = None, of: str = "") -> list:
     if not ks:
         raise PathensError(f"{what} is empty: give at least one count")
     for k in ks:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise PathensError(f"{what} must be positive integers (at least 1; the intact network "
-                               f"is always row 0), got {k!r}")
+        checks.lesion_count(k, what)
         if top is not None and k > top:
             raise PathensError(f"{what}: {k} is more than the {top} {of}")
     twice = sorted({int(k) for k in ks if ks.count(k) > 1})
@@ -411,15 +427,3 @@ def check_counts(ks, what: str, top: int | None = None, of: str = "") -> list:
         raise PathensError(f"{what} lists {twice[0]} more than once: each count is drawn `trials` "
                            f"times already; list each once (more trials: raise trials)")
     return [int(k) for k in ks]
-
-
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 63:
-        raise PathensError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
-    return int(seed)
-
-
-def check_positive(v, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise PathensError(f"{what} must be a positive integer, got {v!r}")
-    return int(v)

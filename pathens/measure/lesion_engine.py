@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import distributed
+from .. import checks, distributed
 from ..data.batches import Data
 from ..errors import PathensError
 from ..models.modes import eval_mode
@@ -173,9 +173,7 @@ def run_conditions(view, data: Data, conds: list, *, config: dict, seed, out=Non
     if recal is not None:
         size = 1
     elif group_size is not None:
-        if group_size < 1:
-            raise PathensError(f"group_size must be a positive integer, got {group_size}")
-        size = group_size
+        size = checks.positive("group_size", group_size)
     else:
         # with a row file, groups of 16 (each written as it finishes); decided from `out`, not
         # from `store` (rank 0's alone): every rank must all-reduce groups of the same size

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import distributed, combinatorics as _paths
+from .. import checks, distributed, combinatorics as _paths
 from ..data.batches import Data
 from ..errors import PathensError
 from ..data.inputs import batch_len, call_model, logits_of
@@ -155,9 +155,8 @@ def path_gradients(view, inputs, targets=None, *, method: str = "exact", loss=No
                            "(no shortcuts), hence a single path")
     if method not in ("exact", "sampled"):
         raise PathensError(f"method must be 'exact' or 'sampled', got {method!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
-        raise PathensError(f"tol must be a number in [0, 1) (e.g. 1e-6; 0 is exact), got {tol!r}")
-    _count(seed, "seed", 0)
+    checks.tolerance(tol)
+    checks.seed(seed)
     if method == "exact" and lengths is not None:
         raise PathensError("lengths= applies to method='sampled'; the exact sweep measures "
                            "every length at once")
@@ -188,19 +187,12 @@ def path_gradients(view, inputs, targets=None, *, method: str = "exact", loss=No
                             dict(config, tol=tol, batch_size=data.batch_size
                                  if data.pair is not None else "the loader's"))
         else:
-            samples_per_length = _count(samples_per_length, "samples_per_length", 2,
-                                        " (for a standard error)")
+            samples_per_length = checks.paths_per_length(samples_per_length)
             result = _sampled(view, data, samples_per_length, lengths, seed, batch_size,
                               components, progress,
                               dict(config, samples_per_length=samples_per_length, seed=seed))
     result.config["seconds"] = round(time.perf_counter() - start, 3)
     return result
-
-
-def _count(v, what: str, least: int, why: str = "") -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
-        raise PathensError(f"{what} must be an integer >= {least}{why}, got {v!r}")
-    return int(v)
 
 
 def _forward(view, x, y, loss, scale: float, params: bool = False, on_block=None):

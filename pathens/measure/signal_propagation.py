@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import distributed
+from .. import checks, distributed
 from ..data.batches import Data
 from ..errors import PathensError
 from ..data.inputs import batch_len
@@ -386,11 +386,11 @@ def channel_axis(t: torch.Tensor, channel_dim: int | None = None) -> int:
                            f"and a channel axis")
     if channel_dim is None:
         return 2 if t.ndim == 3 else 1
-    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or \
-            not -t.ndim < channel_dim < t.ndim or channel_dim % t.ndim == 0:
+    if not checks.is_integer(channel_dim) or not -t.ndim < channel_dim < t.ndim or \
+            channel_dim % t.ndim == 0:
         raise PathensError(f"channel_dim must name a non-batch axis of the residual stream "
                            f"{tuple(t.shape)}, got {channel_dim!r}")
-    return channel_dim % t.ndim
+    return int(channel_dim) % t.ndim
 
 
 def _channel_sums(t: torch.Tensor, c: int, keep) -> tuple:

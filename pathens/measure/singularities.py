@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .. import distributed
+from .. import checks, distributed
 from ..errors import PathensError
 from ..data.batches import Data
 from ..data.inputs import batch_len, take
@@ -272,11 +272,8 @@ def singularities(view, data, *, eps: float = 1e-3, share: float = 1.0, delta: f
     if positions not in POSITIONS:
         raise PathensError(f"positions must be 'mean' (units averaged over positions) or 'all' "
                            f"(every position a sample), got {positions!r}")
-    if max_examples is not None and (isinstance(max_examples, bool) or
-                                     not isinstance(max_examples, (int, np.integer)) or
-                                     max_examples < 2):
-        raise PathensError(f"max_examples must be an integer >= 2 or None (all), got "
-                           f"{max_examples!r}")
+    if max_examples is not None:
+        max_examples = checks.integer("max_examples", max_examples, least=2, hint="None: all")
     if distributed.active():
         raise PathensError("singularities runs in one process: call it outside torch.distributed "
                            "(or on rank 0 only)")
@@ -331,24 +328,14 @@ def _share(part: int, whole: int) -> str:
 
 
 def _check_thresholds(eps, share, delta, variance) -> tuple:
-    def number(name, v):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or \
-                not math.isfinite(v):
-            raise PathensError(f"{name} must be a finite number, got {v!r}")
-        return float(v)
-    eps, share = number("eps", eps), number("share", share)
-    delta, variance = number("delta", delta), number("variance", variance)
-    if eps < 0:
-        raise PathensError(f"eps must be >= 0 (a threshold relative to the layer's mean |A|, "
-                           f"e.g. 1e-3), got {eps!r}")
-    if not 0 < share <= 1:
-        raise PathensError(f"share must be in (0, 1] (1: eliminated on every sample), got "
-                           f"{share!r}")
-    if not 0 < delta < 1:
-        raise PathensError(f"delta must be in (0, 1) (pairs with |corr| >= 1 - delta overlap, "
-                           f"e.g. 0.01), got {delta!r}")
-    if not 0 < variance <= 1:
-        raise PathensError(f"variance must be in (0, 1] (e.g. 0.99), got {variance!r}")
+    eps = checks.number("eps", eps, low=0, example="1e-3",
+                        hint="a threshold relative to the layer's mean |A|")
+    share = checks.number("share", share, low=0, high=1, open_low=True,
+                          hint="1: eliminated on every sample")
+    delta = checks.number("delta", delta, low=0, high=1, open_low=True, open_high=True,
+                          example="0.01", hint="pairs with |corr| >= 1 - delta overlap")
+    variance = checks.number("variance", variance, low=0, high=1, open_low=True,
+                             example="0.99")
     return eps, share, delta, variance
 
 

@@ -14,11 +14,11 @@ used akamaster/pytorch_resnet_cifar10 checkpoints (after stripping "module."), p
 num_batches_tracked buffers those checkpoints lack.
 """
 
-import numbers
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .. import checks
 
 NORMS = ("bn", "skipinit", "none", "fixup")
 SHORTCUTS = ("A", "B")
@@ -289,21 +289,18 @@ def cifar_resnet(depth, *, norm="bn", shortcut="A", preact=False, skip=True, wid
     preact:    pre-activation blocks (He et al. 2016b) instead of the original post-activation.
     skip:      False gives the plain (VGG-like) network: the same blocks with no shortcuts.
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...), got {depth!r}")
+    if not checks.is_integer(depth) or depth < 8 or (depth - 2) % 6:
+        checks.refuse("depth", "6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...)", depth)
+    depth = int(depth)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if shortcut not in SHORTCUTS:
         raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (projection), got {shortcut!r}")
-    if not isinstance(preact, bool):
-        raise ValueError(f"preact must be True or False, got {preact!r}")
-    if not isinstance(skip, bool):
-        raise ValueError(f"skip must be True or False, got {skip!r}")
-    for name, value in (("width", width), ("num_classes", num_classes), ("in_channels", in_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(alpha_init, bool) or not isinstance(alpha_init, numbers.Real):
-        raise ValueError(f"alpha_init must be a number, got {alpha_init!r}")
+    preact, skip = checks.boolean("preact", preact), checks.boolean("skip", skip)
+    width = checks.positive("width", width)
+    num_classes = checks.positive("num_classes", num_classes)
+    in_channels = checks.positive("in_channels", in_channels)
+    checks.number("alpha_init", alpha_init)
     if norm == "fixup" and (preact or not skip):
         raise ValueError("norm='fixup' is defined for post-activation residual networks: drop "
                          "preact=True / skip=False")

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checks
 from .checkpoints import load, save_checkpoint  # noqa: F401 - re-exported: pathens.train.save_checkpoint
 from ..errors import PathensError
 from .modes import eval_mode
@@ -185,14 +186,16 @@ def train(model: nn.Module, train_data, *, epochs: int, lr: float = 0.1, momentu
     eval_data: evaluated after every epoch. log: a function called with one line per epoch
     (e.g. print). The model ends in eval mode, on `device`. Raises PathensError if the loss becomes NaN or infinite.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise PathensError(f"epochs must be a positive integer, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise PathensError(f"batch_size must be a positive integer, got {batch_size!r}")
-    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay),
-                        ("warmup_epochs", warmup_epochs), ("clip_grad_norm", clip_grad_norm or 0.0)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise PathensError(f"{name} must be a non-negative number, got {value!r}")
+    epochs = checks.positive("epochs", epochs)
+    batch_size = checks.positive("batch_size", batch_size)
+    checks.number("lr", lr, low=0, open_low=True)
+    checks.number("momentum", momentum, low=0)
+    checks.number("weight_decay", weight_decay, low=0)
+    checks.number("warmup_epochs", warmup_epochs, low=0, hint="epochs")
+    if clip_grad_norm is not None:
+        checks.number("clip_grad_norm", clip_grad_norm, low=0, open_low=True,
+                      hint="a gradient norm")
+    seed = checks.seed(seed)
     device = check_device(device)
     x, y = _check_data(train_data, "train_data")
     if eval_data is not None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import checks
 from .checkpoints import save_checkpoint
 from ..errors import PathensError
 from ..data.losses import NextToken
@@ -92,15 +93,6 @@ def evaluate_lm(model: nn.Module, data, *, batch_size: int = 64, device="cpu") -
     return dict(loss=mean, perplexity=math.exp(mean), accuracy=1 - errors / tokens, tokens=tokens)
 
 
-def _check(name, value, *, integer=False, least=0.0, positive=False):
-    bad = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
-    if bad or not math.isfinite(value) or value < least or (positive and value <= 0):
-        kind = "an integer" if integer else "a number"
-        bound = "> 0" if positive else f">= {least:g}"
-        raise PathensError(f"{name} must be {kind} {bound}, got {value!r}")
-    return value
-
-
 def train_lm(model: nn.Module, train_tokens: torch.Tensor, *, steps: int, batch_size: int = 32,
              seq_len: int | None = None, lr: float = 1e-3, min_lr: float | None = None,
              warmup_steps: int = 100, weight_decay: float = 0.1, betas=(0.9, 0.95),
@@ -119,21 +111,24 @@ def train_lm(model: nn.Module, train_tokens: torch.Tensor, *, steps: int, batch_
     after the last) and at the end. log: called with one line per evaluation. The model ends
     in eval mode, on `device`. Raises PathensError if the loss becomes NaN or infinite.
     """
-    steps = _check("steps", steps, integer=True, least=1)
-    batch_size = _check("batch_size", batch_size, integer=True, least=1)
-    warmup_steps = _check("warmup_steps", warmup_steps, integer=True)
-    lr = _check("lr", lr, positive=True)
-    min_lr = lr / 10 if min_lr is None else _check("min_lr", min_lr)
-    weight_decay = _check("weight_decay", weight_decay)
+    steps = checks.integer("steps", steps, least=1)
+    batch_size = checks.positive("batch_size", batch_size)
+    warmup_steps = checks.non_negative("warmup_steps", warmup_steps)
+    checks.number("lr", lr, low=0, open_low=True)
+    min_lr = lr / 10 if min_lr is None else min_lr
+    checks.number("min_lr", min_lr, low=0)
+    checks.number("weight_decay", weight_decay, low=0)
     if clip_grad_norm is not None:
-        _check("clip_grad_norm", clip_grad_norm, positive=True)
+        checks.number("clip_grad_norm", clip_grad_norm, low=0, open_low=True,
+                      hint="a gradient norm")
     if eval_every is not None:
-        _check("eval_every", eval_every, integer=True, least=1)
+        checks.positive("eval_every", eval_every)
+    seed = checks.seed(seed)
     context = getattr(model, "config", {}).get("context")
     seq_len = context if seq_len is None else seq_len
     if seq_len is None:
         raise PathensError("seq_len is needed: the model has no config['context'] to default to")
-    _check("seq_len", seq_len, integer=True, least=2)
+    seq_len = checks.seq_len(seq_len)
     tokens = _ids(train_tokens, "train_tokens").flatten()
     if len(tokens) < seq_len:
         raise PathensError(f"the training stream holds {len(tokens)} tokens, fewer than one window "

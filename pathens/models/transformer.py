@@ -32,12 +32,12 @@ alpha's first gradients (dL/dalpha = <dL/dx, F(x)>), the only non-zero ones at i
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checks
 from ..errors import PathensError
 
 NORMS = ("pre", "post", "rezero", "none")
@@ -171,12 +171,6 @@ class GPT(nn.Module):
         return self.head(x)
 
 
-def _positive_int(name, value, least=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise PathensError(f"{name} must be an integer >= {least}, got {value!r}")
-    return int(value)
-
-
 def gpt(*, depth=6, width=64, heads=4, context=64, vocab_size=256, norm="pre", mlp_ratio=4,
         dropout=0.0, alpha_init=0.0):
     """A decoder-only transformer of `depth` layers (2 * depth residual blocks).
@@ -189,21 +183,18 @@ def gpt(*, depth=6, width=64, heads=4, context=64, vocab_size=256, norm="pre", m
                 SkipInit's transformer twin) or "none" (no normalisation, no alpha).
     mlp_ratio:  the MLP's hidden width over width.   dropout: on attention, branches, embeddings.
     """
-    depth = _positive_int("depth", depth)
-    width = _positive_int("width", width)
-    heads = _positive_int("heads", heads)
-    context = _positive_int("context", context)
-    vocab_size = _positive_int("vocab_size", vocab_size, 2)
-    mlp_ratio = _positive_int("mlp_ratio", mlp_ratio)
+    depth = checks.integer("depth", depth, least=1)
+    width = checks.positive("width", width)
+    heads = checks.positive("heads", heads)
+    context = checks.integer("context", context, least=2, hint="tokens")
+    vocab_size = checks.integer("vocab_size", vocab_size, least=2)
+    mlp_ratio = checks.positive("mlp_ratio", mlp_ratio)
     if width % heads:
         raise PathensError(f"width ({width}) must be divisible by heads ({heads})")
     if norm not in NORMS:
         raise PathensError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
-        raise PathensError(f"dropout must be a number in [0, 1), got {dropout!r}")
-    if isinstance(alpha_init, bool) or not isinstance(alpha_init, numbers.Real) \
-            or not math.isfinite(alpha_init):
-        raise PathensError(f"alpha_init must be a finite number, got {alpha_init!r}")
+    checks.number("dropout", dropout, low=0, high=1, open_high=True)
+    checks.number("alpha_init", alpha_init)
     if norm != "rezero" and alpha_init != 0:
         raise PathensError(f"alpha_init={alpha_init!r} only applies to norm='rezero' (norm is {norm!r})")
     return GPT(dict(depth=depth, width=width, heads=heads, context=context,

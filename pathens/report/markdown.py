@@ -12,7 +12,7 @@ import numpy as np
 from .plots import common as plots_common
 from ..data.losses import perplexity
 from ..results import fmt
-from .plots.lesion import modules, unit_of  # an Analysis has the same config["unit"]
+from .plots.lesion import unit_of  # an Analysis has the same config["unit"]
 
 NOT_PLAIN = "n/a (plain network: one path)"
 
@@ -278,4 +278,4 @@ def _range(v, spec: str = ".2%") -> str:
 
 def num_layers(a) -> int:
     """How many modules (transformer layers) the blocks come from."""
-    return len(set(modules(a.delete_each)))
+    return len(a.delete_each.units("layer"))

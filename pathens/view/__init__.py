@@ -3,6 +3,6 @@
 torch.fx (tracing.py) and proved on a probe input to reproduce the model (proof.py).
 """
 from .block import Block
-from .residual_view import ResidualView, wrap
+from .residual_view import UNITS, ResidualView, Unit, wrap
 
-__all__ = ["Block", "ResidualView", "wrap"]
+__all__ = ["Block", "ResidualView", "Unit", "UNITS", "wrap"]

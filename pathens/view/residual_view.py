@@ -16,12 +16,14 @@ the blocks whose branch needs it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from .. import checks
 from .block import Block
 from ..adapters import ModelParts, find_adapter, find_model_adapter, split_block
 from ..errors import PathensError, WrapError
@@ -29,6 +31,21 @@ from ..data.inputs import main_tensor
 from ..data.losses import get_loss
 from ..models.modes import eval_mode
 
+# What a lesion deletes or moves as one, and what Block Influence scores (ResidualView.units).
+UNITS = ("block", "layer")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of a view: a block, or a layer (a module with all the blocks it holds).
+
+    name:   the block's name ("layer2.0", "transformer.h.3.attn"), or the module's for a layer
+            ("transformer.h.3"; a one-block module's layer is named as its block).
+    blocks: the view's block indices it holds, in order: (i,) for a block.
+    """
+
+    name: str
+    blocks: tuple
 
 
 class ResidualView(nn.Module):
@@ -97,6 +114,16 @@ class ResidualView(nn.Module):
                     f"the model changed after it was wrapped: {name or 'the model'} {what} (a "
                     f"{type(module).__name__} when wrapped); the view would still run the old "
                     f"module: wrap the model again (view = pathens.wrap(model))")
+
+    def units(self, unit: str = "block") -> list[Unit]:
+        """The view's units, in order: each block ("block"; a transformer's attention and MLP
+        sublayers apart), or each layer ("layer": the module holding blocks, with all of them;
+        a ResNet's layers are its blocks). Lesions delete and move units; Block Influence
+        scores them; results keep them (LesionResult.layers, BlockInfluence.names/blocks)."""
+        checks.choice("unit", unit, UNITS)
+        if unit == "block":
+            return [Unit(b.name, (b.index,)) for b in self.blocks]
+        return [Unit(_module_name(self.blocks, group), tuple(group)) for group in self.layers]
 
     def embed(self, inputs) -> tuple:
         """(h, ctx): the residual stream entering block 0 and the context its blocks need."""
@@ -262,7 +289,7 @@ class ResidualView(nn.Module):
     def check_indices(self, indices: Sequence[int], what: str = "block") -> list[int]:
         out = []
         for i in indices:
-            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            if not checks.is_integer(i):
                 raise PathensError(f"{what}: block indices must be integers, got {i!r}")
             if not 0 <= i < self.num_blocks:
                 raise PathensError(f"{what}: block index {i} is out of range: the view has "
@@ -321,6 +348,17 @@ class ResidualView(nn.Module):
 
 
 # ---- wrap ---------------------------------------------------------------------------------
+
+def _module_name(blocks: list, group: list) -> str:
+    """The name of the module holding the blocks of `group` (one layer). proof.py names a block
+    "<module>.<sub>" when its part is named (sub: Block.sublayer) or its module holds several
+    (sub: its index there), else "<module>"; this undoes that."""
+    first = blocks[group[0]]
+    sub = first.sublayer
+    if sub and first.name.endswith("." + sub):
+        return first.name[:-len(sub) - 1]
+    return first.name.rsplit(".", 1)[0] if len(group) > 1 else first.name
+
 
 def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
          allow_plain: bool = False) -> ResidualView:

@@ -53,21 +53,15 @@ def unit_of(result) -> str:
     return result.config.get("unit", "block")
 
 
-def modules(result) -> list:
-    """Per block, the name of the module holding it (the block's name without its sublayer)."""
-    subs = result.sublayers or ("",) * len(result.block_names)
-    return [n[:-len(s) - 1] if s and n.endswith("." + s) else n
-            for n, s in zip(result.block_names, subs)]
-
-
 def positions(result) -> tuple:
     """(x of each block index, the names along the x axis): blocks at their index, or for a
-    unit="layer" sweep every block at its layer's index, the axis naming the layers."""
+    unit="layer" sweep every block at its layer's index, the axis naming the layers (the
+    layers as the result recorded them: LesionResult.units)."""
     if unit_of(result) != "layer":
         return {i: i for i in range(len(result.block_names))}, list(result.block_names)
-    mods = modules(result)
-    order = list(dict.fromkeys(mods))
-    return {i: order.index(m) for i, m in enumerate(mods)}, order
+    layers = result.units("layer")
+    at = {i: j for j, u in enumerate(layers) for i in u.blocks}
+    return {i: at[i] for i in range(len(result.block_names))}, [u.name for u in layers]
 
 
 def _each_groups(result, rows, m: Metric) -> list:
