@@ -24,7 +24,7 @@ from ..models import checkpoints  # noqa: E402
 from ..measure import lesion as lesion_mod  # noqa: E402
 from .. import combinatorics as paths, report  # noqa: E402
 from ..report import plots  # noqa: E402
-from ..report.plots.lesion import modules, unit_of  # noqa: E402
+from ..report.plots.lesion import unit_of  # noqa: E402
 from ..analysis import analyze as run_analysis, doubling, lesion_counts  # noqa: E402
 from ..checks import MAX_CONDITIONS  # noqa: E402
 from .arguments import DIAGNOSTIC_FLAGS  # noqa: E402
@@ -287,7 +287,7 @@ def lesion_tables(each, rand) -> list:
     layer, --unit layer: named by its module) with its error and the change from intact, and
     one per k (mean over trials, 95% interval); columns as wide as their longest entry."""
     unit = unit_of(each)
-    owner = modules(each)
+    owner = {i: u.name for u in each.units("layer") for i in u.blocks}  # block -> its layer
     intact = each.rows[0]
     names = []
     for r in each.rows[1:]:
