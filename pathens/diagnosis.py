@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from .data.batches import Data
 from .errors import PathensError
-from .measure import lesion, registry
+from . import checks
+from .measure import registry
 from .view.residual_view import wrap
 
 __all__ = ["Diagnosis", "diagnose"]
@@ -80,8 +81,8 @@ def diagnose(view, data, *, name: str = "model", which=True, model_info: dict | 
     view = wrap(view)
     if not isinstance(name, str) or not name.strip():
         raise PathensError(f"name must be a non-empty string, got {name!r}")
-    lesion.check_positive(batch_size, "batch_size")
-    lesion.check_seed(seed)
+    checks.positive("batch_size", batch_size)
+    checks.seed(seed)
     chosen = registry.diagnostics(which)
     if not chosen:
         raise PathensError("which chooses no diagnostic: pass True (all) or some of "
