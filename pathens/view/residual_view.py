@@ -52,6 +52,7 @@ class ResidualView(nn.Module):
         self.loss = loss
         self.vocab_size, self.max_length = vocab_size, max_length
         self.source = source  # how stem and head were found: "torch.fx" or a model adapter
+        self.probe = None  # the batch wrap proved the view on (pruned() checks on it too)
 
     @property
     def num_blocks(self) -> int:
@@ -129,6 +130,13 @@ class ResidualView(nn.Module):
             h = self.blocks[i](h, ctx, keep_branch=i not in deleted,
                                route=None if route is None else bool(route[i]))
         return self.head(h)
+
+    def pruned(self, deleted: Sequence, *, how: str = "remove", example_input=None,
+               rtol: Optional[float] = None) -> nn.Module:
+        """A deep copy of the model, of its own class, with the blocks of `deleted` removed or
+        bypassed, checked on the probe to compute run(x, deleted=deleted) (prune.py)."""
+        from .prune import pruned
+        return pruned(self, deleted, how=how, example_input=example_input, rtol=rtol)
 
     # ---- argument checks shared by every analysis ----------------------------------------
 
@@ -278,6 +286,7 @@ def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
                             source=source)
         get_loss(view.loss)  # a model adapter naming an unknown loss fails here, not later
         proof.check_head(view, record, probe, rtol)
+        view.probe = probe
     return view
 
 

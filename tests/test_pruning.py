@@ -1,0 +1,271 @@
+"""What layer-pruning users do next (issue 17, item 5): export the pruned model
+(view.pruned, pathens/view/prune.py), the peers' importance scores alone (`pathens
+importance`), top-5 error in lesion rows.
+
+Oracles: the model itself edited by hand, independently of pathens (forward hooks that make a
+deleted layer return its input and a deleted sublayer return zeros, on a deep copy of the
+intact model; a torchvision block replaced by relu(downsample(x)) written here); the pruned
+model's own greedy generation with and without its KV cache against the hand-edited model's;
+save_pretrained -> from_pretrained (local folder) and pathens checkpoints written and read
+back; torch.topk for the top-5 error. Tiny random models, float64."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import pathens
+from pathens.errors import PathensError
+
+T = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+VOCAB = 100
+DEC = dict(num_hidden_layers=3, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+           num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=40,
+           initializer_range=0.2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+OPT = dict(num_hidden_layers=3, hidden_size=32, ffn_dim=64, num_attention_heads=4,
+           vocab_size=VOCAB, max_position_embeddings=40, init_std=0.2, word_embed_proj_dim=32,
+           pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+# family -> (model class, config class, config, the layer list, the attention and MLP
+# sublayer modules of a layer (what a hand edit zeroes))
+LMS = {
+    "llama": ("LlamaForCausalLM", "LlamaConfig", DEC, "model.layers", "self_attn", "mlp"),
+    "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig",
+               dict(DEC, head_dim=8, sliding_window=4,
+                    layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+               "model.layers", "self_attn", "mlp"),
+    "opt_post": ("OPTForCausalLM", "OPTConfig", dict(OPT, do_layer_norm_before=False),
+                 "model.decoder.layers", "self_attn", "fc2"),
+    "neox": ("GPTNeoXForCausalLM", "GPTNeoXConfig", dict(DEC, use_parallel_residual=False),
+             "gpt_neox.layers", "attention", "mlp"),
+    "gpt2": ("GPT2LMHeadModel", "GPT2Config",
+             dict(n_layer=3, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=40,
+                  bos_token_id=1, eos_token_id=2), "transformer.h", "attn", "mlp"),
+}
+
+
+def build_lm(name: str, seed: int = 0):
+    cls, config_cls, kw, *_ = LMS[name]
+    torch.manual_seed(seed)
+    model = getattr(T, cls)(getattr(T, config_cls)(**kw))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # norms that are not the plain standardisation
+        for m in model.modules():
+            if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None:
+                m.weight.copy_(0.7 + 0.6 * torch.rand(m.weight.shape, generator=g))
+    return model.double().eval()
+
+
+def tokens(n=2, t=12, seed=1):
+    return torch.randint(3, VOCAB, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+def _returns_input(module, args, kwargs, out):
+    """A forward hook: the layer returns the stream it received (the whole layer deleted)."""
+    h = args[0] if args else kwargs["hidden_states"]
+    return (h, *out[1:]) if isinstance(out, tuple) else h
+
+
+def _returns_zeros(module, args, out):
+    """A forward hook: the sublayer returns zeros (its branch deleted)."""
+    return (torch.zeros_like(out[0]), *out[1:]) if isinstance(out, tuple) else \
+        torch.zeros_like(out)
+
+
+def hand_edited(model, drop: list, zero: list):
+    """A deep copy of the intact model with the layers named in `drop` returning their input
+    and the sublayer modules named in `zero` returning zeros."""
+    edited = copy.deepcopy(model)
+    for path in drop:
+        edited.get_submodule(path).register_forward_hook(_returns_input, with_kwargs=True)
+    for path in zero:
+        edited.get_submodule(path).register_forward_hook(_returns_zeros)
+    return edited
+
+
+# ---- view.pruned: Hugging Face language models ------------------------------------------------
+
+@pytest.mark.parametrize("name", list(LMS))
+def test_pruned_language_model_is_its_own_class_and_equals_the_hand_edited_model(name):
+    """Layer 1 deleted whole, and layer 0's MLP alone: the model of its own class equals a hand
+    edit of the intact model (and the view's lesion), in its logits and in greedy generation,
+    with the KV cache and without."""
+    model = build_lm(name)
+    _, _, _, layers, attn, mlp = LMS[name]
+    view = pathens.wrap(model)
+    pruned = view.pruned([f"{layers}.1", f"{layers}.0.mlp"])
+    assert type(pruned) is type(model) and pruned is not model
+    if name == "opt_post":  # post-LN: without its branches a layer is LN2(LN1(x)), not x
+        edited = hand_edited(model, [], [f"{layers}.1.{attn}", f"{layers}.1.{mlp}",
+                                         f"{layers}.0.{mlp}"])
+    else:
+        edited = hand_edited(model, [f"{layers}.1"], [f"{layers}.0.{mlp}"])
+    x = tokens()
+    with torch.no_grad():
+        want = edited(x).logits
+        torch.testing.assert_close(pruned(x).logits, want, rtol=0, atol=1e-12)
+        torch.testing.assert_close(view.run(x, deleted=[1, 2, 3]), want, rtol=0, atol=1e-12)
+        assert (model(x).logits - want).abs().max() > 1e-3  # the edit changes the model
+    prompt = tokens(t=6, seed=2)
+    greedy = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    out = pruned.generate(prompt, **greedy)
+    assert torch.equal(out, pruned.generate(prompt, use_cache=False, **greedy))
+    assert torch.equal(out, edited.generate(prompt, **greedy))
+    if name == "opt_post":  # post-LN: a deleted layer computes LN2(LN1(x)): zeroed, not removed
+        assert pruned.config.num_hidden_layers == 3
+        assert torch.count_nonzero(pruned.model.decoder.layers[1].fc2.weight) == 0
+    else:
+        kept = pruned.get_submodule(layers)
+        assert pruned.config.num_hidden_layers == len(kept) == 2
+        assert [getattr(layer, attn).layer_idx for layer in kept] == [0, 1]
+    if name == "gemma3":
+        assert pruned.config.layer_types == ["sliding_attention", "sliding_attention"]
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "opt_post"])
+def test_save_pretrained_then_from_pretrained_reproduces_the_pruned_model(name, tmp_path):
+    model = build_lm(name)
+    layers = LMS[name][3]
+    pruned = pathens.wrap(model).pruned([f"{layers}.0", f"{layers}.2.attn"])
+    pruned.save_pretrained(tmp_path)
+    again = T.AutoModelForCausalLM.from_pretrained(tmp_path, local_files_only=True,
+                                                   dtype=torch.float64).eval()
+    assert type(again) is type(model)
+    assert again.config.num_hidden_layers == pruned.config.num_hidden_layers
+    x = tokens()
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, pruned(x).logits)
+
+
+def test_pruning_does_not_touch_the_model_or_its_view():
+    model = build_lm("llama")
+    view = pathens.wrap(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    view.pruned(["model.layers.1", 0])
+    assert model.config.num_hidden_layers == 3 and len(model.model.layers) == 3
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(view(x), model(x).logits, rtol=0, atol=0)
+
+
+# ---- view.pruned: CNNs and pathens's own models ------------------------------------------------
+
+def test_pruned_torchvision_resnet_bypasses_a_downsampling_block():
+    """resnet18: block 2 (layer2.0, a projection shortcut) bypassed, relu(downsample(x)),
+    its branch's parameters gone; block 3 (identity shortcut after a ReLU) removed."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = tv.models.resnet18(num_classes=10).double().eval()
+    view = pathens.wrap(model)
+    pruned = view.pruned([2, 3])
+    edited = copy.deepcopy(model)
+    down = edited.layer2[0].downsample
+    edited.layer2[0].register_forward_hook(lambda m, a, out: torch.relu(down(a[0])))
+    edited.layer2[1].register_forward_hook(lambda m, a, out: a[0])
+    x = torch.randn(3, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), edited(x), rtol=0, atol=1e-12)
+    assert len(pruned.layer2) == 1 and type(pruned.layer2[0]).__name__ == "Bypass"
+    branch = sum(p.numel() for n, p in model.layer2.named_parameters()
+                 if not n.startswith("0.downsample"))
+    assert sum(p.numel() for p in pruned.parameters()) == \
+        sum(p.numel() for p in model.parameters()) - branch
+    # the pruned model is a network pathens wraps (the Bypass a plain layer)
+    again = pathens.wrap(pruned, allow_plain=True)
+    assert again.num_blocks == 7 and not again.blocks[2].residual
+
+
+def test_how_zero_keeps_the_state_dict_and_a_pathens_checkpoint_rebuilds_it(tmp_path):
+    from pathens.models import checkpoints
+    torch.manual_seed(0)
+    model = pathens.cifar_resnet(20, norm="skipinit", alpha_init=0.5).double().eval()
+    view = pathens.wrap(model)
+    pruned = view.pruned([1, 3, 8], how="zero")
+    assert pruned.state_dict().keys() == model.state_dict().keys()
+    assert all(pruned.get_submodule(view.blocks[i].name).alpha.item() == 0 for i in (1, 3, 8))
+    path = checkpoints.save_checkpoint(tmp_path / "p.pt", pruned, dataset="cifar10", seed=0)
+    again, _ = checkpoints.load(path)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(again.double()(x), view.run(x, deleted=[1, 3, 8]),
+                                   rtol=0, atol=1e-12)
+        removed = view.pruned([1, 3, 8])  # "remove": 1 and 8 leave, 3 (zero-pad) is bypassed
+    assert sum(len(s) for s in (removed.layer1, removed.layer2, removed.layer3)) == 7
+    assert type(removed.layer2[0]).__name__ == "Bypass"
+
+
+def test_pruned_pathens_gpt_saves_a_checkpoint_of_fewer_layers(tmp_path):
+    from pathens.models import checkpoints
+    torch.manual_seed(0)
+    model = pathens.gpt(depth=3, width=32, heads=4, context=16, vocab_size=50).double().eval()
+    view = pathens.wrap(model)
+    pruned = view.pruned(["h.1", "h.2.attn"])
+    assert len(pruned.h) == 2 and pruned.config["depth"] == 2 and model.config["depth"] == 3
+    path = checkpoints.save_checkpoint(tmp_path / "g.pt", pruned, dataset="text", seed=0)
+    again, meta = checkpoints.load(path)
+    assert meta["arch"]["depth"] == 2
+    x = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(again.double()(x), view.run(x, deleted=["h.1", "h.2.attn"]),
+                                   rtol=0, atol=1e-12)
+
+
+# ---- view.pruned: bad input --------------------------------------------------------------------
+
+class Twice(nn.Module):
+    """Two residual sublayers; the second's branch is exp(lin(x)), which no zeroed layer
+    makes zero."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.a, self.b = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        x = x + self.a(x)
+        return x + torch.exp(self.b(x))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([Twice(), Twice()])
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+
+def _twice_parts(m):
+    return [pathens.BlockParts(name="a", branch=m.a),
+            pathens.BlockParts(name="b", branch=lambda x: torch.exp(m.b(x)))]
+
+
+def test_pruned_refuses_what_it_cannot_export(monkeypatch):
+    from pathens.view import prune
+    pathens.register_block(Twice, _twice_parts)
+    torch.manual_seed(0)
+    net = Net().double().eval()
+    view = pathens.wrap(net, example_input=torch.randn(4, 8, dtype=torch.float64))
+    with pytest.raises(PathensError, match=r"blocks\.0\.b cannot be bypassed.*delete the whole "
+                                           r"module \(blocks\.0\)"):
+        view.pruned(["blocks.0.b"])
+    whole = view.pruned(["blocks.0"])  # the whole module: removed from its list
+    assert len(whole.blocks) == 1
+    with pytest.raises(PathensError, match="how must be 'remove' or 'zero'"):
+        view.pruned([0], how="drop")
+    with pytest.raises(PathensError, match="no block or module is named 'blocks.7'"):
+        view.pruned(["blocks.7"])
+    monkeypatch.setattr(prune, "_remove", lambda model, names: None)  # a removal that fails
+    with pytest.raises(PathensError, match=r"does not reproduce the view with blocks \[0, 1\] "
+                                           r"deleted on the probe \(largest difference"):
+        view.pruned(["blocks.0"])
+    view.probe = None
+    with pytest.raises(PathensError, match="keeps no probe batch; pass example_input="):
+        view.pruned([0])
