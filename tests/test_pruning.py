@@ -269,3 +269,104 @@ def test_pruned_refuses_what_it_cannot_export(monkeypatch):
     view.probe = None
     with pytest.raises(PathensError, match="keeps no probe batch; pass example_input="):
         view.pruned([0])
+
+
+# ---- pathens importance ------------------------------------------------------------------------
+
+def _llama_folder(path):
+    torch.manual_seed(0)
+    config = T.LlamaConfig(num_hidden_layers=4, hidden_size=32, intermediate_size=64,
+                           num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                           max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
+    T.LlamaForCausalLM(config).save_pretrained(path)
+    (path / "special_tokens_map.json").write_text("{}")  # a side file the export carries
+    return path
+
+
+def test_importance_command_scores_and_exports_a_hugging_face_folder(capsys, tmp_path):
+    import csv
+    import json
+    from cli_helpers import run
+    from pathens.measure.importance import angular_distance
+    folder = _llama_folder(tmp_path / "llama")
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 60)
+    out, export = tmp_path / "out", tmp_path / "pruned"
+    code, printed, err = run(capsys, "importance", "--arch", f"hf:{folder}", "--data", "text",
+                             "--root", text, "--seq-len", "16", "--limit", "6", "--score",
+                             "angular", "--n", "2", "--out", out, "--export", export)
+    assert code == 0, err
+    model = T.LlamaForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    ids, _ = pathens.load_corpus(text).windows("test", seq_len=16, limit=6)
+    view = pathens.wrap(model)
+    want = angular_distance(view, ids, n=2)  # a language model: the last token by default
+    assert want.config["positions"] == "last"
+    rows = list(csv.DictReader((out / "angular_distance_n2.csv").open()))
+    assert [float(r["distance"]) for r in rows] == pytest.approx(want.distance, rel=1e-12)
+    assert [r["remove"] for r in rows] == [str(i == want.best) for i in range(3)]
+    summary = json.loads((out / "angular_distance_n2.json").read_text())
+    assert summary["remove"] == list(want.pruned)
+    assert "remove (2 layers): " + ", ".join(want.pruned) in printed
+    # the export: the model's own class without those layers, loadable by transformers alone
+    again = T.AutoModelForCausalLM.from_pretrained(export, local_files_only=True).eval()
+    assert type(again) is T.LlamaForCausalLM and again.config.num_hidden_layers == 2
+    assert (export / "special_tokens_map.json").read_text() == "{}"
+    assert json.loads((export / "pruned.json").read_text())["deleted_blocks"] == \
+        [f"{name}.{sub}" for name in want.pruned for sub in ("attn", "mlp")]
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, view.run(ids, deleted=list(want.pruned)),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_importance_command_block_influence_of_a_pathens_checkpoint(capsys, tmp_path):
+    import csv
+    from cli_helpers import checkpoint, run
+    from pathens.measure.importance import block_influence
+    from pathens.models import checkpoints
+    ckpt = checkpoint(tmp_path / "c.pt", depth=14)
+    out, export = tmp_path / "out", tmp_path / "pruned"
+    code, _, err = run(capsys, "importance", ckpt, "--limit", "40", "--n", "2", "--out", out,
+                       "--export", export, "--quiet")
+    assert code == 0 and err == "", err
+    from pathens.data.datasets import load_dataset
+    model, meta = checkpoints.load(ckpt)
+    view = pathens.wrap(model)
+    x, _ = load_dataset("digits", split="test", limit=40, normalize=meta["normalize"])
+    want = block_influence(view, x)
+    rows = list(csv.DictReader((out / "block_influence.csv").open()))
+    got = [float(r["influence"]) if r["influence"] else float("nan") for r in rows]
+    assert got == pytest.approx(list(want.influence), rel=1e-10, nan_ok=True)
+    lowest = sorted(want.ranking()[:2])
+    assert [r["remove"] == "True" for r in rows] == [i in lowest for i in range(len(rows))]
+    again, meta = checkpoints.load(export / "model.pt")  # branches zeroed: the same network
+    assert meta["extra"]["pruned"]["deleted_blocks"] == [want.names[i] for i in lowest]
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), view.run(x, deleted=lowest), rtol=1e-5, atol=1e-5)
+
+
+def test_importance_command_refuses_bad_input_writing_nothing(capsys, tmp_path):
+    from cli_helpers import checkpoint, refused
+    ckpt = checkpoint(tmp_path / "c.pt", depth=14)
+    out = tmp_path / "out"
+    base = ["importance", ckpt, "--limit", "8", "--out", out]
+    refused(capsys, *base, "--n", "7", match="--n 7 is more than the 6 layers of the network")
+    refused(capsys, *base, "--n", "5", match="--n 5: only 4 layers have a Block Influence")
+    refused(capsys, *base, "--n", "0", match="--n must be a positive integer")
+    refused(capsys, *base, "--positions", "all", match="--positions applies to --score angular")
+    refused(capsys, *base, "--score", "angular", "--positions", "last",
+            match="--positions last needs a stream of tokens (N, T, d)")
+    refused(capsys, *base, "--score", "angular", "--n", "3",
+            match="no 3 consecutive layers keep the stream's shape")
+    refused(capsys, *base, "--export", out / "inside", match="must be separate folders")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    refused(capsys, *base, "--export", tmp_path / "full", match="already holds files")
+    user = tmp_path / "tv.py"
+    user.write_text("import torch, torchvision\n"
+                    "def make():\n"
+                    "    m = torchvision.models.resnet18(num_classes=10)\n"
+                    "    m.conv1 = torch.nn.Conv2d(1, 64, 3, padding=1, bias=False)\n"
+                    "    return m\n")
+    refused(capsys, "importance", "--model", f"{user}:make", "--data", "digits", "--limit", "4",
+            "--out", out, "--export", tmp_path / "e", match="ResNet is neither")
+    assert not out.exists() and not (tmp_path / "e").exists()
