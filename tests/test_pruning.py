@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -370,3 +372,85 @@ def test_importance_command_refuses_bad_input_writing_nothing(capsys, tmp_path):
     refused(capsys, "importance", "--model", f"{user}:make", "--data", "digits", "--limit", "4",
             "--out", out, "--export", tmp_path / "e", match="ResNet is neither")
     assert not out.exists() and not (tmp_path / "e").exists()
+
+
+# ---- top-5 error in lesion rows ----------------------------------------------------------------
+
+def _classifier(classes: int):
+    torch.manual_seed(0)
+    model = pathens.cifar_resnet(8, width=4, num_classes=classes).double().eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 3, 32, 32, dtype=torch.float64, generator=g)
+    return model, x, torch.randint(0, classes, (40,), generator=g)
+
+
+def test_top5_error_beside_top1_equals_torch_topk():
+    from pathens import lesion
+    model, x, y = _classifier(10)
+    view = pathens.wrap(model)
+    each = lesion.delete_each(view, (x, y), batch_size=16, progress=False)  # 3 batches
+    for r in each.rows:
+        with torch.no_grad():
+            logits = model(x) if r["kind"] == "intact" else view.run(x, deleted=r["deleted"])
+        missed = int((logits.topk(5, dim=1).indices != y[:, None]).all(dim=1).sum())
+        top1 = int((logits.argmax(1) != y).sum())
+        assert (r["top5_errors"], r["top5_error"], r["errors"]) == (missed, missed / 40, top1)
+    assert any(r["top5_errors"] != r["errors"] for r in each.rows)
+    assert list(each.table()[0])[-2:] == ["top5_error", "top5_errors"]
+    rand = lesion.delete_random(view, (x, y), ks=[1], trials=2, progress=False)
+    s = rand.summary()[0]
+    assert s["top5_error_mean"] == pytest.approx(np.mean([r["top5_error"] for r in rand.rows[1:]]))
+
+
+def test_no_top5_for_language_models_and_fewer_than_5_classes():
+    from pathens import lesion
+    model, x, y = _classifier(4)
+    row = lesion.evaluate(pathens.wrap(model), (x, y))
+    assert "top5_error" not in row and "top5_errors" not in row
+    lm = build_lm("llama")
+    ids = tokens()
+    row = lesion.evaluate(pathens.wrap(lm), (ids, ids), deleted=[1])
+    assert "top5_error" not in row and row["n"] == 2 * 11
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_sweep_file_from_before_top5_resumes_without_it(tmp_path, suffix):
+    """A file written before the top-5 columns existed (its rows, and for CSV its header,
+    without them) is resumed: nothing is refused or recomputed, the missing conditions are
+    appended in its own layout, and the rows all lack top-5 (in memory too)."""
+    import csv
+    import json
+    from pathens import lesion
+    from pathens.measure import lesion_engine
+    from pathens.measure.lesion_rows import COLUMNS, TOP5
+    model, x, y = _classifier(10)
+    view = pathens.wrap(model)
+    out = tmp_path / f"each{suffix}"
+    full = lesion.delete_each(view, (x, y), out=out, progress=False)
+    lines = out.read_text().splitlines()
+    if suffix == ".csv":  # the old layout: 16 columns, the first 2 rows of 4 done
+        old = [lines[0], ",".join(COLUMNS)] + [",".join(line.split(",")[:len(COLUMNS)])
+                                                for line in lines[2:4]]
+    else:
+        old = [lines[0]] + [json.dumps({k: v for k, v in json.loads(line).items()
+                                        if k not in TOP5}) for line in lines[1:3]]
+    out.write_text("\n".join(old) + "\n")
+    ran = []
+    evaluate = lesion_engine.evaluate_group
+
+    def counted(view, data, conds, **kw):
+        ran.extend(conds)
+        return evaluate(view, data, conds, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lesion_engine, "evaluate_group", counted)
+        again = lesion.delete_each(view, (x, y), out=out, progress=False)
+    assert len(ran) == len(full.rows) - 2
+    assert all(not set(TOP5) & set(r) for r in again.rows)
+    assert [{k: v for k, v in r.items() if k not in TOP5} for r in full.rows] == again.rows
+    text = out.read_text().splitlines()
+    if suffix == ".csv":
+        assert text[1] == ",".join(COLUMNS)
+        assert all(len(r) == len(COLUMNS) for r in csv.reader(text[2:]))
+    assert len(text) == len(old) + len(ran)
+    assert again.to_csv()  # one layout: the CSV writer takes every row

@@ -213,14 +213,18 @@ def lesion_tables(each, rand) -> list:
     intact = each.rows[0]
     width = max([len("block deleted")] + [len(n) + len(" (downsampling)")
                                           for n in each.block_names])
+    top5 = "top5_error" in intact  # a classifier of >= 5 classes: top-5 beside top-1
     lines = [f"intact error {_pct(each.intact_error)} on {each.num_examples} examples (95% "
-             f"interval {_pct(intact['error_lo'])} to {_pct(intact['error_hi'])})", "",
-             f"{'block deleted':<{width}}  {'error':>7}  change from intact"]
+             f"interval {_pct(intact['error_lo'])} to {_pct(intact['error_hi'])})" +
+             (f", top-5 error {_pct(intact['top5_error'])}" if top5 else ""), "",
+             f"{'block deleted':<{width}}  {'error':>7}  change from intact" +
+             ("  top-5 error" if top5 else "")]
     for r in each.rows[1:]:
         name = ", ".join(each.block_names[i] for i in r["deleted"])
         name += " (downsampling)" if r["downsampling"] else ""
         lines.append(f"{name:<{width}}  {_pct(r['error']):>7}  "
-                     f"{_pct(r['error'] - each.intact_error, sign=True):>7}")
+                     f"{_pct(r['error'] - each.intact_error, sign=True):>7}" +
+                     (f"  {_pct(r['top5_error']):>11}" if top5 else ""))
     lines += ["", "random blocks deleted  trials  mean error  95% interval (across trials)"]
     for r in rand.summary():
         lines.append(f"{r['k']:>21}  {r['trials']:>6}  {_pct(r['error_mean']):>10}  "
