@@ -40,6 +40,8 @@ LMS = {
                dict(DEC, head_dim=8, sliding_window=4,
                     layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
                "model.layers", "self_attn", "mlp"),
+    "smollm3": ("SmolLM3ForCausalLM", "SmolLM3Config", dict(DEC, no_rope_layers=[1, 0, 1]),
+                "model.layers", "self_attn", "mlp"),
     "opt_post": ("OPTForCausalLM", "OPTConfig", dict(OPT, do_layer_norm_before=False),
                  "model.decoder.layers", "self_attn", "fc2"),
     "neox": ("GPTNeoXForCausalLM", "GPTNeoXConfig", dict(DEC, use_parallel_residual=False),
@@ -126,9 +128,11 @@ def test_pruned_language_model_is_its_own_class_and_equals_the_hand_edited_model
         assert [getattr(layer, attn).layer_idx for layer in kept] == [0, 1]
     if name == "gemma3":
         assert pruned.config.layer_types == ["sliding_attention", "sliding_attention"]
+    if name == "smollm3":  # one flag per layer: the kept layers' own
+        assert pruned.config.no_rope_layers == [1, 1]
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "opt_post"])
+@pytest.mark.parametrize("name", ["llama", "smollm3", "gpt2", "opt_post"])
 def test_save_pretrained_then_from_pretrained_reproduces_the_pruned_model(name, tmp_path):
     model = build_lm(name)
     layers = LMS[name][3]

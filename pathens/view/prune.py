@@ -53,6 +53,10 @@ from ..models.modes import eval_mode
 
 HOWS = ("remove", "zero")
 _INDEX_NAMES = ("layer_idx", "layer_id", "layer_index")  # a layer's own position (HF caches)
+# Hugging Face config lists with one entry per layer (besides lists of strings such as
+# layer_types), and lists of layer indices
+_PER_LAYER = ("no_rope_layers", "layer_types", "mlp_layer_types")
+_LAYER_INDICES = ("mlp_only_layers",)
 
 
 class Bypass(nn.Module):
@@ -294,8 +298,13 @@ def _renumber(model: nn.Module, old, keep: list) -> None:
         raise PathensError("pruned: the model's config sets attributes per layer "
                            "(per_layer_config), which pathens does not renumber; use how='zero'")
     for key, value in list(vars(config).items()):
-        if isinstance(value, (list, tuple)) and len(value) == n_old and "layer" in key:
-            setattr(config, key, type(value)(value[i] for i in keep))
+        if not isinstance(value, (list, tuple)) or "layer" not in key:
+            continue
+        if key in _LAYER_INDICES:  # indices of layers (Qwen2-MoE's mlp_only_layers)
+            setattr(config, key, type(value)(keep.index(i) for i in value if i in keep))
+        elif len(value) == n_old and (key in _PER_LAYER or all(isinstance(v, str)
+                                                               for v in value)):
+            setattr(config, key, type(value)(value[i] for i in keep))  # one entry per layer
     config.num_hidden_layers = n_new
     for new_i, old_i in enumerate(keep):
         for m in old[old_i].modules():
