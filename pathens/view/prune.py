@@ -76,9 +76,11 @@ class Bypass(nn.Module):
         return s if self.post_fn is None else self.post_fn(s)
 
 
-def pruned(view, deleted: Sequence, *, how: str = "remove", example_input=None,
+def pruned(view, deleted: Sequence, *, wrap, how: str = "remove", example_input=None,
            rtol: Optional[float] = None) -> nn.Module:
     """A deep copy of view.model, of its own class, computing view.run(x, deleted=deleted).
+    Called as view.pruned(deleted, ...) (wrap: pathens.wrap, which this module, below
+    residual_view.py, does not import).
 
     deleted: block indices, block names ("model.layers.3.mlp") or module names
         ("model.layers.3": all its blocks), as for view.run.
@@ -103,16 +105,15 @@ def pruned(view, deleted: Sequence, *, how: str = "remove", example_input=None,
     probe = to_model(probe, view.param)
     model = copy.deepcopy(view.model)
     with eval_mode(model), torch.no_grad():
-        _prune(view, model, idx, how, probe)
+        _prune(view, model, idx, how, probe, wrap)
     _check(view, model, idx, probe, rtol)
     return model
 
 
 # ---- what to do with each module ---------------------------------------------------------------
 
-def _prune(view, model: nn.Module, idx: list, how: str, probe) -> None:
+def _prune(view, model: nn.Module, idx: list, how: str, probe, wrap) -> None:
     from .proof import record
-    from .residual_view import wrap
     try:
         # the copy's own blocks (their parts run its modules)
         twin = wrap(model, example_input=probe, allow_plain=not view.residual)

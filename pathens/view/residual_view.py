@@ -136,7 +136,7 @@ class ResidualView(nn.Module):
         """A deep copy of the model, of its own class, with the blocks of `deleted` removed or
         bypassed, checked on the probe to compute run(x, deleted=deleted) (prune.py)."""
         from .prune import pruned
-        return pruned(self, deleted, how=how, example_input=example_input, rtol=rtol)
+        return pruned(self, deleted, wrap=wrap, how=how, example_input=example_input, rtol=rtol)
 
     # ---- argument checks shared by every analysis ----------------------------------------
 
