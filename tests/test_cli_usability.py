@@ -120,7 +120,8 @@ def test_lesion_prints_a_labelled_table(capsys, tmp_path):
              "layer3.0 (downsampling)", "layer3.1"]
     for name, row, line in zip(names, each[1:], table):
         error = float(row["error"])
-        assert line.split() == [*name.split(), f"{error:.2%}", f"{error - intact:+.2%}"]
+        assert line.split() == [*name.split(), f"{error:.2%}", f"{error - intact:+.2%}",
+                                f"{float(row['top5_error']):.2%}"]  # digits: 10 classes
     summary = list(csv.DictReader(open(out / "delete_random_summary.csv")))
     head = next(i for i, x in enumerate(lines) if x.startswith("random blocks deleted"))
     assert "95% interval" in lines[head]

@@ -214,7 +214,7 @@ def test_api_refusals():
     x, y = labelled(view, 4)
     for bad, match in [("hessianx", "unknown diagnostic 'hessianx'"), (3, "diagnose must be"),
                        ({"singularities": {"delta": 1.5}}, "delta must be a number in (0, 1)"),
-                       ({"singularities": {"eps": -1}}, "eps must be >= 0"),
+                       ({"singularities": {"eps": -1}}, "eps must be a non-negative number"),
                        ({"singularities": {"epsilon": 1}}, "has no option 'epsilon'"),
                        ({"jacobians": {"k": 0}}, "k must be an integer >= 1"),
                        ({"signal": {"k": 1}}, "takes no options")]:

@@ -18,7 +18,7 @@ import torch
 import pathens
 from cli_helpers import checkpoint, refused, run, snapshot
 from pathens.measure import lesion_engine as lesion_sweep
-from pathens.measure.lesion_rows import COLUMNS
+from pathens.measure.lesion_rows import COLUMNS, TOP5
 
 # 21 conditions with the pool of 1 block of a depth-8 net: two groups of rows (16, then 5)
 LESION = ["--limit", "32", "--ks", "1", "--trials", "20", "--quiet"]
@@ -53,7 +53,7 @@ def whole_rows(path: Path) -> int:
     text = path.read_text()
     assert text == "" or text.endswith("\n")
     rows = list(csv.reader(text.splitlines()[2:]))
-    assert all(len(r) == len(COLUMNS) for r in rows)
+    assert all(len(r) == len(COLUMNS) + len(TOP5) for r in rows)  # digits: 10 classes, top-5
     return len(rows)
 
 
@@ -165,10 +165,11 @@ def test_a_really_full_disk_then_resume(capsys, ckpts, reference, tiny_disk):
 
 
 @pytest.mark.parametrize("line,match", [
-    ("x,delete,1,0,[0],,False,,0.9,0.8,1.0,2.3,29,32,0,0", "line 5: invalid literal for int()"),
-    ("5,delete,1,3,[0],,False,,0.9,0.8,1.0,2.3,29,32", "line 5: 14 fields, not the 16 columns"),
-    ("99,delete,1,3,[0],,False,,0.9,0.8,1.0,2.3,29,32,0,0", "not part of this sweep (line 5, "
-                                                            "condition 99)"),
+    ("x,delete,1,0,[0],,False,,0.9,0.8,1.0,2.3,29,32,0,0,0.5,16",
+     "line 5: invalid literal for int()"),
+    ("5,delete,1,3,[0],,False,,0.9,0.8,1.0,2.3,29,32", "line 5: 14 fields, not the 18 columns"),
+    ("99,delete,1,3,[0],,False,,0.9,0.8,1.0,2.3,29,32,0,0,0.5,16", "not part of this sweep "
+                                                                  "(line 5, condition 99)"),
 ])
 def test_a_corrupt_sweep_line_names_the_file_and_line(capsys, ckpts, tmp_path, line, match):
     out = tmp_path / "les"

@@ -136,7 +136,7 @@ def test_angular_distance_equals_hidden_states(gpt2, n):
     model, view = gpt2
     x = ids()
     layers, _ = hf_states(model, x)
-    res = angular_distance(view, x, n=n)
+    res = angular_distance(view, x, n=n, positions="all")
     assert isinstance(res, AngularDistance)
     want = [mean_angle(layers[l], layers[l + n]) for l in range(LAYERS - n + 1)]
     np.testing.assert_allclose(res.distance, want, rtol=1e-9, atol=1e-12)
@@ -167,6 +167,10 @@ def test_angular_distance_of_the_last_real_token(gpt2):
     layers, _ = hf_states(model, x, left)
     want = [mean_angle(layers[l][:, -1], layers[l + 1][:, -1]) for l in range(LAYERS)]
     np.testing.assert_allclose(res.distance, want, rtol=1e-9, atol=1e-12)
+    # the default for a language model: Gromov et al.'s last token
+    default = angular_distance(view, {"input_ids": x, "attention_mask": left}, n=1)
+    np.testing.assert_allclose(default.distance, want, rtol=1e-9, atol=1e-12)
+    assert default.config["positions"] == "last" and default.num_items == 3
 
 
 # ---- a CNN: per spatial position over channels ---------------------------------------------------

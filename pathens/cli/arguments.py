@@ -70,6 +70,8 @@ _VALUES = {
     "hessian_top_k": lambda f, v: checks.non_negative(f, v, hint="0: no eigenvalues"),
     "hessian_probes": lambda f, v: checks.non_negative(f, v, hint="0: no trace"),
     "hessian_slq_probes": lambda f, v: checks.non_negative(f, v, hint="0: no density"),
+    "n_remove": lambda f, v: checks.positive(f, v, hint="the number of layers or blocks to "
+                                                          "remove"),
 }
 
 # The diagnostics (pathens/measure/registry.py, diagnostic=True), for the help: the registry
@@ -98,6 +100,7 @@ _LIMITS = {
     "n": (MAX_PATHS_BLOCKS, "blocks: the table holds every exact C(n, k), growing as n^2"),
 }
 _POSITIONAL = ("n",)
+_FLAGS = {"n_remove": "--n"}  # dest -> flag, where they differ
 
 
 def check_values(args) -> None:
@@ -105,7 +108,7 @@ def check_values(args) -> None:
     rules = {**_VALUES, **_COMMAND_VALUES.get(getattr(args, "command", None), {})}
     for name, check in rules.items():
         value = getattr(args, name, None)
-        flag = name if name in _POSITIONAL else "--" + name.replace("_", "-")
+        flag = _FLAGS.get(name) or (name if name in _POSITIONAL else "--" + name.replace("_", "-"))
         for v in value if isinstance(value, list) else [] if value is None else [value]:
             check(flag, v)
             if name in _LIMITS and v > _LIMITS[name][0]:
@@ -244,6 +247,36 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, default=10, help="random reorderings per number of swaps")
     _unit_arg(s)
     _common(s, "pathens-reorder", resume=True)
+
+    s = command("importance", "ShortGPT's Block Influence or Gromov et al.'s angular distance",
+                "The peers' layer-importance scores alone, forward only: --score bi, ShortGPT's "
+                "Block Influence 1 - cos(x_in, x_out) of every layer (Men et al. 2024; the --n "
+                "lowest are removed), or --score angular, Gromov et al.'s angular distance "
+                "arccos(cos(x_l, x_l+n)) / pi between the inputs of layers l and l+n (2024; the "
+                "n layers from the l of smallest distance are removed). Writes the table (CSV, "
+                "JSON) and config.json to --out; --export DIR saves the model with those layers "
+                "removed (view.pruned).")
+    _model_args(s)
+    _data_args(s)
+    s.add_argument("--score", choices=["bi", "angular"], default="bi",
+                   help="bi: Block Influence per layer; angular: angular distance over --n "
+                        "consecutive layers")
+    s.add_argument("--n", dest="n_remove", type=int, default=1, metavar="N",
+                   help="layers (or blocks, --unit block) to remove: the N of lowest BI, or "
+                        "the N consecutive ones of smallest angular distance")
+    s.add_argument("--unit", choices=["layer", "block"], default="layer",
+                   help="what a score is of: each layer (a module with all its blocks, as "
+                        "both papers) or each residual block (a transformer's attention and "
+                        "MLP sublayers apart)")
+    s.add_argument("--positions", choices=["last", "all"],
+                   help="angular: the positions a distance is averaged over: each sequence's "
+                        "last real token (Gromov et al.'s protocol; the default for a "
+                        "language model) or every real position (the default otherwise)")
+    s.add_argument("--export", metavar="DIR",
+                   help="save the model with the layers to remove removed, in DIR: a Hugging "
+                        "Face folder (save_pretrained, with the source's tokenizer files) or a "
+                        "pathens checkpoint DIR/model.pt")
+    _common(s, "pathens-importance")
 
     s = command("paths", "path counts and analytic path-length distributions (CSV)",
                 "For n residual blocks: the number of paths of each length and the share of "

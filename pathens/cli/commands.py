@@ -35,6 +35,7 @@ from ..errors import PathensError  # noqa: E402
 from ..measure.path_gradients import path_gradients  # noqa: E402
 from .run_folder import CONFIG, SWEEPS, distributed_check_out, open_out, prepare_file  # noqa: E402
 from ..io import save_figure, write_text, writer  # noqa: E402
+from ..results import csv_text  # noqa: E402
 from ..report.writer import file_slug as slug  # noqa: E402
 from ..models.train import check_device  # noqa: E402
 
@@ -284,11 +285,13 @@ def lesion(args) -> int:
 
 def lesion_tables(each, rand) -> list:
     """The lesion command's printout: the intact error, then one line per deleted block (or
-    layer, --unit layer: named by its module) with its error and the change from intact, and
-    one per k (mean over trials, 95% interval); columns as wide as their longest entry."""
+    layer, --unit layer: named by its module) with its error and the change from intact (and,
+    for a classifier of at least 5 classes, its top-5 error), and one per k (mean over trials,
+    95% interval); columns as wide as their longest entry."""
     unit = unit_of(each)
     owner = {i: u.name for u in each.units("layer") for i in u.blocks}  # block -> its layer
     intact = each.rows[0]
+    top5 = "top5_error" in intact  # a classifier of >= 5 classes: top-5 beside top-1
     names = []
     for r in each.rows[1:]:
         held = dict.fromkeys(owner[i] if unit == "layer" else each.block_names[i]
@@ -298,11 +301,14 @@ def lesion_tables(each, rand) -> list:
     width = max([len(head)] + [len(n) for n in names])
     items = "tokens" if each.tokens else "examples"
     lines = [f"intact error {_pct(each.intact_error)} on {each.num_examples} {items} (95% "
-             f"interval {_pct(intact['error_lo'])} to {_pct(intact['error_hi'])})", "",
-             f"{head:<{width}}  {'error':>7}  change from intact"]
+             f"interval {_pct(intact['error_lo'])} to {_pct(intact['error_hi'])})" +
+             (f", top-5 error {_pct(intact['top5_error'])}" if top5 else ""), "",
+             f"{head:<{width}}  {'error':>7}  change from intact" +
+             ("  top-5 error" if top5 else "")]
     for name, r in zip(names, each.rows[1:]):
         lines.append(f"{name:<{width}}  {_pct(r['error']):>7}  "
-                     f"{_pct(r['error'] - each.intact_error, sign=True):>7}")
+                     f"{_pct(r['error'] - each.intact_error, sign=True):>7}" +
+                     (f"  {_pct(r['top5_error']):>11}" if top5 else ""))
     k_head = f"random {unit}s deleted"
     lines += ["", f"{k_head}  trials  mean error  95% interval (across trials)"]
     for r in rand.summary():
@@ -340,6 +346,151 @@ def reorder(args) -> int:
             f"{_pct(r['error_lo'])} to {_pct(r['error_hi'])}")
     log(f"wrote {out}/")
     return 0
+
+
+def importance(args) -> int:
+    """The peers' importance scores alone (measure/importance.py), the units to remove for
+    --n, and with --export the model without them (view.pruned)."""
+    from ..measure.importance import angular_distance, block_influence
+    _check_out(args)
+    view, data, meta, data_info = setup(args)
+    spans = view.layers if args.unit == "layer" else [[b.index] for b in view.blocks]
+    n, what = args.n_remove, f"{args.unit}s"
+    if n > len(spans):
+        raise PathensError(f"--n {n} is more than the {len(spans)} {what} of the network")
+    # a score compares the stream before and after: defined where its shape stays the same
+    same = [view.blocks[s[0]].in_shape == view.blocks[s[-1]].out_shape for s in spans]
+    if args.score == "bi" and sum(same) < n:
+        raise PathensError(f"--n {n}: only {sum(same)} {what} have a Block Influence (the others "
+                           f"change the stream's shape)")
+    if args.score == "angular" and not any(
+            view.blocks[spans[l][0]].in_shape == view.blocks[spans[l + n - 1][-1]].out_shape
+            for l in range(len(spans) - n + 1)):
+        raise PathensError(f"--n {n}: no {n} consecutive {what} keep the stream's shape, so no "
+                           f"angular distance is defined; lower --n")
+    if args.positions and args.score != "angular":
+        raise PathensError("--positions applies to --score angular (Block Influence averages "
+                           "every position, as ShortGPT)")
+    if args.positions == "last" and len(view.blocks[0].in_shape) != 2:
+        raise PathensError(f"--positions last needs a stream of tokens (N, T, d); this model's "
+                           f"is (N, {', '.join(map(str, view.blocks[0].in_shape))})")
+    export = _check_export(args, view, meta)
+    kw = dict(unit=args.unit, batch_size=args.batch_size or 64)
+    with _open_out(args) as out:
+        if args.score == "bi":
+            res = block_influence(view, data, **kw)
+            remove = sorted(res.ranking()[:n])  # the lowest (NaN: last, and refused above)
+            rows = [dict(r, remove=r["index"] in remove) for r in res.table()]
+        else:
+            res = angular_distance(view, data, n, positions=args.positions, **kw)
+            remove = list(range(res.best, res.best + n))
+            rows = [dict(r, remove=r["start"] == res.best) for r in res.table()]
+        names = [res.names[i] for i in remove]
+        blocks = sorted(view.indices(names))
+        summary = dict(score=args.score, n=args.n_remove, unit=args.unit, remove=names,
+                       remove_blocks=blocks, result=res.to_dict())
+        stem = "block_influence" if args.score == "bi" else f"angular_distance_n{args.n_remove}"
+        write_text(out / f"{stem}.csv", csv_text(rows))
+        write_text(out / f"{stem}.json", json.dumps(summary, indent=2, default=str))
+        exported = _export(args, view, meta, blocks, export) if export is not None else None
+        _write_config(args, out, model=meta, data=data_info, importance=res.config,
+                      remove=names, export=exported)
+    log = _log(args)
+    log("\n".join(_importance_lines(args, res, remove)))
+    log(f"remove ({args.n_remove} {args.unit}{'s' * (args.n_remove > 1)}): {', '.join(names)}")
+    if exported:
+        log(f"exported the pruned model to {exported}")
+    log(f"wrote {out}/{stem}.{{csv,json}}")
+    return 0
+
+
+def _importance_lines(args, res, remove: list) -> list:
+    width = max(len(n) for n in res.names)
+    if args.score == "bi":
+        lines = [f"{'':2}{args.unit:<{width}}  {'BI':>9}  {'cosine':>9}"]
+        lines += [f"{'x ' if i in remove else '  '}{n:<{width}}  {bi:>9.5f}  {c:>9.5f}"
+                  for i, (n, bi, c) in enumerate(zip(res.names, res.influence, res.cosine))]
+        return lines
+    lines = [f"{'':2}{'from':<{width}}  {'to':<{width}}  {'distance':>9}   (positions: "
+             f"{res.config['positions']})"]
+    lines += [f"{'x ' if l == res.best else '  '}{res.names[l]:<{width}}  "
+              f"{res.names[l + res.n - 1]:<{width}}  {d:>9.5f}"
+              for l, d in zip(res.starts, res.distance)]
+    return lines
+
+
+def _check_export(args, view, meta):
+    """--export checked before --out is touched: a folder (empty unless --force), apart from
+    --out, and a model it can save: Hugging Face (save_pretrained) or a pathens model."""
+    if not args.export:
+        return None
+    folder = Path(args.export)
+    if folder.exists() and not folder.is_dir():
+        raise PathensError(f"--export {folder} is a file, not a folder: choose another path")
+    if folder.is_dir() and any(folder.iterdir()) and not args.force:
+        raise PathensError(f"--export {folder} already holds files: choose another folder, or "
+                           f"pass --force to write over them")
+    a, b = folder.absolute(), Path(args.out).absolute()
+    if a == b or b in a.parents or a in b.parents:
+        raise PathensError(f"--export {folder} and --out {args.out} must be separate folders")
+    model = view.model
+    if not hasattr(model, "save_pretrained"):
+        try:
+            checkpoints.builder_of(model)
+        except PathensError:
+            raise PathensError(f"--export writes Hugging Face folders and pathens checkpoints; "
+                               f"{type(model).__name__} is neither: in Python, "
+                               f"pathens.wrap(model).pruned(blocks) returns the pruned model to "
+                               f"save as you save it") from None
+    return folder
+
+
+def _export(args, view, meta, blocks: list, folder: Path) -> str:
+    """The pruned model saved in folder (rank 0 alone): save_pretrained and the source's
+    tokenizer files, or a pathens checkpoint; pruned.json says what was removed, and why."""
+    import shutil
+    from ..models.cifar import CifarResNet
+    if not writer():
+        return str(folder)
+    model = view.model
+    # a CIFAR ResNet rebuilds from its architecture: its deleted branches are zeroed, not cut
+    how = "zero" if isinstance(model, CifarResNet) else "remove"
+    pruned = view.pruned(blocks, how=how)
+    folder.mkdir(parents=True, exist_ok=True)
+    provenance = dict(source=str(args.checkpoint or meta.get("hf_dir") or args.model),
+                      deleted_blocks=[view.blocks[i].name for i in blocks], how=how,
+                      score=args.score, n=args.n_remove, unit=args.unit,
+                      command=_command_line(args))
+    if hasattr(pruned, "save_pretrained"):
+        from transformers.utils import logging as hf_logging
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its "Writing model shards" bar: we say it once
+        try:
+            pruned.save_pretrained(folder)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        source = Path(meta["hf_dir"]) if meta.get("hf_dir") else None
+        for name in _HF_SIDE_FILES:
+            if source is not None and (source / name).is_file() and not (folder / name).exists():
+                shutil.copy2(source / name, folder / name)
+        where = folder
+    else:
+        where = folder / "model.pt"
+        checkpoints.save_checkpoint(
+            where, pruned, dataset=meta.get("dataset"), seed=meta.get("seed", 0),
+            normalize=meta.get("normalize"), steps=meta.get("steps"), epochs=meta.get("epochs"),
+            data=meta.get("data") if isinstance(meta.get("data"), dict) else None,
+            extra=dict(pruned=provenance))
+    write_text(folder / "pruned.json", json.dumps(provenance, indent=2))
+    return str(where)
+
+
+# a Hugging Face folder's files besides config and weights that the pruned folder keeps
+_HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                  "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model",
+                  "spiece.model", "sentencepiece.bpe.model", "preprocessor_config.json",
+                  "generation_config.json", "chat_template.jinja")
 
 
 def _write_config(args, out: Path, **details) -> None:

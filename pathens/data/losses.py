@@ -14,7 +14,8 @@ or tokens for a language model), so that batches, chunks and ranks add up exactl
                       examples; no error rate.
 
 Gradients are of the mean over all items; lesion rows report errors (top-1 misses), the summed
-loss and the number of items, from which error, mean loss and perplexity follow.
+loss and the number of items, from which error, mean loss and perplexity follow; and for a
+classifier of at least 5 classes the top-5 misses (as timm's validate.py).
 """
 from __future__ import annotations
 
@@ -48,6 +49,11 @@ class Loss:
     def stats(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple:
         """(misclassified items, summed loss, items, items with non-finite logits)."""
         raise NotImplementedError
+
+    def top5_errors(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        """Items whose target is not among the 5 largest logits (timm's top-5); NaN where that
+        does not apply (a language model, a custom loss, fewer than 5 classes)."""
+        return math.nan
 
     def __repr__(self) -> str:
         return self.name
@@ -99,6 +105,12 @@ class Classification(Loss):
         finite = torch.isfinite(logits).all(dim=1)
         errors = int((logits.argmax(dim=1) != targets).sum())
         return errors, float(self.sum(logits, targets)), len(targets), int((~finite).sum())
+
+    def top5_errors(self, logits, targets):
+        if logits.ndim != 2 or logits.shape[1] < 5:
+            return math.nan
+        top = logits.topk(5, dim=1).indices  # (N, 5)
+        return int((top != targets[:, None]).all(dim=1).sum())
 
 
 def perplexity(loss: float) -> float:

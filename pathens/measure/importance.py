@@ -23,7 +23,9 @@ C-vectors, one per position, as a transformer's is one per token, so the score m
 in both; flattened over everything it would mostly measure the largest activations. A (N, d)
 stream gives one cosine per example. With dict inputs carrying an `attention_mask` (N, T), the
 positions it marks 0 (padding) are left out. positions="last" (angular distance) uses only each
-sequence's last real token, Gromov et al.'s exact protocol for decoder LMs.
+sequence's last real token, Gromov et al.'s exact protocol for decoder LMs, and is the default
+for a language model's view (loss "next_token": the last token has attended to the whole
+sequence); positions="all" averages every real position, the default for anything else.
 
 Left out and counted (`undefined`): positions where either vector is zero (a cosine is then
 undefined; e.g. all channels of a post-ReLU stream zero there). Units whose input and output
@@ -156,14 +158,18 @@ def block_influence(view, data, *, unit: str = "layer", feature_dim: Optional[in
 
 
 @torch.no_grad()
-def angular_distance(view, data, n: int = 1, *, unit: str = "layer", positions: str = "all",
+def angular_distance(view, data, n: int = 1, *, unit: str = "layer",
+                     positions: Optional[str] = None,
                      feature_dim: Optional[int] = None, batch_size: int = 64) -> AngularDistance:
     """Gromov et al.'s angular distance d(x_l, x_{l+n}) between the inputs of units l and l+n
     of the view on `data`, for l = 0 .. units - n, and the l pruning n units would start at.
 
-    positions: "all" (every real position, averaged) or "last" (each sequence's last real
-    token: the paper's protocol for decoder language models; (N, T, d) streams only)."""
+    positions: "last" (each sequence's last real token: the paper's protocol for decoder
+    language models; (N, T, d) streams only) or "all" (every real position, averaged);
+    default: "last" for a language model's view (loss "next_token"), else "all"."""
     view = wrap(view)
+    if positions is None:
+        positions = "last" if view.loss == "next_token" else "all"
     spans, names = _units(view, unit)
     n = checks.integer("n", n, least=1, most=len(spans), hint=f"the view's {unit}s")
     if positions not in ("all", "last"):

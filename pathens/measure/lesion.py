@@ -64,6 +64,10 @@ class LesionResult(Result):
                        is -1 for a custom loss function (no error rate)
         nonfinite      items with NaN/inf logits (then error and loss are NaN)
         seed           the sweep's seed
+        top5_error, top5_errors  (classifiers of at least 5 classes) the fraction and count
+                       of examples whose label is not among the 5 largest logits, from the
+                       same pass (timm's validate.py top-5); absent for language models and
+                       for sweep files written before they were recorded
         perplexity     (table() of a language model's sweep) exp(loss)
     sweep: "evaluate", "delete_each", "delete_random" or "reorder".
     config: the sweep's configuration (as written in an output file's first line).
@@ -138,6 +142,8 @@ class LesionResult(Result):
             taus = [r["tau"] for r in ok if not math.isnan(r["tau"])]
             row = dict(k=k, trials=len(rs), error_mean=mean, error_lo=float(lo),
                        error_hi=float(hi), error_sd=sd,
+                       **({"top5_error_mean": float(np.mean([r["top5_error"] for r in ok]))
+                           if ok else math.nan} if rs and "top5_error" in rs[0] else {}),
                        loss_mean=float(np.mean([r["loss"] for r in ok])) if ok else math.nan,
                        tau_mean=float(np.mean(taus)) if taus else math.nan)
             if self.tokens:

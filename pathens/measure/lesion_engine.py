@@ -34,7 +34,7 @@ from .. import checks, distributed
 from ..data.batches import Data
 from ..errors import PathensError
 from ..models.modes import eval_mode
-from .lesion_rows import COLUMNS, SweepFile  # noqa: F401 (COLUMNS: the row layout)
+from .lesion_rows import COLUMNS, TOP5, SweepFile  # noqa: F401 (COLUMNS: the row layout)
 from ..view.residual_view import wrap
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
@@ -80,8 +80,9 @@ def blocks_of(deleted) -> set:
 
 @torch.no_grad()
 def evaluate_group(view, data: Data, conds: list, *, cache: bool = True, bar=None) -> np.ndarray:
-    """Per condition: [errors, summed loss, items, items with non-finite logits] over all of
-    `data` (one pass), by data.loss (items: examples, or tokens for a language model).
+    """Per condition: [errors, summed loss, items, items with non-finite logits, top-5 errors]
+    over all of `data` (one pass), by data.loss (items: examples, or tokens for a language
+    model; top-5 errors NaN where they do not apply: Loss.top5_errors).
 
     cache=True walks the intact network once per batch, h = stem(x), h = block_p(h), ..., and
     runs each condition from h at its first changed position p; cache=False re-runs every
@@ -92,7 +93,7 @@ def evaluate_group(view, data: Data, conds: list, *, cache: bool = True, bar=Non
     at = {}  # position -> indices of the conditions that start there
     for j, p in enumerate(starts):
         at.setdefault(p, []).append(j)
-    acc = np.zeros((len(conds), 4))
+    acc = np.zeros((len(conds), 5))
     last = max(at)
     for b, (x, y) in enumerate(data):
         h, ctx = view.embed(x) if cache else (x, None)
@@ -101,7 +102,7 @@ def evaluate_group(view, data: Data, conds: list, *, cache: bool = True, bar=Non
                 c = conds[j]
                 logits = (view.run_from(h, p, deleted=c.deleted, order=c.order, ctx=ctx) if cache
                           else view.run(x, deleted=c.deleted, order=c.order))
-                acc[j] += data.loss.stats(logits, y)
+                acc[j] += (*data.loss.stats(logits, y), data.loss.top5_errors(logits, y))
             if p < last:
                 h = view.blocks[p](h, ctx)  # the intact network's input to position p + 1
         if bar is not None and data.num_batches:
@@ -110,17 +111,20 @@ def evaluate_group(view, data: Data, conds: list, *, cache: bool = True, bar=Non
 
 
 def make_row(index: int, c: Condition, stats, seed, downsampling: bool) -> dict:
-    errors, loss_sum, n, nonfinite = (float(v) for v in stats)
+    errors, loss_sum, n, nonfinite, *top5 = (float(v) for v in stats)
     ok = nonfinite == 0
     counted = ok and math.isfinite(errors)  # a custom loss gives no error count
     lo, hi = wilson(int(errors), int(n)) if counted else (math.nan, math.nan)
-    return dict(condition=index, kind=c.kind, k=c.k, trial=c.trial,
-                deleted=[list(d) if isinstance(d, tuple) else d for d in c.deleted],
-                order=None if c.order is None else list(c.order), downsampling=downsampling,
-                tau=c.tau, error=errors / n if counted else math.nan, error_lo=lo, error_hi=hi,
-                loss=loss_sum / n if ok else math.nan,
-                errors=int(errors) if math.isfinite(errors) else -1, n=int(n),
-                nonfinite=int(nonfinite), seed=seed)
+    row = dict(condition=index, kind=c.kind, k=c.k, trial=c.trial,
+               deleted=[list(d) if isinstance(d, tuple) else d for d in c.deleted],
+               order=None if c.order is None else list(c.order), downsampling=downsampling,
+               tau=c.tau, error=errors / n if counted else math.nan, error_lo=lo, error_hi=hi,
+               loss=loss_sum / n if ok else math.nan,
+               errors=int(errors) if math.isfinite(errors) else -1, n=int(n),
+               nonfinite=int(nonfinite), seed=seed)
+    if top5 and math.isfinite(top5[0]):  # a classifier of >= 5 classes (lesion_rows.TOP5)
+        row.update(top5_error=top5[0] / n if ok else math.nan, top5_errors=int(top5[0]))
+    return row
 
 
 class Recalibrator:
@@ -199,6 +203,10 @@ def run_conditions(view, data: Data, conds: list, *, config: dict, seed, out=Non
                 bar.update(len(group))
     finally:
         bar.close()
+    if not all(TOP5[0] in r for r in rows):  # a sweep file from before top-5 was recorded:
+        for r in rows:                         # its rows and the new ones alike, without it
+            for key in TOP5:
+                r.pop(key, None)
     bad = [r for r in rows if r["nonfinite"]]
     if bad and distributed.is_writer():
         warnings.warn(f"{len(bad)} of {len(rows)} conditions gave non-finite logits (NaN/inf); "

@@ -18,8 +18,12 @@ from ..results import plain
 # The columns of a condition's row, in order (also the CSV header of an output file).
 COLUMNS = ("condition", "kind", "k", "trial", "deleted", "order", "downsampling", "tau",
            "error", "error_lo", "error_hi", "loss", "errors", "n", "nonfinite", "seed")
-_INT = ("condition", "k", "trial", "errors", "n", "nonfinite")
-_FLOAT = ("tau", "error", "error_lo", "error_hi", "loss")
+# Written after them for a classifier of at least 5 classes (top-5, as timm's validate.py):
+# the misclassified fraction and count when the target is not among the 5 largest logits.
+# A file written before they existed (no such columns) still loads and resumes, without them.
+TOP5 = ("top5_error", "top5_errors")
+_INT = ("condition", "k", "trial", "errors", "n", "nonfinite", "top5_errors")
+_FLOAT = ("tau", "error", "error_lo", "error_hi", "loss", "top5_error")
 
 _CSV_TAG = "# pathens lesion sweep "
 _JSON_TAG = "pathens_lesion_sweep"
@@ -37,6 +41,7 @@ class SweepFile:
         self.path = Path(path)
         self.csv = self.path.suffix.lower() == ".csv"
         self.config = json.loads(json.dumps(plain(config)))  # as it reads back from disk
+        self.columns = None  # a CSV file's columns: COLUMNS, or COLUMNS + TOP5 (its header)
 
     def _refuse(self, why: str):
         raise PathensError(f"{self.path} {why}; to start fresh, write to another file or delete "
@@ -75,14 +80,15 @@ class SweepFile:
                 f.truncate(0)
             return rows
         if self.csv:
-            if body[0][1].split(",") != list(COLUMNS):
+            header = tuple(body[0][1].split(","))
+            if header not in (COLUMNS, COLUMNS + TOP5):
                 self._refuse("has an unexpected CSV header (line 2)")
-            body = body[1:]
+            self.columns, body = header, body[1:]
         for number, line in body:
             if not line.strip():
                 continue
             try:
-                r = _from_csv(line) if self.csv else _from_json(line)
+                r = _from_csv(line, self.columns) if self.csv else _from_json(line)
             except (ValueError, TypeError, KeyError) as err:
                 self._refuse(f"has a line that is not a row of a lesion sweep (line {number}: "
                              f"{err})")
@@ -136,7 +142,14 @@ class SweepFile:
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         buf = io.StringIO()
         if self.csv:
-            writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+            if fresh:  # the top-5 columns where the rows have them; an old file keeps its own
+                self.columns = COLUMNS + (TOP5 if rows and TOP5[0] in rows[0] else ())
+            elif self.columns is None:
+                with open(self.path) as f:
+                    f.readline()
+                    self.columns = tuple(f.readline().rstrip("\n").split(","))
+            writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n",
+                                    extrasaction="ignore")
             if fresh:
                 buf.write(self._first_line() + "\n")
                 writer.writeheader()
@@ -160,15 +173,18 @@ class SweepFile:
             raise WriteError(self.path, err) from err
 
 
-def _from_csv(line: str) -> dict:
-    """A row from one CSV line; ValueError / TypeError / KeyError if it is not one."""
+def _from_csv(line: str, columns: tuple = COLUMNS) -> dict:
+    """A row from one CSV line of a file with these columns; ValueError / TypeError /
+    KeyError if it is not one."""
     values = next(csv.reader([line]))
-    if len(values) != len(COLUMNS):
-        raise ValueError(f"{len(values)} fields, not the {len(COLUMNS)} columns of a row")
-    r = dict(zip(COLUMNS, values))
+    if len(values) != len(columns):
+        raise ValueError(f"{len(values)} fields, not the {len(columns)} columns of a row")
+    r = dict(zip(columns, values))
     out = {}
-    for k in COLUMNS:
+    for k in columns:
         v = r[k]
+        if k in TOP5 and v == "":
+            continue
         if k in _INT:
             out[k] = int(v)
         elif k in _FLOAT:
@@ -193,9 +209,10 @@ def _from_json(line: str) -> dict:
     missing = [k for k in COLUMNS if k not in r]
     if missing:
         raise ValueError(f"it has no {missing[0]!r} field")
-    out = {k: r[k] for k in COLUMNS}
+    out = {k: r[k] for k in COLUMNS + TOP5 if k in r}
     for k in _FLOAT:
-        out[k] = math.nan if out[k] is None else float(out[k])
+        if k in out:
+            out[k] = math.nan if out[k] is None else float(out[k])
     out["deleted"] = out["deleted"] or []
     return _checked(out)
 

@@ -73,6 +73,7 @@ class ResidualView(nn.Module):
         # stem, blocks and head hold these, so a module replaced since is one the view no
         # longer runs (check_current)
         self._wrapped = tuple(model.named_modules())
+        self.probe = None  # the batch wrap proved the view on (pruned() checks on it too)
 
     @property
     def num_blocks(self) -> int:
@@ -200,6 +201,13 @@ class ResidualView(nn.Module):
             else:
                 h = self.blocks[i](h, ctx, keep_branch=i not in whole, route=r)
         return self.head(h)
+
+    def pruned(self, deleted: Sequence, *, how: str = "remove", example_input=None,
+               rtol: Optional[float] = None) -> nn.Module:
+        """A deep copy of the model, of its own class, with the blocks of `deleted` removed or
+        bypassed, checked on the probe to compute run(x, deleted=deleted) (prune.py)."""
+        from .prune import pruned
+        return pruned(self, deleted, wrap=wrap, how=how, example_input=example_input, rtol=rtol)
 
     # ---- argument checks shared by every analysis ----------------------------------------
 
@@ -437,6 +445,7 @@ def wrap(model: nn.Module, *, example_input=None, rtol: Optional[float] = None,
         view.input_dtype = main_tensor(probe).dtype  # token ids or floats: check_batch holds to it
         get_loss(view.loss)  # a model adapter naming an unknown loss fails here, not later
         proof.check_head(view, record, probe, rtol)
+        view.probe = probe
     return view
 
 
