@@ -13,18 +13,14 @@ the protocol appears here by being registered.
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
-import numpy as np
-import torch
 
-from .. import __version__
 from ..errors import PathensError
 from ..io import save_figure, write_text
 from ..results import csv_text
 from . import plots
-from .writer import file_slug
+from .writer import file_slug, finish, result_figure, versions
 
 __all__ = ["write_diagnoses"]
 
@@ -39,9 +35,10 @@ def write_diagnoses(out, diagnoses: list, *, title: str = "pathens diagnostics",
     title, command, extra: the heading, the command line that produced it, further settings
                to record (JSON-serialisable), as report.write takes them.
 
-    Files: report.md; results.json (every number: per network its model, data, config and each
-    result's to_dict()); per network `<slug>_<table>.csv` for each result's tables and
-    `<slug>_<suffix>.png` for each registered figure; with several networks the comparison
+    Files: report.md and report.html (the same, self-contained); results.json (every number:
+    per network its model, data, config and each result's to_dict()); per network
+    `<slug>_<table>.csv` for each result's tables and `<slug>_<suffix>.png` for each
+    registered figure; with several networks the comparison
     figures (`comparison_signal.png`, `comparison_jacobians.png`,
     `comparison_singularities.png`: those whose results two networks or more hold).
     """
@@ -52,7 +49,7 @@ def write_diagnoses(out, diagnoses: list, *, title: str = "pathens diagnostics",
     sections, models = [], {}
     for d in diagnoses:
         slug = file_slug(d.name)
-        figures = {key: _figure(out, slug, d, key) for key in d.results}
+        figures = {key: result_figure(out, slug, d, key) for key in d.results}
         for key, res in d.results.items():
             for suffix, rows in res.tables().items():
                 write_text(out / f"{slug}_{suffix or key}.csv", csv_text(rows))
@@ -61,10 +58,8 @@ def write_diagnoses(out, diagnoses: list, *, title: str = "pathens diagnostics",
                               **{key: res.to_dict() for key, res in d.results.items()})
         sections.append(_section(d, slug, figures))
     compare = _comparisons(out, diagnoses) if len(diagnoses) > 1 else {}
-    versions = dict(pathens=__version__, torch=torch.__version__, numpy=np.__version__,
-                    python=platform.python_version(), platform=platform.platform())
     write_text(out / "results.json", json.dumps(dict(title=title, command=command,
-                                                     versions=versions, extra=extra or {},
+                                                     versions=versions(), extra=extra or {},
                                                      models=models), indent=2, default=str))
     lines = [f"# {title}", ""]
     if command:
@@ -76,11 +71,10 @@ def write_diagnoses(out, diagnoses: list, *, title: str = "pathens diagnostics",
         lines += [f"![{caption}]({name})", ""]
     lines += sections
     lines += ["## Configuration and versions", "", "```json",
-              json.dumps(dict(versions=versions, extra=extra or {},
+              json.dumps(dict(versions=versions(), extra=extra or {},
                               diagnoses={d.name: d.config for d in diagnoses}), indent=2,
                          default=str), "```", ""]
-    write_text(out / "report.md", "\n".join(lines))
-    return out / "report.md"
+    return finish(out, lines)
 
 
 def _check(diagnoses) -> None:
@@ -97,15 +91,6 @@ def _check(diagnoses) -> None:
                                f"files ({slug}_*): give them names that differ in letters or "
                                f"digits")
         seen[slug] = d.name
-
-
-def _figure(out: Path, slug: str, d, key: str):
-    if key not in plots.FIGURES:
-        return None
-    suffix, draw = plots.FIGURES[key]
-    name = f"{slug}_{suffix}.png"
-    save_figure(draw(d.results[key], d.name), out / name, dpi=110)
-    return name
 
 
 def _comparisons(out: Path, diagnoses) -> dict:

@@ -81,10 +81,8 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
         results[a.name] = _result_dict(a)
         sections.append(section(a, slug, figs, extras))
     compare = _comparison_figures(out, analyses) if len(analyses) > 1 else {}
-    versions = dict(pathens=__version__, torch=torch.__version__, numpy=np.__version__,
-                    python=platform.python_version(), platform=platform.platform())
     write_text(out / "results.json", json.dumps(dict(title=title, command=command,
-                                                     versions=versions, extra=extra or {},
+                                                     versions=versions(), extra=extra or {},
                                                      models=results), indent=2, default=str))
     lines = [f"# {title}", ""]
     if command:
@@ -104,9 +102,20 @@ def write(out, analyses: list, *, title: str = "pathens report", command: str = 
         lines += [f"![{caption}]({name})", ""]
     lines += sections
     lines += ["## Configuration and versions", "", "```json",
-              json.dumps(dict(versions=versions, extra=extra or {},
+              json.dumps(dict(versions=versions(), extra=extra or {},
                               analyses={a.name: a.config for a in analyses}), indent=2,
                          default=str), "```", ""]
+    return finish(out, lines)
+
+
+def versions() -> dict:
+    """The versions a report records (results.json and its last section)."""
+    return dict(pathens=__version__, torch=torch.__version__, numpy=np.__version__,
+                python=platform.python_version(), platform=platform.platform())
+
+
+def finish(out: Path, lines: list) -> Path:
+    """report.md from its lines, and the same as one self-contained report.html beside it."""
     write_text(out / "report.md", "\n".join(lines))
     write_text(out / "report.html", html.report("\n".join(lines), out))
     return out / "report.md"
