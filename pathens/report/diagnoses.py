@@ -17,10 +17,10 @@ from pathlib import Path
 
 
 from ..errors import PathensError
-from ..io import save_figure, write_text
+from ..io import write_text
 from ..results import csv_text
-from . import plots
-from .writer import file_slug, finish, result_figure, versions
+from .writer import (distinct_slugs, file_slug, finish, registered_comparisons, result_figure,
+                     versions)
 
 __all__ = ["write_diagnoses"]
 
@@ -57,7 +57,7 @@ def write_diagnoses(out, diagnoses: list, *, title: str = "pathens diagnostics",
                               blocks=list(d.block_names),
                               **{key: res.to_dict() for key, res in d.results.items()})
         sections.append(_section(d, slug, figures))
-    compare = _comparisons(out, diagnoses) if len(diagnoses) > 1 else {}
+    compare = registered_comparisons(out, diagnoses) if len(diagnoses) > 1 else {}
     write_text(out / "results.json", json.dumps(dict(title=title, command=command,
                                                      versions=versions(), extra=extra or {},
                                                      models=models), indent=2, default=str))
@@ -80,27 +80,11 @@ def write_diagnoses(out, diagnoses: list, *, title: str = "pathens diagnostics",
 def _check(diagnoses) -> None:
     if not diagnoses:
         raise PathensError("report.write_diagnoses needs at least one Diagnosis")
-    seen = {}
     for d in diagnoses:
         if not hasattr(d, "results") or not hasattr(d, "block_names"):
             raise PathensError(f"report.write_diagnoses takes Diagnosis objects "
                                f"(pathens.diagnose), got {type(d).__name__}")
-        slug = file_slug(d.name)
-        if slug in seen:
-            raise PathensError(f"diagnoses {seen[slug]!r} and {d.name!r} would write the same "
-                               f"files ({slug}_*): give them names that differ in letters or "
-                               f"digits")
-        seen[slug] = d.name
-
-
-def _comparisons(out: Path, diagnoses) -> dict:
-    figs = {}
-    for key, (file, caption, draw) in plots.COMPARISONS.items():
-        found = {d.name: d.results[key] for d in diagnoses if key in d.results}
-        if len(found) > 1:
-            save_figure(draw(found), out / file, dpi=110)
-            figs[caption] = file
-    return figs
+    distinct_slugs(diagnoses, "diagnoses")
 
 
 def _kind(d) -> str:

@@ -124,14 +124,21 @@ def finish(out: Path, lines: list) -> Path:
 def _check(analyses) -> None:
     if not analyses:
         raise PathensError("report.write needs at least one analysis")
-    seen = {}  # slug -> the first name that took it
     for a in analyses:
         if not hasattr(a, "delete_each") or not hasattr(a, "depth"):
             raise PathensError(f"report.write takes Analysis objects (pathens.analyze), got "
                                f"{type(a).__name__}")
+    distinct_slugs(analyses, "analyses")
+
+
+def distinct_slugs(items, what: str) -> None:
+    """Refuse two networks whose names give the same file-name prefix (their files would
+    overwrite each other)."""
+    seen = {}  # slug -> the first name that took it
+    for a in items:
         slug = file_slug(a.name)
         if slug in seen:
-            raise PathensError(f"analyses {seen[slug]!r} and {a.name!r} would write the same "
+            raise PathensError(f"{what} {seen[slug]!r} and {a.name!r} would write the same "
                                f"files ({slug}_*): give them names that differ in letters or "
                                f"digits")
         seen[slug] = a.name
@@ -237,8 +244,15 @@ def _comparison_figures(out: Path, analyses) -> dict:
                                    title=f"k random {block.replace('block', 'blocks')} deleted")
     fig.suptitle(f"lesions compared: {names}")
     figs["comparison of lesions"] = _save(fig, out, "comparison_lesions.png")
-    for key, (file, caption, draw) in plots.COMPARISONS.items():  # registered measurements'
-        found = {a.name: a.results[key] for a in analyses if key in a.results}
+    return {**figs, **registered_comparisons(out, analyses)}
+
+
+def registered_comparisons(out: Path, networks) -> dict:
+    """caption -> file of each registered measurement's comparison figure (plots.COMPARISONS)
+    that two networks or more have results for."""
+    figs = {}
+    for key, (file, caption, draw) in plots.COMPARISONS.items():
+        found = {a.name: a.results[key] for a in networks if key in a.results}
         if len(found) > 1:
             figs[caption] = _save(draw(found), out, file)
     return figs

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Optional
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+from ...errors import PathensError
 
 INTACT_STYLE = dict(color="black", ls=":", lw=1.2)
 DOWNSAMPLING_COLOR = "tab:red"
@@ -229,3 +232,57 @@ def comparison_of(name: str, file: str, caption: str):
         COMPARISONS[name] = (file, caption, draw)
         return draw
     return register
+
+
+# ---- several networks, several panels (the diagnostics' figures) -------------------------
+
+# one style per network, in order (cycled beyond eight)
+NETWORK_STYLES = [{"color": c, "marker": m} for c, m in
+                  (("tab:blue", "o"), ("tab:orange", "s"), ("tab:green", "^"),
+                   ("tab:purple", "D"), ("tab:brown", "v"), ("tab:pink", "P"),
+                   ("tab:olive", "X"), ("tab:cyan", "*"))]
+
+
+def named_results(results, labels, *, plot: str, kind: str, fields: tuple) -> list:
+    """[(label, result)] from a result, a list of them (labels= names them; default "network
+    1", ...) or a {label: result} mapping; each checked to have `fields` (else: `plot` takes
+    `kind` results)."""
+    if isinstance(results, Mapping):
+        if labels is not None:
+            raise PathensError("labels= goes with a list of results, not a mapping (its keys "
+                               "are the labels)")
+        pairs = list(results.items())
+    else:
+        items = list(results) if isinstance(results, (list, tuple)) else [results]
+        if labels is None:
+            labels = [f"network {j + 1}" for j in range(len(items))] if len(items) > 1 else [None]
+        if len(labels) != len(items):
+            raise PathensError(f"{len(labels)} labels for {len(items)} results")
+        pairs = list(zip(labels, items))
+    if not pairs:
+        raise PathensError(f"{plot} needs at least one result")
+    for _, r in pairs:
+        if not all(hasattr(r, f) for f in fields):
+            raise PathensError(f"{plot} takes {kind} results, got {type(r).__name__}")
+    return pairs
+
+
+def given_axes(ax, count: int) -> tuple:
+    """(figure, axes) of the Axes a caller passed for `count` panels: one each."""
+    axs = list(np.ravel(np.asarray(ax, dtype=object)))
+    if len(axs) != count:
+        raise PathensError(f"ax must hold one Axes per panel ({count}), got {len(axs)}")
+    return axs[0].figure, axs
+
+
+def draw_panels(fig, axs, panels, draw, heading, own_figure: bool):
+    """draw(ax, panel) for each panel; the heading over the figure (a new one) or on the first
+    Axes (the caller's)."""
+    for a, panel in zip(axs, panels):
+        draw(a, panel)
+    if heading:
+        if own_figure:
+            fig.suptitle(heading, fontsize=11)
+        else:
+            title(axs[0], heading)
+    return fig

@@ -14,16 +14,15 @@ FLOOR, and counted in the legend's title.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from ...errors import PathensError
-from .common import DOWNSAMPLING_COLOR, comparison_of, figure_of
-from .common import title as set_title
-from .signal import _STYLES
+from .common import (DOWNSAMPLING_COLOR, NETWORK_STYLES, comparison_of, draw_panels, figure_of,
+                     given_axes, named_results)
 
 __all__ = ["plot_jacobian_spectra"]
 
@@ -31,25 +30,6 @@ FLOOR = 1e-3  # singular values below this are drawn at it (1 is the isometry's)
 
 PANELS = {"block": ("", "singular values of the block's Jacobian"),
           "branch": ("branch_", "singular values of the branch a_i R_i alone")}
-
-
-def _named(results, labels) -> list:
-    if isinstance(results, Mapping):
-        pairs = list(results.items())
-    else:
-        items = list(results) if isinstance(results, (list, tuple)) else [results]
-        labels = labels or ([f"network {j + 1}" for j in range(len(items))] if len(items) > 1
-                            else [None])
-        if len(labels) != len(items):
-            raise PathensError(f"{len(labels)} labels for {len(items)} results")
-        pairs = list(zip(labels, items))
-    if not pairs:
-        raise PathensError("plot_jacobian_spectra needs at least one result")
-    for _, r in pairs:
-        if not hasattr(r, "top") or not hasattr(r, "branch_top"):
-            raise PathensError(f"plot_jacobian_spectra takes JacobianSpectra results, got "
-                               f"{type(r).__name__}")
-    return pairs
 
 
 def plot_jacobian_spectra(results, *, labels: Sequence[str] | None = None, ax=None,
@@ -62,7 +42,8 @@ def plot_jacobian_spectra(results, *, labels: Sequence[str] | None = None, ax=No
     ax:      None (a new figure, panels side by side) or one Axes per panel.
     Returns the Figure.
     """
-    named = _named(results, labels)
+    named = named_results(results, labels, plot="plot_jacobian_spectra", kind="JacobianSpectra",
+                          fields=("top", "branch_top"))
     if panels is None:
         panels = ("block", "branch") if any(any(r.residual) for _, r in named) else ("block",)
     panels = list(panels)
@@ -73,18 +54,8 @@ def plot_jacobian_spectra(results, *, labels: Sequence[str] | None = None, ax=No
                                  squeeze=False, layout="constrained")
         axs = list(grid[0])
     else:
-        axs = list(np.ravel(np.asarray(ax, dtype=object)))
-        if len(axs) != len(panels):
-            raise PathensError(f"ax must hold one Axes per panel ({len(panels)}), got {len(axs)}")
-        fig = axs[0].figure
-    for a, panel in zip(axs, panels):
-        _panel(a, panel, named)
-    if title:
-        if ax is None:
-            fig.suptitle(title, fontsize=11)
-        else:
-            set_title(axs[0], title)
-    return fig
+        fig, axs = given_axes(ax, len(panels))
+    return draw_panels(fig, axs, panels, lambda a, p: _panel(a, p, named), title, ax is None)
 
 
 def _panel(ax, panel: str, named: list) -> None:
@@ -101,7 +72,7 @@ def _panel(ax, panel: str, named: list) -> None:
             continue
         floored += int((hi[ok] < FLOOR).sum() + (lo[ok] < FLOOR).sum())
         hi, lo, kth_hi, kth_lo = (np.maximum(v, FLOOR) for v in (hi, lo, kth_hi, kth_lo))
-        style = _STYLES[j % len(_STYLES)]
+        style = NETWORK_STYLES[j % len(NETWORK_STYLES)]
         name = (label + ": ") if label else ""
         ax.plot(x[ok], hi[ok], ms=3.5, lw=1.2, label=name + "sigma_max", **style)
         ax.plot(x[ok], lo[ok], ms=3.5, lw=1.2, ls="--", mfc="none", label=name + "sigma_min",

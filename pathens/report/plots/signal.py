@@ -14,15 +14,15 @@ y axis is logarithmic when its values span more than SPREAD x (symmetric-log whe
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from ...errors import PathensError
-from .common import DOWNSAMPLING_COLOR, comparison_of, figure_of
-from .common import title as set_title
+from .common import (DOWNSAMPLING_COLOR, NETWORK_STYLES, comparison_of, draw_panels, figure_of,
+                     given_axes, named_results)
 
 __all__ = ["PANELS", "plot_signal_propagation"]
 
@@ -35,9 +35,6 @@ PANELS = {
     "branch": ("branch_variance", "residual branch: avg. channel variance", False),
     "grad": ("grad_norm", "gradient norm ||dL/dx_i||", True),
 }
-_STYLES = [{"color": c, "marker": m} for c, m in
-           (("tab:blue", "o"), ("tab:orange", "s"), ("tab:green", "^"), ("tab:purple", "D"),
-            ("tab:brown", "v"), ("tab:pink", "P"), ("tab:olive", "X"), ("tab:cyan", "*"))]
 
 
 def plot_signal_propagation(results, *, labels: Sequence[str] | None = None, ax=None,
@@ -51,7 +48,8 @@ def plot_signal_propagation(results, *, labels: Sequence[str] | None = None, ax=
     panels: which of PANELS to draw, in order.
     Returns the Figure.
     """
-    named = _named(results, labels)
+    named = named_results(results, labels, plot="plot_signal_propagation",
+                          kind="SignalPropagation", fields=("channel_variance", "grad_norm"))
     panels = list(panels)
     unknown = [p for p in panels if p not in PANELS]
     if unknown or not panels:
@@ -66,40 +64,8 @@ def plot_signal_propagation(results, *, labels: Sequence[str] | None = None, ax=
             extra.remove()
         axs = axs[:len(panels)]
     else:
-        axs = list(np.ravel(np.asarray(ax, dtype=object)))
-        if len(axs) != len(panels):
-            raise PathensError(f"ax must hold one Axes per panel ({len(panels)}), got {len(axs)}")
-        fig = axs[0].figure
-    for a, panel in zip(axs, panels):
-        _panel(a, panel, named)
-    if title:
-        if ax is None:
-            fig.suptitle(title, fontsize=11)
-        else:
-            set_title(axs[0], title)
-    return fig
-
-
-def _named(results, labels) -> list:
-    if isinstance(results, Mapping):
-        if labels is not None:
-            raise PathensError("labels= goes with a list of results, not a mapping (its keys "
-                               "are the labels)")
-        pairs = list(results.items())
-    else:
-        items = list(results) if isinstance(results, (list, tuple)) else [results]
-        if labels is None:
-            labels = [f"network {j + 1}" for j in range(len(items))] if len(items) > 1 else [None]
-        if len(labels) != len(items):
-            raise PathensError(f"{len(labels)} labels for {len(items)} results")
-        pairs = list(zip(labels, items))
-    if not pairs:
-        raise PathensError("plot_signal_propagation needs at least one result")
-    for _, r in pairs:
-        if not hasattr(r, "channel_variance") or not hasattr(r, "grad_norm"):
-            raise PathensError(f"plot_signal_propagation takes SignalPropagation results, got "
-                               f"{type(r).__name__}")
-    return pairs
+        fig, axs = given_axes(ax, len(panels))
+    return draw_panels(fig, axs, panels, lambda a, p: _panel(a, p, named), title, ax is None)
 
 
 def _panel(ax, panel: str, named: list) -> None:
@@ -109,7 +75,7 @@ def _panel(ax, panel: str, named: list) -> None:
         y = np.asarray(getattr(r, key), float)
         x = np.arange(len(y))
         ok = np.isfinite(y)
-        ax.plot(x[ok], y[ok], ms=3.5, lw=1.2, label=label, **_STYLES[j % len(_STYLES)])
+        ax.plot(x[ok], y[ok], ms=3.5, lw=1.2, label=label, **NETWORK_STYLES[j % len(NETWORK_STYLES)])
         values.append(y[ok])
         transitions.update(i for i, d in enumerate(r.downsample) if d)
     for k, i in enumerate(sorted(transitions)):
