@@ -35,7 +35,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import pathens  # noqa: E402
+from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
 
 TARGETS = dict(exact=15.0, trunc=6.0)  # GPT-2's (issue 9)
 SHAPE = dict(layers=16, d=512, heads=8, kv_heads=2, mlp=1376, vocab=32000, seqs=8, tokens=256)
@@ -162,24 +162,8 @@ def main(argv=None):
     fns["exact"]()
     sync(a.device)
 
-    def timed(fn):
-        sync(a.device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(a.device)
-        return time.perf_counter() - t0, out
-
-    long = ("exact", "check", "trunc")
-    ratios = {k: [] for k in long}
-    fb_times, results = [], {}
-    before = [timed(fns["fb"])[0] for _ in range(a.fb_calls)]
-    for _ in range(a.repeats):
-        for k in long:
-            t, results[k] = timed(fns[k])
-            after = [timed(fns["fb"])[0] for _ in range(a.fb_calls)]
-            ratios[k].append(t / statistics.median(before + after))
-            fb_times += after
-            before = after
+    ratios, fb_times, results = interleaved(fns, ("exact", "check", "trunc"), repeats=a.repeats,
+                                            unit_calls=a.fb_calls, sync=lambda: sync(a.device))
     med = {k: statistics.median(v) for k, v in ratios.items()}
     tr = results["trunc"]
     entry = dict(model=what, blocks=view.num_blocks, fb_seconds=statistics.median(fb_times),
@@ -188,7 +172,7 @@ def main(argv=None):
                                       / results["check"].total.max()),
                  trunc_lengths=int((tr.total > 0).sum()), targets=TARGETS)
     print(f"fwd+bwd {entry['fb_seconds']:.2f} s")
-    for k in long:
+    for k in ratios:
         target = TARGETS.get(k)
         verdict = "" if target is None else (" PASS" if med[k] <= target else " FAIL") + \
             f" (target <= {target:g})"

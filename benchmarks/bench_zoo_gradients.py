@@ -34,7 +34,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import pathens  # noqa: E402
+from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
 
 TARGETS = {  # from issues 8 and 9
     "resnet50": dict(exact=3.0, trunc=2.5, memory=3.0),
@@ -181,22 +181,8 @@ def main(argv=None):
             fns["fb"]()
         fns["exact"]()
 
-        def timed(fn):
-            t0 = time.perf_counter()
-            out = fn()
-            return time.perf_counter() - t0, out
-
-        long = ("exact", "check", "trunc")
-        ratios = {k: [] for k in long}
-        fb_times, results = [], {}
-        before = [timed(fns["fb"])[0] for _ in range(a.fb_calls)]
-        for _ in range(a.repeats):
-            for k in long:
-                t, results[k] = timed(fns[k])
-                after = [timed(fns["fb"])[0] for _ in range(a.fb_calls)]
-                ratios[k].append(t / statistics.median(before + after))
-                fb_times += after
-                before = after
+        ratios, fb_times, results = interleaved(fns, ("exact", "check", "trunc"),
+                                                repeats=a.repeats, unit_calls=a.fb_calls)
         med = {k: statistics.median(v) for k, v in ratios.items()}
         closed = sum(type(b.parts.layers).__name__ != "NoneType" for b in view.blocks)
         tr = results["trunc"]
@@ -205,7 +191,7 @@ def main(argv=None):
                      residual=results["check"].residual,
                      trunc_lengths=int((tr.total > 0).sum()), targets=TARGETS.get(name, {}))
         print(f"\n{what}: {view.num_blocks} blocks; fwd+bwd {entry['fb_seconds']:.2f} s")
-        for k in long:
+        for k in ratios:
             target = TARGETS.get(name, {}).get(k)
             verdict = "" if target is None else (" PASS" if med[k] <= target else " FAIL") + \
                 f" (target <= {target:g})"
